@@ -1,0 +1,27 @@
+# make demo / make test set themselves up on a fresh machine: a .venv, torch 2.13.0 (the CPU
+# build on local disk; see ENVIRONMENT.md) first, then the project. A second run reuses them.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# Oversubscribed OpenMP threads spin badly on 2 cores.
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: install demo test clean
+
+$(STAMP):
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/unigap demo
+
+test: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache

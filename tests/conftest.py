@@ -1,0 +1,28 @@
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # oversubscribed OpenMP spins badly on 2 cores
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_random():
+    """A randomly initialised, very small Janus with the project's tokenizer and processor."""
+    from unigap.model.adapter import UnifiedModel
+    from unigap.model.build import TinySize, build_tiny
+    from unigap.pretrain import vocabulary
+
+    size = TinySize(hidden=64, layers=1, heads=2, vision_hidden=64, vision_layers=1, codebook=64)
+    model, processor = build_tiny(vocabulary(), size, seed=0)
+    return UnifiedModel(model.eval(), processor)
+
+
+@pytest.fixture(scope="session")
+def shipped():
+    from unigap.model.adapter import UnifiedModel
+    from unigap.paths import DEFAULT_MODEL
+
+    return UnifiedModel.load(DEFAULT_MODEL)

@@ -1,0 +1,119 @@
+"""The model adapter on a tiny random Janus: sampling, log-prob layout, judging, save/load."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import GenerationConfig
+
+from unigap.model.adapter import UnifiedModel, gen_text
+from unigap.model.judge import Judge, question
+
+PROMPTS = ["a red circle", "a blue square left of a green triangle", "two yellow circles"]
+
+
+def test_sample_shapes_and_seeding(tiny_random):
+    s = tiny_random.sample(PROMPTS, n=3, cfg=1.5, temperature=1.0, seed=5)
+    assert s.tokens.shape == (9, tiny_random.num_image_tokens)
+    assert s.images.shape == (9, 32, 32, 3) and s.images.dtype == np.uint8
+    assert s.prompt_index == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    again = tiny_random.sample(PROMPTS, n=3, cfg=1.5, temperature=1.0, seed=5)
+    assert torch.equal(s.tokens, again.tokens)
+    other = tiny_random.sample(PROMPTS, n=3, cfg=1.5, temperature=1.0, seed=6)
+    assert not torch.equal(s.tokens, other.tokens)
+    assert not torch.equal(s.tokens[0], s.tokens[1])  # candidates of one prompt differ
+
+
+def test_candidates_do_not_depend_on_the_batch(tiny_random):
+    both = tiny_random.sample(PROMPTS, n=2, cfg=2.0, temperature=1.0, seed=1)
+    alone = tiny_random.sample(PROMPTS[1:2], n=2, cfg=2.0, temperature=1.0, seed=1)
+    assert torch.equal(both.tokens[2:4], alone.tokens)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_teacher_forced_argmax_equals_greedy_sampling(tiny_random, cfg):
+    s = tiny_random.sample(PROMPTS, n=1, cfg=cfg, temperature=0.0, decode=False)
+    logits = tiny_random.image_logits(PROMPTS, s.tokens, cfg=cfg)
+    assert torch.equal(logits.argmax(-1), s.tokens)
+
+
+def test_greedy_sampling_matches_transformers_generate(tiny_random):
+    um = tiny_random
+    ids, mask = um._tokenize([gen_text(PROMPTS[1]) + um.tokenizer.boi_token])
+    config = GenerationConfig(
+        max_new_tokens=um.num_image_tokens, do_sample=False, guidance_scale=2.0,
+        pad_token_id=um.tokenizer.pad_token_id, bos_token_id=um.tokenizer.bos_token_id,
+        generation_kwargs={"boi_token_id": um.boi_id},
+    )
+    ref = um.model.generate(input_ids=ids, attention_mask=mask, generation_mode="image", generation_config=config)
+    ours = um.sample(PROMPTS[1:2], n=1, cfg=2.0, temperature=0.0, decode=False)
+    assert torch.equal(ref, ours.tokens)
+
+
+def test_image_logprobs_are_log_softmax_of_logits(tiny_random):
+    s = tiny_random.sample(PROMPTS, n=1, cfg=1.0, temperature=1.0, decode=False)
+    lp = tiny_random.image_logprobs(PROMPTS, s.tokens)
+    logits = tiny_random.image_logits(PROMPTS, s.tokens)
+    manual = torch.log_softmax(logits, -1).gather(-1, s.tokens[..., None]).squeeze(-1)
+    assert torch.allclose(lp, manual, atol=1e-5)
+    assert lp.shape == s.tokens.shape and (lp <= 0).all()
+    # padding never shifts a row: a prompt's log-probs do not depend on its batch mates
+    alone = tiny_random.image_logprobs(PROMPTS[:1], s.tokens[:1])
+    assert torch.allclose(lp[:1], alone, atol=1e-4)
+
+
+def test_prompt_dropout_gives_the_unconditional_branch(tiny_random):
+    um = tiny_random
+    ids, _ = um.gen_prefix(PROMPTS[:1], guided=True)
+    dropped, _ = um.gen_prefix(PROMPTS[:1], guided=False, drop=torch.tensor([True]))
+    assert torch.equal(ids[1:], dropped)
+    assert set(ids[1].tolist()) == {um.tokenizer.pad_token_id, um.tokenizer.bos_token_id, um.boi_id}
+
+
+def test_answer_logprobs_and_batch_invariance(tiny_random):
+    images = tiny_random.sample(PROMPTS, n=1, temperature=1.0).images
+    qs = [question(p) for p in PROMPTS]
+    lp = tiny_random.answer_logprobs(images, qs, ["The score is 1", "The score is 0", "yes"])
+    assert lp.shape == (3,) and (lp < 0).all()
+    one = tiny_random.answer_logprobs(images[1:2], qs[1:2], ["The score is 0"])
+    assert torch.allclose(lp[1:2], one, atol=1e-4)
+    # the answer log-prob is the sum of next-token log-probs
+    logits = tiny_random.next_token_logits(images[:1], qs[:1], "The score is")
+    tok = tiny_random.tokenizer
+    one_id, eos = tok.convert_tokens_to_ids("1"), tok.eos_token_id
+    with_eos = tiny_random.answer_logprobs(images[:1], qs[:1], ["The score is 1"])
+    without = tiny_random.answer_logprobs(images[:1], qs[:1], ["The score is"], eos=False)
+    step = torch.log_softmax(logits, -1)[0, one_id]
+    tok_lp, amask = tiny_random.answer_token_logprobs(images[:1], qs[:1], ["The score is 1"])
+    assert torch.allclose(with_eos, without + step + tok_lp[0, amask[0]][-1], atol=1e-4)
+    assert tok_lp[0, amask[0]].shape[0] == 5  # The score is 1 <eos>
+    assert eos is not None
+
+
+def test_judge_modes(tiny_random):
+    images = tiny_random.sample(PROMPTS, n=1, temperature=1.0).images
+    for mode in ("probability", "decision"):
+        j = Judge(tiny_random, mode).score(images, PROMPTS)
+        assert j.p_yes.shape == (3,) and ((0 <= j.p_yes) & (j.p_yes <= 1)).all()
+        assert (j.decision == (j.p_yes >= 0.5)).all()
+    assert len(Judge(tiny_random, "decision").score(images, PROMPTS).answers) == 3
+    caps = {p: [p + " x", "a green square"] for p in PROMPTS}
+    j = Judge(tiny_random, "likelihood", competitors=lambda p: caps[p]).score(images, PROMPTS)
+    assert ((0 < j.p_yes) & (j.p_yes < 1)).all()
+    with pytest.raises(ValueError, match="mode"):
+        Judge(tiny_random, "vibes")
+    with pytest.raises(ValueError, match="competing"):
+        Judge(tiny_random, "likelihood")
+
+
+def test_encode_decode_and_save_load_round_trip(tiny_random, tmp_path):
+    images = tiny_random.sample(PROMPTS, n=1, temperature=1.0).images
+    tokens = tiny_random.encode(images)
+    assert tokens.shape == (3, tiny_random.num_image_tokens)
+    tiny_random.save(tmp_path / "m")
+    loaded = UnifiedModel.load(tmp_path / "m")
+    a = tiny_random.sample(PROMPTS, n=2, temperature=1.0, seed=3)
+    b = loaded.sample(PROMPTS, n=2, temperature=1.0, seed=3)
+    assert torch.equal(a.tokens, b.tokens) and np.array_equal(a.images, b.images)
+    assert torch.equal(loaded.encode(images), tokens)
+    with pytest.raises(FileNotFoundError, match="no model"):
+        UnifiedModel.load(tmp_path / "missing")

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from unigap.score import bootstrap_ci, gap_summary, win_rate
+
+
+def test_gap_summary_hand_computed():
+    # 4 images: judge accepts 1 and 2; evaluator accepts 1 and 3.
+    accepted = [True, True, False, False]
+    correct = [True, False, True, False]
+    s = gap_summary(accepted, correct, n_prompts=2)
+    assert s["nu"] == 0.5
+    assert s["gen_acc"] == 0.5
+    assert s["und_acc"] == 0.5  # agrees on images 1 and 4
+    assert s["ext_agreement"] == 0.5  # rejected: 3 (evaluator accepts) and 4 (evaluator rejects)
+    assert s["n_images"] == 4 and s["n_prompts"] == 2
+    lo, hi = s["nu_ci"]
+    assert 0 <= lo <= 0.5 <= hi <= 1
+
+
+def test_no_rejections_has_no_agreement():
+    s = gap_summary([True, True], [True, False])
+    assert s["nu"] == 0.0 and s["ext_agreement"] is None and s["nu_ci"] == [0.0, 0.0]
+
+
+def test_bootstrap_ci_brackets_mean_and_narrows():
+    rng = np.random.default_rng(1)
+    x = rng.random(2000) < 0.3
+    lo, hi = bootstrap_ci(x)
+    assert lo < x.mean() < hi
+    assert hi - lo < 0.05
+    lo_small, hi_small = bootstrap_ci(x[:50])
+    assert hi_small - lo_small > hi - lo
+    assert bootstrap_ci([1, 1, 1]) == (1.0, 1.0)
+
+
+def test_bootstrap_ci_matches_normal_approximation():
+    x = np.r_[np.ones(300), np.zeros(700)]
+    lo, hi = bootstrap_ci(x, n_boot=4000)
+    se = np.sqrt(0.3 * 0.7 / 1000)
+    assert lo == pytest.approx(0.3 - 1.96 * se, abs=0.006)
+    assert hi == pytest.approx(0.3 + 1.96 * se, abs=0.006)
+
+
+def test_win_rate_only_counts_disagreements():
+    old = [True, True, False, False, True]
+    new = [True, False, True, False, False]
+    truth = [False, False, False, True, True]
+    # disagreements at 1 (new rejects, truth False: win), 2 (new accepts, truth False: loss),
+    # 4 (new rejects, truth True: loss)
+    assert win_rate(old, new, truth) == {"win_rate": pytest.approx(1 / 3), "n_disagree": 3}

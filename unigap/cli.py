@@ -1,0 +1,258 @@
+"""`unigap ...`: the command line. Thin: parse, check, call the library, print.
+
+Bad input exits 2 with one line naming the problem, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from unigap.paths import DEFAULT_MODEL
+
+app = typer.Typer(
+    help="Measure and close the generation-understanding gap of unified multimodal models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+class BadInput(Exception):
+    """A user mistake: reported in one line, exit status 2."""
+
+
+def fail(message: str) -> None:
+    raise BadInput(message)
+
+
+def load_model(path: Path):
+    from unigap.model.adapter import UnifiedModel
+
+    if not (path / "config.json").is_file():
+        fail(f"no model at {path}: expected a folder written by save_pretrained (config.json)")
+    return UnifiedModel.load(path)
+
+
+def load_prompts(split: str) -> list:
+    """Specs of a split name, or of a file with one prompt per line (or a JSON list)."""
+    from unigap import world
+
+    if split in world.SPLIT_NAMES:
+        return world.split(split)
+    path = Path(split)
+    if not path.is_file():
+        fail(f"--split {split!r} is neither a split ({', '.join(world.SPLIT_NAMES)}) nor a file")
+    text = path.read_text()
+    try:
+        lines = json.loads(text) if path.suffix == ".json" else text.splitlines()
+    except json.JSONDecodeError as e:
+        fail(f"{path}: not valid JSON ({e.msg}, line {e.lineno})")
+    if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
+        fail(f"{path}: expected a JSON list of prompt strings")
+    specs = []
+    for i, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                specs.append(world.parse(line))
+            except ValueError:
+                fail(f"{path}:{i}: {line.strip()!r} is not a prompt of the shapes world")
+    if not specs:
+        fail(f"{path}: no prompts in the file")
+    return specs
+
+
+def check_mode(mode: str) -> None:
+    from unigap.model.judge import MODES
+
+    if mode not in MODES:
+        fail(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+
+
+def pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def print_report(report: dict) -> None:
+    table = Table(title="Non-unification score (own judge) and external accuracy", show_lines=False)
+    for col in ("group", "prompts", "images", "NU % [95% CI]", "gen acc %", "und acc % (own imgs)", "und acc % (rendered)", "ext agree %"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+
+    def row(name, r, style=None):
+        ci = f"{pct(r['nu'])} [{pct(r['nu_ci'][0])}, {pct(r['nu_ci'][1])}]"
+        table.add_row(name, str(r.get("n_prompts", "")), str(r["n_images"]), ci, pct(r["gen_acc"]), pct(r["und_acc"]), pct(r["und_acc_rendered"]), pct(r["ext_agreement"]), style=style)
+
+    for name, r in report["by_category"].items():
+        row(name, r)
+    table.add_section()
+    for name, r in report["by_tier"].items():
+        row(f"tier: {name}", r)
+    table.add_section()
+    row("overall", report["overall"], style="bold")
+    console.print(table)
+    s = report["settings"]
+    console.print(f"judge mode {s['judge_mode']}, N {s['n']} per prompt, CFG {s['cfg']}, T {s['temperature']}, seed {s['seed']}")
+
+
+@app.command()
+def score(
+    model: Path = typer.Option(DEFAULT_MODEL, help="Model folder (save_pretrained layout); default: the shipped tiny model."),
+    split: str = typer.Option("heldout", help="A split (train, val, heldout, novel) or a file of prompts, one per line."),
+    n: int = typer.Option(4, help="Images generated per prompt."),
+    seed: int = typer.Option(0, help="Sampling seed (fixed seeds make runs comparable)."),
+    mode: str = typer.Option("likelihood", help="Judge: probability (p_yes), decision (parsed answer) or likelihood (caption vs competitors)."),
+    per_category: int = typer.Option(16, help="At most this many prompts per category (0: all), chosen reproducibly."),
+    cfg: float = typer.Option(1.5, help="Classifier-free guidance scale."),
+    temperature: float = typer.Option(0.7, help="Sampling temperature (0: greedy)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures to this JSON file."),
+    plot: Optional[Path] = typer.Option(None, help="Write a PNG chart of NU and accuracies per category and tier."),
+):
+    """Generate N images per prompt, judge them with the model's own understanding, check them
+    with the exact external evaluator, and print NU and accuracies per category and tier."""
+    from unigap.evaluate import ScoreSettings, make_judge, score_report, select_prompts
+
+    if n < 1:
+        fail(f"--n must be at least 1, got {n}")
+    if cfg <= 0 or temperature < 0:
+        fail("--cfg must be > 0 and --temperature >= 0")
+    check_mode(mode)
+    specs = select_prompts(load_prompts(split), per_category, seed)
+    um = load_model(model)
+    report = score_report(um, make_judge(um, mode), specs, ScoreSettings(n=n, seed=seed, cfg=cfg, temperature=temperature))
+    samples = report.pop("_samples")
+    report["settings"]["split"] = split
+    print_report(report)
+    if json_out:
+        write_json(json_out, report)
+    if plot:
+        from unigap.plots import plot_score
+
+        plot_score(report, plot)
+        console.print(f"plot: {plot}")
+    return report, samples
+
+
+@app.command()
+def generate(
+    prompts: list[str] = typer.Argument(..., help="Prompts, e.g. \"a red circle on the left\"."),
+    n: int = typer.Option(4, help="Images per prompt."),
+    out: Path = typer.Option(Path("generated"), help="Folder for the PNGs and generated.json."),
+    model: Path = typer.Option(DEFAULT_MODEL, help="Model folder."),
+    seed: int = typer.Option(0),
+    cfg: float = typer.Option(1.5, help="Classifier-free guidance scale."),
+    temperature: float = typer.Option(0.7, help="Sampling temperature (0: greedy)."),
+    mode: str = typer.Option("probability", help="Judge mode for the p_yes written beside each image."),
+):
+    """Generate images with the model and write PNGs plus a JSON of token ids and the model's own p_yes."""
+    from PIL import Image
+
+    from unigap.evaluate import make_judge
+
+    if n < 1:
+        fail(f"--n must be at least 1, got {n}")
+    if any(not p.strip() for p in prompts):
+        fail("a prompt is empty")
+    check_mode(mode)
+    um = load_model(model)
+    samples = um.sample(prompts, n, cfg, temperature, seed)
+    texts = [prompts[i] for i in samples.prompt_index]
+    try:
+        judgment = make_judge(um, mode).score(samples.images, texts)
+    except ValueError as e:
+        fail(f"cannot judge in {mode} mode: {e}")
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for r, (text, image) in enumerate(zip(texts, samples.images)):
+        name = f"{samples.prompt_index[r]:03d}_{r % n:02d}.png"
+        Image.fromarray(image).save(out / name)
+        records.append({"prompt": text, "file": name, "tokens": samples.tokens[r].tolist(), "p_yes": float(judgment.p_yes[r])})
+    write_json(out / "generated.json", records)
+    for rec in records:
+        console.print(f"{rec['file']}  p_yes {rec['p_yes']:.3f}  {rec['prompt']}")
+
+
+@app.command()
+def judge(
+    image: Path = typer.Option(..., help="PNG to judge."),
+    prompt: str = typer.Option(..., help="The prompt the image should show."),
+    model: Path = typer.Option(DEFAULT_MODEL, help="Model folder."),
+    mode: str = typer.Option("probability", help="probability, decision or likelihood."),
+    threshold: float = typer.Option(0.5, help="Accept when p_yes >= threshold."),
+):
+    """Ask the model's understanding whether an image shows a prompt: p_yes and decision."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from unigap.evaluate import make_judge
+
+    check_mode(mode)
+    if not prompt.strip():
+        fail("--prompt is empty")
+    try:
+        pixels = np.asarray(Image.open(image).convert("RGB"))
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+        fail(f"--image {image}: not a readable image ({e.__class__.__name__})")
+    um = load_model(model)
+    try:
+        j = make_judge(um, mode, threshold).score(pixels[None], [prompt])
+    except ValueError as e:
+        fail(f"cannot judge in {mode} mode: {e}")
+    result = {"prompt": prompt, "p_yes": float(j.p_yes[0]), "decision": bool(j.decision[0])}
+    if j.answers is not None:
+        result["answer"] = j.answers[0]
+    console.print_json(json.dumps(result))
+
+
+@app.command()
+def pretrain(
+    out: Path = typer.Option(Path("runs/tiny-shapes"), help="Folder for the trained model."),
+    seed: int = typer.Option(0, help="Seed of everything: data, initialisation, order."),
+    vq_steps: Optional[int] = typer.Option(None, help="VQ tokenizer steps (default: the shipped recipe)."),
+    und_steps: Optional[int] = typer.Option(None, help="Understanding-only steps."),
+    joint_steps: Optional[int] = typer.Option(None, help="Joint understanding + generation steps."),
+):
+    """Train the tiny unified model from scratch on the shapes world (about 25 minutes on 2 cores)."""
+    from unigap.pretrain import PretrainConfig, pretrain as run
+
+    cfg = PretrainConfig(seed=seed)
+    for name, value in (("vq_steps", vq_steps), ("und_steps", und_steps), ("joint_steps", joint_steps)):
+        if value is not None:
+            if value < 0:
+                fail(f"--{name.replace('_', '-')} must be >= 0")
+            setattr(cfg, name, value)
+    run(out, cfg)
+    console.print(f"model written to {out}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("reports/demo"), help="Folder for the JSON report and plots."),
+):
+    """Score the shipped model on the held-out prompts and write a report (the loop arrives next)."""
+    out.mkdir(parents=True, exist_ok=True)
+    console.rule("unigap demo: the internal gap of the shipped tiny model")
+    score(
+        model=DEFAULT_MODEL, split="heldout", n=4, seed=0, mode="likelihood", per_category=16,
+        cfg=1.5, temperature=0.7, json_out=out / "score.json", plot=out / "score.png",
+    )
+
+
+def write_json(path: Path, obj) -> None:
+    from unigap.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=1))
+
+
+def main() -> None:
+    try:
+        app()
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,118 @@
+"""`unigap score`: generate, judge with the model's own understanding, check with the evaluator.
+
+The external evaluator only measures here; nothing it says flows back into training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from unigap import world
+from unigap.model.adapter import UnifiedModel
+from unigap.model.judge import Judge
+from unigap.score import gap_summary
+
+
+def competitors(prompt: str) -> list[str]:
+    """Competing captions for the likelihood judge: the prompt with one attribute changed."""
+    return [s.text for _, s in world.negatives(world.parse(prompt))]
+
+
+def make_judge(um: UnifiedModel, mode: str, threshold: float = 0.5) -> Judge:
+    return Judge(um, mode, threshold, competitors=competitors)
+
+
+def select_prompts(specs: list, per_category: int, seed: int = 0) -> list:
+    """At most `per_category` prompts of each category (all when 0), chosen reproducibly.
+
+    Balancing makes `overall` a mean over tasks, as GenEval reports it, rather than a figure
+    dominated by the largest category.
+    """
+    if per_category <= 0:
+        return list(specs)
+    rng = np.random.default_rng(seed)
+    out = []
+    for cat in world.CATEGORIES:
+        group = [s for s in specs if s.category == cat]
+        pick = sorted(rng.permutation(len(group))[:per_category])
+        out += [group[i] for i in pick]
+    return out
+
+
+@dataclass
+class ScoreSettings:
+    n: int = 4
+    seed: int = 0
+    cfg: float = 1.5
+    temperature: float = 0.7
+    batch_prompts: int = 32
+
+
+def generate_and_judge(um: UnifiedModel, judge: Judge, specs: list, s: ScoreSettings, progress=True) -> dict:
+    """Sample N images per spec, judge each with the model, evaluate each with the evaluator."""
+    tokens, images, rows = [], [], []
+    for i in tqdm(range(0, len(specs), s.batch_prompts), desc="generate", disable=not progress, leave=False):
+        chunk = specs[i : i + s.batch_prompts]
+        out = um.sample([x.text for x in chunk], s.n, s.cfg, s.temperature, s.seed)
+        tokens.append(out.tokens)
+        images.append(out.images)
+        rows += [chunk[j] for j in out.prompt_index]
+    images = np.concatenate(images)
+    prompts = [x.text for x in rows]
+    accepted, p_yes = [], []
+    for i in tqdm(range(0, len(rows), 128), desc="judge", disable=not progress, leave=False):
+        j = judge.score(images[i : i + 128], prompts[i : i + 128])
+        accepted.append(j.decision)
+        p_yes.append(j.p_yes)
+    return {
+        "specs": rows,
+        "images": images,
+        "tokens": np.concatenate([t.cpu().numpy() for t in tokens]),
+        "accepted": np.concatenate(accepted),
+        "p_yes": np.concatenate(p_yes),
+        "correct": world.evaluate_batch(images, rows),
+    }
+
+
+def rendered_understanding(judge: Judge, specs: list, seed: int = 0) -> np.ndarray:
+    """Judge accuracy on balanced pairs: each prompt with a render of itself and of a hard negative."""
+    rng = np.random.default_rng(seed + 7919)
+    negs = [world.negatives(s) for s in specs]
+    others = [n[rng.integers(len(n))][1] for n in negs]
+    seeds = [int(x) for x in rng.integers(0, 2**31, 2 * len(specs))]
+    images = world.render_batch(list(specs) + others, seeds, judge.model.image_size)
+    prompts = [s.text for s in specs] * 2
+    truth = np.array([True] * len(specs) + [False] * len(specs))
+    return judge.score(images, prompts).decision == truth
+
+
+def group_by(specs, key) -> dict[str, np.ndarray]:
+    names = [key(s) for s in specs]
+    return {v: np.array([n == v for n in names]) for v in dict.fromkeys(names)}
+
+
+def score_report(um: UnifiedModel, judge: Judge, specs: list, s: ScoreSettings, progress=True) -> dict:
+    """The `unigap score` figures: overall, by category and by tier (keys as the issue names)."""
+    res = generate_and_judge(um, judge, specs, s, progress)
+    rendered = rendered_understanding(judge, specs, s.seed)
+    rows = res["specs"]
+
+    def summary(img_mask, spec_mask) -> dict:
+        out = gap_summary(res["accepted"][img_mask], res["correct"][img_mask], int(spec_mask.sum()))
+        both = np.concatenate([spec_mask, spec_mask])
+        out["und_acc_rendered"] = float(rendered[both].mean()) if both.any() else None
+        return out
+
+    all_imgs, all_specs = np.ones(len(rows), bool), np.ones(len(specs), bool)
+    report = {"overall": summary(all_imgs, all_specs), "by_category": {}, "by_tier": {}}
+    for field, key, names in (("by_category", lambda x: x.category, world.CATEGORIES), ("by_tier", lambda x: x.tier, world.TIERS)):
+        img_groups, spec_groups = group_by(rows, key), group_by(specs, key)
+        for name in names:
+            if name in spec_groups:
+                report[field][name] = summary(img_groups[name], spec_groups[name])
+    report["settings"] = {**s.__dict__, "judge_mode": judge.mode, "threshold": judge.threshold, "model": um.path}
+    report["_samples"] = res  # for plots and sample grids; dropped from the JSON
+    return report

@@ -1,0 +1,292 @@
+"""The one adapter over transformers' Janus that everything in unigap uses.
+
+Generation, judging, training and analysis all go through these functions, so the sampler and the
+teacher-forced log-probs share one layout: a left-padded text prefix ending in <begin_of_image>,
+position ids counted from the attention mask (so padding never shifts a row), and image tokens
+fed back through the generation embeddings. Works for the shipped tiny model and Janus-Pro alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoProcessor, DynamicCache, JanusForConditionalGeneration
+
+# The Janus-Pro chat layout; "\n" collapses to nothing in the tiny model's tokenizer.
+USER, ASSISTANT = "<|User|>", "<|Assistant|>"
+
+
+def gen_text(prompt: str) -> str:
+    return f"{USER}: {prompt}\n\n{ASSISTANT}:"
+
+
+def und_text(image_block: str, question: str) -> str:
+    return f"{USER}: {image_block}\n{question}\n\n{ASSISTANT}:"
+
+
+@dataclass
+class Samples:
+    """N candidates per prompt, rows ordered prompt-major (prompt 0's N, then prompt 1's ...)."""
+
+    tokens: torch.Tensor  # [rows, n_image_tokens] long
+    images: np.ndarray | None  # [rows, H, W, 3] uint8
+    prompt_index: list[int]
+    prompts: list[str]
+
+
+def row_seed(seed: int, prompt: str, k: int) -> int:
+    """A per-candidate seed: a candidate does not depend on what else is in the batch."""
+    digest = hashlib.sha256(f"{seed}\x1f{prompt}\x1f{k}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class UnifiedModel:
+    def __init__(self, model: JanusForConditionalGeneration, processor, path: str | None = None):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.path = path
+        self.num_image_tokens = model.config.vision_config.num_image_tokens
+        self.image_size = model.config.vision_config.image_size
+        tok = self.tokenizer
+        self.image_block = tok.boi_token + tok.image_token * self.num_image_tokens + tok.eoi_token
+        self.boi_id = tok.convert_tokens_to_ids(tok.boi_token)
+        self.special_keep = {tok.bos_token_id, self.boi_id}
+
+    # ------------------------------------------------------------------ load / save
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> "UnifiedModel":
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no model at {path} (expected a save_pretrained folder with config.json)")
+        model = JanusForConditionalGeneration.from_pretrained(path, dtype=dtype or torch.float32)
+        model.to(device).eval()
+        return cls(model, AutoProcessor.from_pretrained(path), str(path))
+
+    def save(self, path: str | Path) -> None:
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ------------------------------------------------------------------ pieces
+    def _lm(self, embeds, mask, cache=None, pos=None):
+        return self.model.model.language_model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions(mask) if pos is None else pos,
+            cache=cache,
+            use_cache=cache is not None,
+        ).last_hidden_state
+
+    def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt", padding_side="left")
+        return enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
+
+    def gen_prefix(
+        self, prompts: list[str], guided: bool, drop: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and mask of the generation prefix; with `guided`, the unconditional rows follow.
+
+        The unconditional prefix keeps the layout and replaces every token but <bos>/<boi> by <pad>,
+        as Janus does, so the sampler and the trainer agree on what "no prompt" means. `drop` marks
+        rows to make unconditional (prompt dropout when training for guidance).
+        """
+        ids, mask = self._tokenize([gen_text(p) + self.tokenizer.boi_token for p in prompts])
+        keep = mask == 0
+        for t in self.special_keep:
+            keep |= ids == t
+        uncond = torch.where(keep, ids, torch.full_like(ids, self.tokenizer.pad_token_id))
+        if drop is not None:
+            ids = torch.where(drop.to(ids.device)[:, None], uncond, ids)
+        if not guided:
+            return ids, mask
+        return torch.cat([ids, uncond]), torch.cat([mask, mask])
+
+    def text_embeds(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+    def image_embeds(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.prepare_embeddings_for_image_generation(tokens)
+
+    @staticmethod
+    def guide(logits: torch.Tensor, cfg: float) -> torch.Tensor:
+        """Classifier-free guidance over [cond; uncond] rows: uncond + cfg * (cond - uncond)."""
+        cond, uncond = logits.chunk(2)
+        return uncond + cfg * (cond - uncond)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: list[str],
+        n: int = 1,
+        cfg: float = 1.5,
+        temperature: float = 0.7,
+        seed: int = 0,
+        decode: bool = True,
+    ) -> Samples:
+        """N candidates per prompt with classifier-free guidance; temperature 0 is greedy.
+
+        The prompt prefix is computed once and its cache shared by the N candidates. Noise is drawn
+        per candidate from `row_seed`, so a candidate is the same whatever batch it is sampled in.
+        """
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        guided = cfg != 1.0
+        ids, mask = self.gen_prefix(prompts, guided)
+        cache = DynamicCache(config=self.model.config.text_config)
+        hidden = self._lm(self.text_embeds(ids), mask, cache)[:, -1]
+        cache.batch_repeat_interleave(n)
+        hidden = hidden.repeat_interleave(n, 0)
+        mask = mask.repeat_interleave(n, 0)
+        pos = positions(mask)[:, -1:]
+        rows = len(prompts) * n
+        n_tok = self.num_image_tokens
+        gumbel = None
+        if temperature > 0:
+            vocab = self.model.config.vq_config.num_embeddings
+            gumbel = torch.empty(rows, n_tok, vocab)
+            for r in range(rows):
+                g = torch.Generator().manual_seed(row_seed(seed, prompts[r // n], r % n))
+                gumbel[r].exponential_(generator=g).log_().neg_()  # -log(Exp(1)) is Gumbel(0, 1)
+            gumbel = gumbel.to(self.device)
+        tokens = torch.empty(rows, n_tok, dtype=torch.long, device=self.device)
+        head = self.model.model.generation_head
+        for t in range(n_tok):
+            logits = head(hidden)
+            if guided:
+                logits = self.guide(logits, cfg)
+            if gumbel is None:
+                nxt = logits.argmax(-1)
+            else:
+                nxt = (logits.float() / temperature + gumbel[:, t]).argmax(-1)
+            tokens[:, t] = nxt
+            if t == n_tok - 1:
+                break
+            step = nxt.repeat(2) if guided else nxt
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+            pos = pos + 1
+            hidden = self._lm(self.image_embeds(step)[:, None], mask, cache, pos)[:, -1]
+        images = self.decode(tokens) if decode else None
+        return Samples(tokens, images, [r // n for r in range(rows)], list(prompts))
+
+    def image_logits(
+        self, prompts: list[str], tokens: torch.Tensor, cfg: float = 1.0, drop: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Teacher-forced logits [B, T, V] of image tokens, laid out exactly as `sample` lays them out."""
+        guided = cfg != 1.0
+        ids, mask = self.gen_prefix(prompts, guided, drop)
+        tokens = tokens.to(self.device)
+        prev = tokens[:, :-1].repeat(2, 1) if guided else tokens[:, :-1]
+        embeds = torch.cat([self.text_embeds(ids), self.image_embeds(prev)], 1)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], prev.shape[1])], 1)
+        hidden = self._lm(embeds, mask)[:, ids.shape[1] - 1 :]
+        logits = self.model.model.generation_head(hidden)
+        return self.guide(logits, cfg) if guided else logits
+
+    def image_logprobs(
+        self,
+        prompts: list[str],
+        tokens: torch.Tensor,
+        cfg: float = 1.0,
+        temperature: float = 1.0,
+        drop: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per-token log-probs [B, T] of `tokens` (conditional, or CFG-combined when cfg != 1)."""
+        logits = self.image_logits(prompts, tokens, cfg, drop)
+        logp = F.log_softmax(logits.float() / temperature, -1)
+        return logp.gather(-1, tokens.to(self.device)[..., None]).squeeze(-1)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> np.ndarray:
+        pixels = self.model.decode_image_tokens(tokens.to(self.device))  # [B, H, W, 3] in [-1, 1]
+        return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
+
+    @torch.no_grad()
+    def encode(self, images) -> torch.Tensor:
+        """Canonical image tokens [B, T] of images (uint8 [B, H, W, 3] or a list of them)."""
+        out = self.model.model.vqmodel.encode(self.pixel_values(images))
+        return out.image_tokens.view(len(out.image_tokens) // self.num_image_tokens, -1)
+
+    # ------------------------------------------------------------------ understanding
+    def pixel_values(self, images) -> torch.Tensor:
+        """Normalised pixels [B, 3, H, W]; square uint8 arrays of the model's size skip PIL."""
+        ip = self.processor.image_processor
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1:3] == (self.image_size,) * 2:
+            x = torch.from_numpy(images).to(self.device).float().div(255).permute(0, 3, 1, 2)
+            mean = torch.tensor(ip.image_mean, device=self.device).view(1, 3, 1, 1)
+            std = torch.tensor(ip.image_std, device=self.device).view(1, 3, 1, 1)
+            return ((x - mean) / std).to(self.model.dtype)
+        from PIL import Image
+
+        pil = [im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)) for im in images]
+        return ip(pil, return_tensors="pt").pixel_values.to(self.device, self.model.dtype)
+
+    def answer_token_logprobs(
+        self, images, questions: list[str], answers: list[str], eos: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs [B, S] of each answer token given image and question, and the answer mask.
+
+        Prompt and answer are tokenised apart and joined, so the answer's tokens are exactly the
+        tokenizer's tokens of `answers` (plus <eos> when `eos`): no boundary effects.
+        """
+        tok = self.tokenizer
+        prompt_ids = tok([und_text(self.image_block, q) for q in questions]).input_ids
+        answer_ids = tok(list(answers), add_special_tokens=False).input_ids
+        rows = [p + a + ([tok.eos_token_id] if eos else []) for p, a in zip(prompt_ids, answer_ids)]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        amask = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, (row, p) in enumerate(zip(rows, prompt_ids)):
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+            amask[i, width - len(row) + len(p) :] = True
+        ids, mask, amask = ids.to(self.device), mask.to(self.device), amask.to(self.device)
+        logits = self.model(
+            input_ids=ids, pixel_values=self.pixel_values(images), attention_mask=mask, position_ids=positions(mask)
+        ).logits
+        logp = F.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        return logp, amask[:, 1:]
+
+    def answer_logprobs(self, images, questions: list[str], answers: list[str], eos: bool = True) -> torch.Tensor:
+        logp, amask = self.answer_token_logprobs(images, questions, answers, eos)
+        return (logp * amask).sum(-1)
+
+    def next_token_logits(self, images, questions: list[str], answer_prefix: str = "") -> torch.Tensor:
+        """Logits [B, V] of the token after `answer_prefix`, in one forward pass."""
+        texts = [und_text(self.image_block, q) + (" " + answer_prefix if answer_prefix else "") for q in questions]
+        ids, mask = self._tokenize(texts)
+        out = self.model(
+            input_ids=ids,
+            pixel_values=self.pixel_values(images),
+            attention_mask=mask,
+            position_ids=positions(mask),
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1]
+
+    @torch.no_grad()
+    def generate_answer(self, images, questions: list[str], max_new_tokens: int = 12) -> list[str]:
+        ids, mask = self._tokenize([und_text(self.image_block, q) for q in questions])
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            pixel_values=self.pixel_values(images),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        return self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)

@@ -1,0 +1,203 @@
+"""Train the shipped tiny unified model from scratch on the shapes world (seeded, CPU).
+
+Stages, as METHOD.md section 6 asks: a VQ tokenizer; then understanding (captioning + yes/no on
+clean renders, VQ reconstructions and hard negatives) alone; then understanding and generation
+together. Generation is deliberately stopped early: single objects come out clean, composition
+stays weak, which leaves the self-improvement loop room to work.
+
+Only `train` prompts (and, as yes/no negatives, texts of other non-novel prompts) are used;
+the external evaluator is never called here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from unigap import world
+from unigap.model.adapter import UnifiedModel, gen_text, und_text
+from unigap.model.build import TinySize, build_tiny
+from unigap.model.judge import CAPTION_QUESTION, answer, question
+
+
+@dataclass
+class PretrainConfig:
+    seed: int = 0
+    batch: int = 32
+    vq_steps: int = 1000
+    vq_lr: float = 2e-3
+    und_steps: int = 600
+    joint_steps: int = 2000
+    lr: float = 1e-3
+    warmup: int = 100
+    cfg_dropout: float = 0.1  # prompt dropout so classifier-free guidance has an unconditional branch
+    recon_share: float = 0.5  # share of understanding images that are VQ reconstructions
+    threads: int = 2
+
+
+def vocabulary() -> list[str]:
+    """Every word the tiny model must read or write: prompts, questions, answers."""
+    texts = [s.text for s in world.all_specs()]
+    texts += [question("x"), answer(True), answer(False), CAPTION_QUESTION, gen_text(""), und_text("", "")]
+    return sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]+", t)})
+
+
+class Data:
+    """Seeded batches of (spec, image) from the train split, balanced over categories."""
+
+    def __init__(self, seed: int, size: int):
+        self.rng = np.random.default_rng(seed)
+        self.size = size
+        train = world.split("train")
+        self.by_cat = {c: [s for s in train if s.category == c] for c in world.CATEGORIES}
+        novel = {s.canonical() for s in world.split("novel")}
+        self.negatives = {
+            s: [n for _, n in world.negatives(s) if n.canonical() not in novel] for s in train
+        }
+
+    def specs(self, n: int) -> list:
+        cats = self.rng.choice(len(world.CATEGORIES), n)
+        return [self.by_cat[world.CATEGORIES[c]][self.rng.integers(len(self.by_cat[world.CATEGORIES[c]]))] for c in cats]
+
+    def images(self, specs) -> np.ndarray:
+        seeds = self.rng.integers(0, 2**31, len(specs))
+        return world.render_batch(specs, [int(s) for s in seeds], self.size)
+
+    def negative(self, spec):
+        options = self.negatives[spec]
+        return options[self.rng.integers(len(options))]
+
+
+# ---------------------------------------------------------------------- VQ
+def to_pixels(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).float().div(127.5).sub(1).permute(0, 3, 1, 2)
+
+
+def vq_reconstruct(vq, x: torch.Tensor):
+    """Straight-through quantiser on unit vectors, reusing JanusVQVAE's modules.
+
+    `JanusVQVAE.forward` is not trainable end to end (ENVIRONMENT.md), and its `decode` normalises
+    the codebook: training on normalised codes keeps encode/decode consistent afterwards.
+    """
+    z = F.normalize(vq.quant_conv(vq.encoder(x)), dim=1)
+    b, d, h, w = z.shape
+    zf = z.permute(0, 2, 3, 1).reshape(-1, d)
+    codes = F.normalize(vq.quantize.embedding.weight, dim=1)
+    idx = (zf @ codes.T).argmax(1)
+    q = codes[idx]
+    vq_loss = F.mse_loss(q, zf.detach()) + 0.25 * F.mse_loss(zf, q.detach())
+    q = (zf + (q - zf).detach()).view(b, h, w, d).permute(0, 3, 1, 2)
+    return vq.decoder(vq.post_quant_conv(q)), vq_loss, idx, zf
+
+
+def train_vq(vq, data: Data, cfg: PretrainConfig, log: list) -> None:
+    vq.train()
+    opt = torch.optim.Adam(vq.parameters(), lr=cfg.vq_lr)
+    n_codes = vq.quantize.embedding.num_embeddings
+    usage = torch.zeros(n_codes)
+    bar = tqdm(range(cfg.vq_steps), desc="VQ tokenizer", leave=False)
+    for step in bar:
+        x = to_pixels(data.images(data.specs(cfg.batch)))
+        rec, vq_loss, idx, zf = vq_reconstruct(vq, x)
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + vq_loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        usage += torch.bincount(idx, minlength=n_codes)
+        for g in opt.param_groups:
+            g["lr"] = cfg.vq_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.vq_steps))
+        if step % 100 == 99:
+            # Restart dead codes at encoder outputs so the codebook stays in use.
+            dead = (usage == 0).nonzero().squeeze(1)
+            if len(dead) and step < cfg.vq_steps * 0.8:
+                pick = torch.randint(len(zf), (len(dead),))
+                vq.quantize.embedding.weight.data[dead] = zf[pick].detach()
+            log.append({"stage": "vq", "step": step + 1, "loss": loss.item(), "codes_used": int((usage > 0).sum())})
+            bar.set_postfix(loss=f"{loss.item():.4f}", codes=int((usage > 0).sum()))
+            usage.zero_()
+    with torch.no_grad():  # store unit-norm rows: encode() then agrees with decode()
+        vq.quantize.embedding.weight.data = F.normalize(vq.quantize.embedding.weight.data, dim=1)
+    vq.eval()
+
+
+# ---------------------------------------------------------------------- understanding / generation
+def understanding_loss(um: UnifiedModel, data: Data, cfg: PretrainConfig) -> torch.Tensor:
+    """Captioning + balanced yes/no (hard negatives), on clean renders and VQ reconstructions."""
+    specs = data.specs(cfg.batch)
+    images = data.images(specs)
+    recon = data.rng.random(len(specs)) < cfg.recon_share
+    if recon.any():
+        images[recon] = um.decode(um.encode(images[recon]))
+    # Yes/no on half the images: its question is long, and captioning carries most of the signal.
+    k = len(specs) // 2
+    aligned = data.rng.random(k) < 0.5
+    asked = [s if a else data.negative(s) for s, a in zip(specs[:k], aligned)]
+    questions = [CAPTION_QUESTION] * len(specs) + [question(s.text) for s in asked]
+    answers = [s.text for s in specs] + [answer(a) for a in aligned]
+    logp, amask = um.answer_token_logprobs(np.concatenate([images, images[:k]]), questions, answers)
+    return -(logp * amask).sum() / amask.sum()
+
+
+def generation_loss(um: UnifiedModel, data: Data, cfg: PretrainConfig) -> torch.Tensor:
+    specs = data.specs(cfg.batch)
+    tokens = um.encode(data.images(specs))
+    drop = torch.from_numpy(data.rng.random(len(specs)) < cfg.cfg_dropout)
+    return -um.image_logprobs([s.text for s in specs], tokens, drop=drop).mean()
+
+
+def lm_parameters(um: UnifiedModel):
+    return [p for n, p in um.model.named_parameters() if not n.startswith("model.vqmodel.")]
+
+
+def train_stage(um, data, cfg, steps: int, losses: dict, name: str, log: list) -> None:
+    um.model.train()
+    um.model.model.vqmodel.eval()
+    params = lm_parameters(um)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    bar = tqdm(range(steps), desc=name, leave=False)
+    for step in bar:
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        values = {k: fn(um, data, cfg) for k, fn in losses.items()}
+        opt.zero_grad()
+        sum(values.values()).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 100 == 99 or step == steps - 1:
+            row = {k: round(v.item(), 4) for k, v in values.items()}
+            log.append({"stage": name, "step": step + 1, **row})
+            bar.set_postfix(row)
+    um.model.eval()
+
+
+def pretrain(out: Path, cfg: PretrainConfig = PretrainConfig(), size: TinySize = TinySize()) -> UnifiedModel:
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    model, processor = build_tiny(vocabulary(), size, cfg.seed)
+    um = UnifiedModel(model, processor)
+    data = Data(cfg.seed, size.image_size)
+    log: list = []
+    train_vq(model.model.vqmodel, data, cfg, log)
+    train_stage(um, data, cfg, cfg.und_steps, {"und": understanding_loss}, "understanding", log)
+    both = {"und": understanding_loss, "gen": generation_loss}
+    train_stage(um, data, cfg, cfg.joint_steps, both, "understanding+generation", log)
+    um.model.eval()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    um.save(out)
+    import json
+
+    (out / "pretrain.json").write_text(
+        json.dumps({"config": asdict(cfg), "size": asdict(size), "seconds": round(time.time() - t0), "log": log}, indent=1)
+    )
+    return um

@@ -1,0 +1,61 @@
+"""Metrics of the gap (METHOD.md section 1): NU with a bootstrap interval, accuracies, agreement.
+
+Pure functions over arrays; nothing here knows about models or servers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values`."""
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), (n_boot, len(x)))].mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return (float(lo), float(hi))
+
+
+def _mean(x) -> float | None:
+    x = np.asarray(x, dtype=float)
+    return float(x.mean()) if len(x) else None
+
+
+def gap_summary(accepted, correct, n_prompts: int | None = None) -> dict:
+    """NU and friends for one group of generated images.
+
+    accepted: the model's own judge accepted the image; correct: the external evaluator did.
+    - nu: share of images the model's own understanding rejects;
+    - gen_acc: share the external evaluator accepts;
+    - und_acc: share where the judge agrees with the external evaluator;
+    - ext_agreement: among images the judge rejects, the share the evaluator also rejects
+      (above 0.5: the gap is weak generation, not misunderstanding).
+    """
+    a = np.asarray(accepted, dtype=bool)
+    c = np.asarray(correct, dtype=bool)
+    rejected = ~a
+    out = {
+        "nu": _mean(rejected),
+        "nu_ci": list(bootstrap_ci(rejected)),
+        "gen_acc": _mean(c),
+        "und_acc": _mean(a == c),
+        "ext_agreement": _mean(~c[rejected]),
+        "n_images": int(len(a)),
+    }
+    if n_prompts is not None:
+        out["n_prompts"] = n_prompts
+    return out
+
+
+def win_rate(old_accepts, new_accepts, truth) -> dict:
+    """The paper's understanding win rate over images where old and new judges disagree.
+
+    Returns the share of disagreements where the NEW judge agrees with the external evaluator
+    (0.5 = no change) and how many disagreements there were.
+    """
+    old, new, t = (np.asarray(x, dtype=bool) for x in (old_accepts, new_accepts, truth))
+    disagree = old != new
+    return {"win_rate": _mean(new[disagree] == t[disagree]), "n_disagree": int(disagree.sum())}

@@ -1,0 +1,46 @@
+"""Synthetic shapes world: prompt grammar, fixed splits, renderer and exact evaluator."""
+
+from .evaluator import Detection, detect, evaluate, evaluate_batch, explain
+from .grammar import (
+    CATEGORIES,
+    COLOURS,
+    COUNT_WORDS,
+    PALETTE,
+    POSITIONS,
+    RELATIONS,
+    SHAPES,
+    TIERS,
+    Obj,
+    Spec,
+    all_specs,
+    negatives,
+    parse,
+)
+from .render import render, render_batch
+from .splits import NOVEL_OBJECTS, SPLIT_NAMES, split
+
+__all__ = [
+    "CATEGORIES",
+    "COLOURS",
+    "COUNT_WORDS",
+    "NOVEL_OBJECTS",
+    "PALETTE",
+    "POSITIONS",
+    "RELATIONS",
+    "SHAPES",
+    "SPLIT_NAMES",
+    "TIERS",
+    "Detection",
+    "Obj",
+    "Spec",
+    "all_specs",
+    "detect",
+    "evaluate",
+    "evaluate_batch",
+    "explain",
+    "negatives",
+    "parse",
+    "render",
+    "render_batch",
+    "split",
+]
