@@ -116,7 +116,8 @@ def score(
 ):
     """Generate N images per prompt, judge them with the model's own understanding, check them
     with the exact external evaluator, and print NU and accuracies per category and tier."""
-    from unigap.evaluate import ScoreSettings, make_judge, score_report, select_prompts
+    from unigap.candidates import Sampling
+    from unigap.evaluate import make_judge, score_report, select_prompts
 
     if n < 1:
         fail(f"--n must be at least 1, got {n}")
@@ -125,7 +126,7 @@ def score(
     check_mode(mode)
     specs = select_prompts(load_prompts(split), per_category, seed)
     um = load_model(model)
-    report = score_report(um, make_judge(um, mode), specs, ScoreSettings(n=n, seed=seed, cfg=cfg, temperature=temperature))
+    report = score_report(um, make_judge(um, mode), specs, Sampling(n=n, seed=seed, cfg=cfg, temperature=temperature))
     samples = report.pop("_samples")
     report["settings"]["split"] = split
     print_report(report)
@@ -153,6 +154,7 @@ def generate(
     """Generate images with the model and write PNGs plus a JSON of token ids and the model's own p_yes."""
     from PIL import Image
 
+    from unigap.candidates import Sampling, sample_and_judge
     from unigap.evaluate import make_judge
 
     if n < 1:
@@ -161,18 +163,16 @@ def generate(
         fail("a prompt is empty")
     check_mode(mode)
     um = load_model(model)
-    samples = um.sample(prompts, n, cfg, temperature, seed)
-    texts = [prompts[i] for i in samples.prompt_index]
     try:
-        judgment = make_judge(um, mode).score(samples.images, texts)
+        res = sample_and_judge(um, make_judge(um, mode), prompts, Sampling(n, seed, cfg, temperature))
     except ValueError as e:
         fail(f"cannot judge in {mode} mode: {e}")
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    for r, (text, image) in enumerate(zip(texts, samples.images)):
-        name = f"{samples.prompt_index[r]:03d}_{r % n:02d}.png"
+    for r, (text, image) in enumerate(zip(res.prompts, res.images)):
+        name = f"{res.prompt_index[r]:03d}_{r % n:02d}.png"
         Image.fromarray(image).save(out / name)
-        records.append({"prompt": text, "file": name, "tokens": samples.tokens[r].tolist(), "p_yes": float(judgment.p_yes[r])})
+        records.append({"prompt": text, "file": name, "tokens": res.tokens[r].tolist(), "p_yes": float(res.p_yes[r])})
     write_json(out / "generated.json", records)
     for rec in records:
         console.print(f"{rec['file']}  p_yes {rec['p_yes']:.3f}  {rec['prompt']}")
@@ -229,6 +229,96 @@ def pretrain(
             setattr(cfg, name, value)
     run(out, cfg)
     console.print(f"model written to {out}")
+
+
+@app.command()
+def loop(
+    rounds: int = typer.Option(3, help="Self-improvement rounds."),
+    method: str = typer.Option("sft", help="sft, dpo, c-sft or c-dpo (c-: with the discard-pool curriculum)."),
+    n: int = typer.Option(8, help="Candidates sampled per prompt and round."),
+    seed: int = typer.Option(0, help="Training seed (evaluation seeds are fixed)."),
+    pool: str = typer.Option("train+heldout", help="Prompt TEXTS to improve on: train+heldout, train, or a file."),
+    store: Path = typer.Option(Path("runs/store"), help="Preference store directory (rerun the same command to resume)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the per-round figures to this JSON file."),
+    report: Optional[Path] = typer.Option(None, help="Folder for the JSON and PNG plots of the run."),
+    model: Path = typer.Option(DEFAULT_MODEL, help="Starting model folder."),
+    mode: str = typer.Option("likelihood", help="The model's own judge: likelihood, probability or decision."),
+    lr: float = typer.Option(1e-4, help="Learning rate of each round."),
+    epochs: int = typer.Option(2, help="Epochs over each round's data."),
+    beta: float = typer.Option(0.1, help="DPO beta."),
+    nll_weight: float = typer.Option(1.0, help="DPO: weight of the NLL on the chosen image."),
+    kl_weight: float = typer.Option(0.0, help="SFT: weight of the KL anchor to the pre-round model."),
+    modules: str = typer.Option("lm", help="What trains: lm (the shared language model) or lm+head."),
+    eval_n: int = typer.Option(5, help="Images per held-out prompt in each evaluation."),
+    eval_per_category: int = typer.Option(0, help="Evaluate at most this many prompts per category (0: all)."),
+):
+    """Run the self-improvement loop: sample, judge with the model's own understanding, train,
+    evaluate on held-out prompts (external evaluator beside the own judge), promote or reject."""
+    from unigap.loop import METHODS, Loop, LoopConfig
+    from unigap.store import LocalStore, StoreError
+    from unigap.train.trainer import MODULES, TrainConfig
+
+    if method not in METHODS:
+        fail(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
+    if rounds < 1:
+        fail(f"--rounds must be at least 1, got {rounds}")
+    if n < 1 or eval_n < 1 or epochs < 1:
+        fail("--n, --eval-n and --epochs must be at least 1")
+    if not (lr > 0 and beta > 0 and nll_weight >= 0 and kl_weight >= 0):
+        fail("--lr and --beta must be > 0, --nll-weight and --kl-weight >= 0")
+    if modules not in MODULES:
+        fail(f"--modules must be one of {', '.join(MODULES)}")
+    check_mode(mode)
+    if not (model / "config.json").is_file():
+        fail(f"no model at {model}: expected a folder written by save_pretrained (config.json)")
+    try:
+        st = LocalStore(store)
+    except StoreError as e:
+        fail(str(e))
+    train = TrainConfig(epochs=epochs, lr=lr, beta=beta, nll_weight=nll_weight, kl_weight=kl_weight, modules=modules, seed=seed)
+    cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
+                     eval_n=eval_n, eval_per_category=eval_per_category)
+    try:
+        runner = Loop(cfg, st, store / "cache", model, log=console.print)
+    except ValueError as e:
+        fail(str(e))
+    result = runner.run_all()
+    print_rounds(result)
+    if json_out:
+        write_json(json_out, result)
+    if report:
+        write_loop_report(runner, result, report)
+    return result
+
+
+def print_rounds(result: dict) -> None:
+    table = Table(title="Self-improvement rounds (held-out prompts; external evaluator beside the own judge)")
+    for col in ("round", "NU %", "gen acc %", "und acc %", "win rate %", "diversity", "SFT", "pairs", "discard", "promoted"):
+        table.add_column(col, justify="right")
+    for row in result["rounds"]:
+        table.add_row(
+            str(row["round"]), pct(row["nu"]), pct(row["gen_acc"]), pct(row["und_acc"]), pct(row["win_rate"]),
+            f"{row['diversity']:.3f}", str(row["n_sft"]), str(row["n_pairs"]), str(row["n_discard"]),
+            "start" if row["round"] == 0 else ("yes" if row["promoted"] else "no: " + "; ".join(row["reasons"])),
+        )
+    console.print(table)
+
+
+def write_loop_report(runner, result: dict, folder: Path) -> None:
+    import numpy as np
+
+    from unigap.plots import image_grid, plot_rounds
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "loop.json", result)
+    paths = plot_rounds(result, folder)
+    last = result["rounds"][-1]["round"]
+    before, prompts, ok0 = runner.heldout_samples(0)
+    after, _, ok1 = runner.heldout_samples(last)
+    pick = list(range(0, len(before), max(1, len(before) // 8)))[:8]
+    labels = [f"r0 {'ok' if ok0[i] else 'x'}: {prompts[i]}" for i in pick] + [f"r{last} {'ok' if ok1[i] else 'x'}: {prompts[i]}" for i in pick]
+    image_grid(np.concatenate([before[pick], after[pick]]), labels, folder / "samples_before_after.png", cols=len(pick))
+    console.print(f"report: {folder} ({', '.join(p.name for p in paths)}, samples_before_after.png, loop.json)")
 
 
 @app.command()

@@ -5,12 +5,10 @@ The external evaluator only measures here; nothing it says flows back into train
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-from tqdm import tqdm
 
 from unigap import world
+from unigap.candidates import Sampling, sample_and_judge
 from unigap.model.adapter import UnifiedModel
 from unigap.model.judge import Judge
 from unigap.score import gap_summary
@@ -42,39 +40,11 @@ def select_prompts(specs: list, per_category: int, seed: int = 0) -> list:
     return out
 
 
-@dataclass
-class ScoreSettings:
-    n: int = 4
-    seed: int = 0
-    cfg: float = 1.5
-    temperature: float = 0.7
-    batch_prompts: int = 32
-
-
-def generate_and_judge(um: UnifiedModel, judge: Judge, specs: list, s: ScoreSettings, progress=True) -> dict:
+def generate_and_judge(um: UnifiedModel, judge: Judge, specs: list, s: Sampling, progress=True) -> dict:
     """Sample N images per spec, judge each with the model, evaluate each with the evaluator."""
-    tokens, images, rows = [], [], []
-    for i in tqdm(range(0, len(specs), s.batch_prompts), desc="generate", disable=not progress, leave=False):
-        chunk = specs[i : i + s.batch_prompts]
-        out = um.sample([x.text for x in chunk], s.n, s.cfg, s.temperature, s.seed)
-        tokens.append(out.tokens)
-        images.append(out.images)
-        rows += [chunk[j] for j in out.prompt_index]
-    images = np.concatenate(images)
-    prompts = [x.text for x in rows]
-    accepted, p_yes = [], []
-    for i in tqdm(range(0, len(rows), 128), desc="judge", disable=not progress, leave=False):
-        j = judge.score(images[i : i + 128], prompts[i : i + 128])
-        accepted.append(j.decision)
-        p_yes.append(j.p_yes)
-    return {
-        "specs": rows,
-        "images": images,
-        "tokens": np.concatenate([t.cpu().numpy() for t in tokens]),
-        "accepted": np.concatenate(accepted),
-        "p_yes": np.concatenate(p_yes),
-        "correct": world.evaluate_batch(images, rows),
-    }
+    res = sample_and_judge(um, judge, [x.text for x in specs], s, progress)
+    rows = [specs[k] for k in res.prompt_index]
+    return {"specs": rows, "judged": res, "accepted": res.accepted, "correct": world.evaluate_batch(res.images, rows)}
 
 
 def rendered_understanding(judge: Judge, specs: list, seed: int = 0) -> np.ndarray:
@@ -94,7 +64,7 @@ def group_by(specs, key) -> dict[str, np.ndarray]:
     return {v: np.array([n == v for n in names]) for v in dict.fromkeys(names)}
 
 
-def score_report(um: UnifiedModel, judge: Judge, specs: list, s: ScoreSettings, progress=True) -> dict:
+def score_report(um: UnifiedModel, judge: Judge, specs: list, s: Sampling, progress=True) -> dict:
     """The `unigap score` figures: overall, by category and by tier (keys as the issue names)."""
     res = generate_and_judge(um, judge, specs, s, progress)
     rendered = rendered_understanding(judge, specs, s.seed)

@@ -48,3 +48,60 @@ def image_grid(images: np.ndarray, labels: list[str], path: str | Path, cols: in
     fig.tight_layout()
     fig.savefig(path, dpi=80 * scale // 2)
     plt.close(fig)
+
+
+def plot_rounds(result: dict, folder: str | Path) -> list[Path]:
+    """The loop's report: NU per round, generation vs understanding per round, categories before/after."""
+    folder = Path(folder)
+    rows = result["rounds"]
+    r = [row["round"] for row in rows]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    nu = np.array([row["nu"] for row in rows]) * 100
+    lo = np.array([row["nu_ci"][0] for row in rows]) * 100
+    hi = np.array([row["nu_ci"][1] for row in rows]) * 100
+    ax.plot(r, nu, "o-", label="NU (own judge)")
+    ax.fill_between(r, lo, hi, alpha=0.2)
+    for row in rows[1:]:
+        ax.annotate("promoted" if row["promoted"] else "rejected", (row["round"], row["nu"] * 100), fontsize=7, xytext=(3, 5), textcoords="offset points")
+    ax.set_xlabel("round")
+    ax.set_ylabel("NU % (held-out, 95% CI)")
+    ax.set_xticks(r)
+    ax.set_title("Non-unification score per round")
+    fig.tight_layout()
+    paths.append(folder / "nu_per_round.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(r, [100 * row["gen_acc"] for row in rows], "o-", label="generation acc (external evaluator)")
+    ax.plot(r, [100 * row["und_acc"] for row in rows], "s-", label="understanding acc (rendered pairs)")
+    ax.plot(r, [100 * row["und_acc_own"] for row in rows], "^--", label="judge agrees with evaluator (own images)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("% (held-out)")
+    ax.set_xticks(r)
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7)
+    ax.set_title("Generation vs understanding per round")
+    fig.tight_layout()
+    paths.append(folder / "gen_vs_und_per_round.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    before, after = rows[0]["by_category"], rows[-1]["by_category"]
+    cats = list(before)
+    x = np.arange(len(cats))
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.bar(x - 0.2, [100 * before[c] for c in cats], 0.4, label="round 0")
+    ax.bar(x + 0.2, [100 * after.get(c, 0) for c in cats], 0.4, label=f"round {rows[-1]['round']}")
+    ax.set_xticks(x, cats, rotation=20)
+    ax.set_ylabel("generation acc % (external)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8)
+    ax.set_title("Per category, before and after")
+    fig.tight_layout()
+    paths.append(folder / "categories_before_after.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths

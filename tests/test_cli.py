@@ -1,0 +1,65 @@
+"""The CLI's answers to bad input: exit 2, one line naming the problem, no traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "unigap", *args], capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_error(proc, *words):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_help_explains_itself():
+    proc = run("--help")
+    assert proc.returncode == 0
+    for cmd in ("score", "generate", "judge", "pretrain", "demo"):
+        assert cmd in proc.stdout
+    assert "non-unification" in run("score", "--help").stdout.lower() or "judge" in run("score", "--help").stdout
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["score", "--model", "/nonexistent/model"], ["no model at", "/nonexistent/model"]),
+        (["score", "--n", "0"], ["--n", "at least 1"]),
+        (["score", "--split", "nope"], ["--split", "nope"]),
+        (["score", "--mode", "vibes"], ["--mode", "vibes"]),
+        (["generate", "a red circle", "--n", "0"], ["--n"]),
+        (["generate", " "], ["empty"]),
+        (["judge", "--image", "/nonexistent.png", "--prompt", "a red circle"], ["--image", "not a readable image"]),
+        (["pretrain", "--vq-steps", "-1"], ["--vq-steps"]),
+    ],
+)
+def test_bad_arguments(args, words):
+    assert_one_line_error(run(*args), *words)
+
+
+def test_bad_prompt_files(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    assert_one_line_error(run("score", "--split", str(empty)), "no prompts")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a red circle\na purple hexagon\n")
+    assert_one_line_error(run("score", "--split", str(bad)), "bad.txt:2", "purple hexagon")
+    broken = tmp_path / "broken.json"
+    broken.write_text("[\"a red circle\", ")
+    assert_one_line_error(run("score", "--split", str(broken)), "not valid JSON")
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text("{\"a\": 1}")
+    assert_one_line_error(run("score", "--split", str(wrong)), "JSON list")
+
+
+def test_not_an_image(tmp_path):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"\x89PNG not really")
+    assert_one_line_error(run("judge", "--image", str(junk), "--prompt", "a red circle"), "not a readable image")

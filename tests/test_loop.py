@@ -1,0 +1,106 @@
+"""The loop end to end on a tiny random model: rounds, JSON shape, resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from unigap.store import LocalStore
+from unigap.store import records as rec
+
+POOL = ["a red circle", "two blue squares", "a green circle left of a red square"]
+FAST = ["--n", "2", "--eval-n", "2", "--eval-per-category", "1", "--epochs", "2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, tiny_random):
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    tiny_random.save(path)
+    pool = path.parent / "pool.txt"
+    pool.write_text("\n".join(POOL) + "\n")
+    return path, pool
+
+
+def loop_cmd(model, pool, store, *extra):
+    return [sys.executable, "-m", "unigap", "loop", "--model", str(model), "--pool", str(pool), "--store", str(store), *FAST, *extra]
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo", "c-sft", "c-dpo"])
+def test_loop_rounds_json(tiny_model, tmp_path, method):
+    model, pool = tiny_model
+    out = tmp_path / "loop.json"
+    proc = subprocess.run(loop_cmd(model, pool, tmp_path / "store", "--rounds", "2", "--method", method, "--json", str(out)),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rounds = json.loads(out.read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    for r in rounds:
+        for key in ("round", "nu", "gen_acc", "und_acc", "win_rate", "promoted", "n_sft", "n_pairs", "n_discard"):
+            assert key in r
+    assert rounds[1]["n_sft"] + rounds[1]["n_discard"] > 0
+    if rounds[1]["promoted"] is False:
+        assert rounds[1]["reasons"]  # a rejected round says why
+
+
+def test_kill_mid_round_and_resume(tiny_model, tmp_path):
+    model, pool = tiny_model
+    store = tmp_path / "store"
+    cmd = loop_cmd(model, pool, store, "--rounds", "1", "--json", str(tmp_path / "a.json"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    st = LocalStore(store)
+    deadline = time.time() + 300
+    progress = None
+    while time.time() < deadline:  # kill once round 1 has finished a step but not the round
+        keys = [k for k in st.list_records("runs/") if k.endswith("round-1/progress.json")]
+        if keys:
+            progress = rec.get_record_json(st, keys[0])
+            if progress and "candidates" in progress:
+                break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert progress and "candidates" in progress, "the run never reached round 1"
+    run = keys[0].rsplit("/round-1", 1)[0]
+    assert rec.get_record_json(st, f"{run}/round-1/manifest.json") is None  # killed before the round ended
+    leftovers = [p for p in store.rglob(".*") if p.is_file()]
+    assert not leftovers or all(p.stat().st_size >= 0 for p in leftovers)  # temp files never replace objects
+    for sha_dir in (store / "objects").iterdir():  # every object is whole: its name is its checksum
+        for obj in sha_dir.iterdir():
+            if not obj.name.startswith("."):
+                st.get_object(obj.name)
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = rec.get_record_json(st, f"{run}/round-1/progress.json")
+    assert after["candidates"] == progress["candidates"]  # not recomputed
+    resumed = json.loads((tmp_path / "a.json").read_text())["rounds"]
+
+    fresh = subprocess.run(loop_cmd(model, pool, tmp_path / "fresh", "--rounds", "1", "--json", str(tmp_path / "b.json")),
+                           capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 0
+    uninterrupted = json.loads((tmp_path / "b.json").read_text())["rounds"]
+    for a, b in zip(resumed, uninterrupted):
+        assert a["nu"] == b["nu"] and a["gen_acc"] == b["gen_acc"] and a["n_sft"] == b["n_sft"]
+
+
+def test_loop_bad_input(tiny_model, tmp_path):
+    model, pool = tiny_model
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    cases = [
+        (["--method", "ppo"], "--method"),
+        (["--rounds", "0"], "--rounds"),
+        (["--store", str(blocker / "store")], "cannot be created"),
+    ]
+    for extra, words in cases:
+        cmd = loop_cmd(model, pool, tmp_path / "s", *extra)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc = subprocess.run(loop_cmd(model, empty, tmp_path / "s"), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no prompts" in proc.stderr

@@ -1,0 +1,78 @@
+"""Round data, losses and the local store: small hand-checked cases."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from unigap.store import CorruptObjectError, LocalStore, StoreError
+from unigap.store import records as rec
+from unigap.train.data import Candidates, split_candidates
+from unigap.train.losses import dpo_loss, kl_anchor, sft_loss
+
+
+def test_split_candidates():
+    prompts = ["a"] * 3 + ["b"] * 3 + ["c"] * 2
+    tokens = np.arange(8)[:, None].repeat(4, 1)
+    p_yes = np.array([0.9, 0.6, 0.2, 0.1, 0.3, 0.05, 0.7, 0.8])
+    accepted = p_yes >= 0.5
+    d = split_candidates(Candidates(prompts, tokens, p_yes, accepted))
+    assert [(p, int(t[0])) for p, t in d.sft] == [("a", 0), ("a", 1), ("c", 6), ("c", 7)]
+    assert [(p, int(w[0]), int(l[0])) for p, w, l in d.pairs] == [("a", 0, 2)]  # best accepted vs worst rejected
+    assert d.discard == ["b"]
+
+
+def test_dpo_loss_values():
+    z = torch.zeros(2)
+    loss, margin = dpo_loss(z, z, z, z, beta=0.1)
+    assert loss.item() == pytest.approx(math.log(2))
+    loss, margin = dpo_loss(torch.tensor([-10.0]), torch.tensor([-20.0]), torch.tensor([-12.0]), torch.tensor([-18.0]), beta=0.5)
+    # policy margin 10, reference margin 6 -> beta * 4 = 2
+    assert margin.item() == pytest.approx(2.0)
+    assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-2))))
+
+
+def test_sft_and_kl():
+    lp = torch.log(torch.tensor([[0.5, 0.25]]))
+    assert sft_loss(lp).item() == pytest.approx(-(math.log(0.5) + math.log(0.25)) / 2)
+    assert kl_anchor(lp, lp).item() == pytest.approx(0.0)
+    assert kl_anchor(lp, lp - 1).item() > 0
+
+
+def test_local_store_objects_records_and_corruption(tmp_path):
+    st = LocalStore(tmp_path / "s")
+    sha = st.put_object(b"hello")
+    assert st.put_object(b"hello") == sha and st.get_object(sha) == b"hello" and st.has_object(sha)
+    with pytest.raises(KeyError, match="not in the store"):
+        st.get_object("0" * 64)
+    path = tmp_path / "s" / "objects" / sha[:2] / sha
+    path.write_bytes(b"hellO")
+    with pytest.raises(CorruptObjectError, match=sha):
+        st.get_object(sha)
+    rec.put_record_json(st, "runs/x/round-1/manifest.json", {"a": 1})
+    assert rec.get_record_json(st, "runs/x/round-1/manifest.json") == {"a": 1}
+    assert rec.get_record_json(st, "runs/x/missing.json") is None
+    assert st.list_records("runs/x") == ["runs/x/round-1/manifest.json"]
+    ref = rec.put_arrays(st, a=np.arange(3), b=np.array(["x", "y"]))
+    back = rec.get_arrays(st, ref)
+    assert back["a"].tolist() == [0, 1, 2] and back["b"].tolist() == ["x", "y"]
+
+
+def test_checkpoint_round_trip(tmp_path):
+    st = LocalStore(tmp_path / "s")
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    (src / "model.safetensors").write_bytes(b"\0" * 100)
+    ref = rec.put_checkpoint(st, src)
+    out = rec.fetch_checkpoint(st, ref, tmp_path / "cache")
+    assert (out / "model.safetensors").read_bytes() == b"\0" * 100
+    assert rec.fetch_checkpoint(st, ref, tmp_path / "cache") == out
+
+
+def test_store_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match="cannot be created"):
+        LocalStore(blocker / "store")

@@ -1,0 +1,3 @@
+from unigap.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""Sample N candidates per prompt and judge each with the model's own understanding.
+
+The one loop shared by evaluation (`unigap score`) and the self-improvement loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from unigap.model.adapter import UnifiedModel
+from unigap.model.judge import Judge
+
+
+@dataclass
+class Sampling:
+    n: int = 4
+    seed: int = 0
+    cfg: float = 1.5
+    temperature: float = 0.7
+    batch_prompts: int = 32
+
+
+@dataclass
+class Judged:
+    prompts: list[str]  # one per row, prompt-major
+    prompt_index: np.ndarray  # [rows] index into the input prompts
+    images: np.ndarray  # [rows, H, W, 3] uint8
+    tokens: np.ndarray  # [rows, T] sampled image tokens
+    p_yes: np.ndarray  # [rows]
+    accepted: np.ndarray  # [rows] bool
+
+
+def sample_and_judge(um: UnifiedModel, judge: Judge, prompts: list[str], s: Sampling, progress: bool = True) -> Judged:
+    index, images, tokens, p_yes, accepted = [], [], [], [], []
+    for i in tqdm(range(0, len(prompts), s.batch_prompts), desc="sample and judge", disable=not progress, leave=False):
+        chunk = prompts[i : i + s.batch_prompts]
+        out = um.sample(chunk, s.n, s.cfg, s.temperature, s.seed)
+        j = judge.score(out.images, [chunk[k] for k in out.prompt_index])
+        index += [i + k for k in out.prompt_index]
+        images.append(out.images)
+        tokens.append(out.tokens.cpu().numpy())
+        p_yes.append(j.p_yes)
+        accepted.append(j.decision)
+    return Judged(
+        prompts=[prompts[k] for k in index],
+        prompt_index=np.array(index),
+        images=np.concatenate(images),
+        tokens=np.concatenate(tokens),
+        p_yes=np.concatenate(p_yes),
+        accepted=np.concatenate(accepted),
+    )

@@ -1,0 +1,337 @@
+"""The self-improvement loop (METHOD.md sections 2-4), resumable round by round.
+
+One round: sample N candidates per pool prompt -> judge them with the model's own understanding
+-> SFT set / DPO pairs / discard pool -> train (SFT or DPO, optionally with the curriculum) ->
+evaluate on `val` (the gate), `heldout` (reported) and `novel` -> promote or reject.
+
+Every step's output goes to the store as content-addressed objects; a round's progress record
+names them, and its manifest is written last. Rerunning the same command skips finished rounds
+and finished steps, so a killed run continues where it stopped and recomputes nothing finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from unigap import world
+from unigap.candidates import Sampling, sample_and_judge
+from unigap.evaluate import generate_and_judge, make_judge, rendered_understanding, select_prompts
+from unigap.model.adapter import UnifiedModel
+from unigap.score import gap_summary, win_rate
+from unigap.store import records as rec
+from unigap.store.base import Store
+from unigap.train.data import Candidates, RoundData, split_candidates
+from unigap.train.trainer import TrainConfig, sequence_logps, train_dpo, train_sft
+
+METHODS = ("sft", "dpo", "c-sft", "c-dpo")
+POOLS = ("train+heldout", "train")
+
+
+@dataclass
+class LoopConfig:
+    rounds: int = 3
+    method: str = "sft"
+    n: int = 8
+    seed: int = 0
+    pool: str = "train+heldout"
+    judge_mode: str = "likelihood"
+    cfg: float = 1.5  # candidate sampling: low guidance and temperature (FINDINGS.md)
+    temperature: float = 0.7
+    canonical: bool = True  # train on decode -> re-encode tokens
+    train: TrainConfig = field(default_factory=TrainConfig)
+    curriculum_epoch: int = 1  # C-SFT / C-DPO: replay the discard pool before this epoch
+    eval_n: int = 5
+    eval_per_category: int = 0  # 0: every prompt of each evaluated split (tests use fewer)
+    eval_seed: int = 12345  # fixed: every round is evaluated on the same seeds
+    gate_und_tolerance: float = 0.02
+    gate_diversity_floor: float = 0.7
+    gate_external: bool = False  # also require val external accuracy not to fall
+
+    def key(self, start_ref: str, pool_texts: list[str]) -> str:
+        """A run's identity: the same command on the same model resumes the same run."""
+        blob = json.dumps({"cfg": asdict(self) | {"rounds": None}, "start": start_ref, "pool": pool_texts}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pool_texts(pool: str) -> list[str]:
+    """Prompt TEXTS of the pool (never labels): a named pool or a file, one prompt per line."""
+    if pool == "train+heldout":
+        return [s.text for s in world.split("train") + world.split("heldout")]
+    if pool == "train":
+        return [s.text for s in world.split("train")]
+    path = Path(pool)
+    if not path.is_file():
+        raise ValueError(f"pool {pool!r} is neither {' nor '.join(POOLS)} nor a file")
+    texts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not texts:
+        raise ValueError(f"pool file {pool} has no prompts")
+    for i, t in enumerate(texts, 1):
+        try:
+            world.parse(t)  # the embedded judge needs competing captions from the grammar
+        except ValueError:
+            raise ValueError(f"{pool}:{i}: {t!r} is not a prompt of the shapes world") from None
+    return texts
+
+
+def diversity(tokens: np.ndarray, prompt_index: np.ndarray) -> float:
+    """Mean share of differing image tokens between candidates of the same prompt."""
+    scores = []
+    for p in np.unique(prompt_index):
+        t = tokens[prompt_index == p]
+        if len(t) > 1:
+            diff = (t[:, None, :] != t[None, :, :]).mean(-1)
+            scores.append(diff[np.triu_indices(len(t), 1)].mean())
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def evaluated_specs(split: str, per_category: int) -> list:
+    return select_prompts(world.split(split), per_category)
+
+
+def evaluate_split(um: UnifiedModel, mode: str, specs: list, n: int, seed: int, progress: bool) -> tuple[dict, dict]:
+    """Figures of one split with fixed seeds, and the arrays a later win rate needs."""
+    judge = make_judge(um, mode)
+    res = generate_and_judge(um, judge, specs, Sampling(n=n, seed=seed), progress)
+    rows = res["specs"]
+    judged = res["judged"]
+    summary = gap_summary(res["accepted"], res["correct"], len(specs))
+    summary["und_acc_own"] = summary.pop("und_acc")
+    summary["und_acc"] = float(rendered_understanding(judge, specs, seed).mean())
+    summary["diversity"] = diversity(judged.tokens, judged.prompt_index)
+    summary["by_category"] = {
+        c: float(res["correct"][[s.category == c for s in rows]].mean()) for c in world.CATEGORIES if any(s.category == c for s in rows)
+    }
+    arrays = {"images": judged.images, "accepted": res["accepted"], "correct": res["correct"], "prompt_index": judged.prompt_index}
+    return summary, arrays
+
+
+class Loop:
+    def __init__(self, cfg: LoopConfig, store: Store, cache: Path, start_model: Path, progress: bool = True, log: Callable[[str], None] = print):
+        if cfg.method not in METHODS:
+            raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+        if cfg.rounds < 1:
+            raise ValueError("rounds must be >= 1")
+        self.cfg, self.store, self.cache, self.progress, self.log = cfg, store, Path(cache), progress, log
+        self.pool = pool_texts(cfg.pool)
+        self.start_ref = rec.put_checkpoint(store, start_model)
+        self.run = f"runs/{cfg.key(self.start_ref, self.pool)}"
+
+    # ------------------------------------------------------------------ store helpers
+    def _model(self, ref: str) -> UnifiedModel:
+        return UnifiedModel.load(rec.fetch_checkpoint(self.store, ref, self.cache))
+
+    def _step(self, r: int, progress: dict, name: str, compute: Callable[[], str]) -> str:
+        """Run a step once: its object address is recorded; a rerun reads it back."""
+        if name not in progress:
+            progress[name] = compute()
+            rec.put_record_json(self.store, f"{self.run}/round-{r}/progress.json", progress)
+        return progress[name]
+
+    def manifest(self, r: int) -> dict | None:
+        return rec.get_record_json(self.store, f"{self.run}/round-{r}/manifest.json")
+
+    def head(self, before: int) -> tuple[str, int]:
+        """The last promoted checkpoint before round `before` (derived from manifests, never stored apart)."""
+        for r in range(before - 1, 0, -1):
+            m = self.manifest(r)
+            if m and m["promoted"]:
+                return m["checkpoint"], r
+        return self.start_ref, 0
+
+    # ------------------------------------------------------------------ steps
+    def _evaluate(self, um: UnifiedModel, splits: tuple[str, ...]) -> str:
+        out, arrays = {}, {}
+        for split in splits:
+            n = self.cfg.eval_n if split != "novel" else max(2, self.cfg.eval_n // 2)
+            specs = evaluated_specs(split, self.cfg.eval_per_category)
+            out[split], arr = evaluate_split(um, self.cfg.judge_mode, specs, n, self.cfg.eval_seed, self.progress)
+            if split == "heldout":
+                arrays = arr
+        out["heldout_arrays"] = rec.put_arrays(self.store, **arrays)
+        return rec.put_json(self.store, out)
+
+    def _collect(self, um: UnifiedModel, prompts: list[str], seed: int) -> Candidates:
+        judge = make_judge(um, self.cfg.judge_mode)
+        res = sample_and_judge(um, judge, prompts, Sampling(n=self.cfg.n, seed=seed, cfg=self.cfg.cfg, temperature=self.cfg.temperature), self.progress)
+        tokens = um.encode(res.images).cpu().numpy() if self.cfg.canonical else res.tokens
+        return Candidates(res.prompts, tokens, res.p_yes, res.accepted)
+
+    def _data_ref(self, data: RoundData) -> str:
+        T = 0 if not data.sft and not data.pairs else len((data.sft or data.pairs)[0][1])
+        return rec.put_arrays(
+            self.store,
+            sft_prompts=np.array([p for p, _ in data.sft], dtype=str),
+            sft_tokens=np.array([t for _, t in data.sft]).reshape(-1, T) if data.sft else np.zeros((0, T), int),
+            pair_prompts=np.array([p for p, _, _ in data.pairs], dtype=str),
+            chosen=np.array([c for _, c, _ in data.pairs]).reshape(-1, T) if data.pairs else np.zeros((0, T), int),
+            rejected=np.array([x for _, _, x in data.pairs]).reshape(-1, T) if data.pairs else np.zeros((0, T), int),
+            discard=np.array(data.discard, dtype=str),
+        )
+
+    def _load_data(self, ref: str) -> RoundData:
+        a = rec.get_arrays(self.store, ref)
+        return RoundData(
+            sft=list(zip(a["sft_prompts"].tolist(), a["sft_tokens"])),
+            pairs=list(zip(a["pair_prompts"].tolist(), a["chosen"], a["rejected"])),
+            discard=a["discard"].tolist(),
+        )
+
+    def _train(self, base_ref: str, data: RoundData, r: int) -> tuple[str, list]:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed * 1000 + r)
+        um = self._model(base_ref)
+        reference = self._model(base_ref)  # frozen pre-round model
+        tcfg = TrainConfig(**{**asdict(cfg.train), "seed": cfg.seed * 1000 + r})
+        curriculum = cfg.method.startswith("c-")
+        discard = list(data.discard)
+
+        def replay() -> RoundData:
+            """Regenerate the discard pool with the CURRENT model and judge; keep what it now accepts."""
+            um.model.eval()
+            fresh = split_candidates(self._collect(um, discard, seed=cfg.seed * 1000 + r + 500)) if discard else RoundData()
+            self.log(f"  curriculum: {len(discard)} discarded prompts replayed, {len(fresh.sft)} samples now accepted")
+            return fresh
+
+        if cfg.method in ("sft", "c-sft"):
+            on_epoch = (lambda e: replay().sft if e == cfg.curriculum_epoch else []) if curriculum else None
+            log = train_sft(um, data.sft, tcfg, reference, on_epoch, self.progress)
+        else:
+            def ref_logps(pairs):
+                prompts = [p for p, _, _ in pairs]
+                return (sequence_logps(reference, prompts, np.array([c for _, c, _ in pairs])),
+                        sequence_logps(reference, prompts, np.array([x for _, _, x in pairs])))
+
+            def on_epoch(e):
+                if e != cfg.curriculum_epoch:
+                    return [], torch.zeros(0), torch.zeros(0)
+                fresh = replay().pairs
+                return (fresh, *ref_logps(fresh)) if fresh else ([], torch.zeros(0), torch.zeros(0))
+
+            log = train_dpo(um, data.pairs, *ref_logps(data.pairs), tcfg, on_epoch if curriculum else None, self.progress) if data.pairs else []
+        if not log:
+            return base_ref, []  # nothing to train on: the round keeps the base model
+        with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
+            um.save(tmp)
+            return rec.put_checkpoint(self.store, tmp), log
+
+    def _gate(self, old: dict, new: dict) -> tuple[bool, list[str]]:
+        """Promote only if val NU falls, diversity holds and rendered understanding holds."""
+        c, o, n = self.cfg, old["val"], new["val"]
+        reasons = []
+        if not n["nu"] < o["nu"]:
+            reasons.append(f"val NU did not fall ({o['nu']:.3f} -> {n['nu']:.3f})")
+        if n["diversity"] < c.gate_diversity_floor * o["diversity"]:
+            reasons.append(f"diversity collapsed ({o['diversity']:.3f} -> {n['diversity']:.3f})")
+        if n["und_acc"] < o["und_acc"] - c.gate_und_tolerance:
+            reasons.append(f"val understanding fell ({o['und_acc']:.3f} -> {n['und_acc']:.3f})")
+        if c.gate_external and n["gen_acc"] < o["gen_acc"]:
+            reasons.append(f"val external accuracy fell ({o['gen_acc']:.3f} -> {n['gen_acc']:.3f})")
+        return not reasons, reasons
+
+    # ------------------------------------------------------------------ the loop
+    def run_all(self) -> dict:
+        cfg = self.cfg
+        zero = self.manifest(0)
+        if zero is None:
+            progress = rec.get_record_json(self.store, f"{self.run}/round-0/progress.json") or {}
+            ev = self._step(0, progress, "eval", lambda: self._evaluate(self._model(self.start_ref), ("val", "heldout", "novel")))
+            zero = {"round": 0, "checkpoint": self.start_ref, "eval": ev, "promoted": True, "n_sft": 0, "n_pairs": 0, "n_discard": 0}
+            rec.put_record_json(self.store, f"{self.run}/round-0/manifest.json", zero)
+        rows = [self._row(zero)]
+        self.log(self._describe(rows[-1]))
+        for r in range(1, cfg.rounds + 1):
+            m = self.manifest(r)
+            if m is None:
+                m = self._round(r)
+            rows.append(self._row(m))
+            self.log(self._describe(rows[-1]))
+        return {"run": self.run, "config": asdict(cfg), "rounds": rows}
+
+    def _round(self, r: int) -> dict:
+        cfg = self.cfg
+        key = f"{self.run}/round-{r}/progress.json"
+        progress = rec.get_record_json(self.store, key) or {}
+        base_ref, base_round = self.head(r)
+        progress.setdefault("base", base_ref)
+        base_ref = progress["base"]
+        base = None
+
+        def base_model():
+            nonlocal base
+            base = base or self._model(base_ref)
+            return base
+
+        self.log(f"round {r}: from the model of round {base_round}")
+        cand = self._step(r, progress, "candidates", lambda: self._candidates_ref(base_model(), r))
+        data_ref = self._step(r, progress, "data", lambda: self._data_ref(split_candidates(self._load_candidates(cand))))
+        data = self._load_data(data_ref)
+        if not data.sft and not data.pairs:
+            self.log(f"  round {r}: no accepted sample and no pair: nothing to train on; the round keeps the model")
+        ckpt = self._step(r, progress, "checkpoint", lambda: json.dumps(self._train(base_ref, data, r)))
+        ckpt_ref, train_log = json.loads(ckpt)
+        ev = self._step(r, progress, "eval", lambda: self._evaluate(self._model(ckpt_ref), ("val", "heldout") + (("novel",) if r == cfg.rounds else ())))
+        old_eval = rec.get_json(self.store, self.manifest(base_round)["eval"])
+        new_eval = rec.get_json(self.store, ev)
+        promoted, reasons = self._gate(old_eval, new_eval) if ckpt_ref != base_ref else (False, ["nothing was trained"])
+        m = {
+            "round": r, "base": base_ref, "checkpoint": ckpt_ref, "eval": ev, "promoted": promoted, "reasons": reasons,
+            "candidates": cand, "data": data_ref, "train_log": train_log,
+            "n_sft": len(data.sft), "n_pairs": len(data.pairs), "n_discard": len(data.discard),
+            "win_rate": self._win_rate(base_ref, old_eval, ckpt_ref),
+        }
+        rec.put_record_json(self.store, f"{self.run}/round-{r}/manifest.json", m)  # last: the round is done
+        return m
+
+    def _candidates_ref(self, um: UnifiedModel, r: int) -> str:
+        c = self._collect(um, self.pool, seed=self.cfg.seed * 1000 + r)
+        return rec.put_arrays(self.store, prompts=np.array(c.prompts, dtype=str), tokens=c.tokens, p_yes=c.p_yes, accepted=c.accepted)
+
+    def _load_candidates(self, ref: str) -> Candidates:
+        a = rec.get_arrays(self.store, ref)
+        return Candidates(a["prompts"].tolist(), a["tokens"], a["p_yes"], a["accepted"])
+
+    def _win_rate(self, base_ref: str, old_eval: dict, new_ref: str) -> dict:
+        """Old vs new judge on the OLD model's held-out images, decided by the external evaluator."""
+        if new_ref == base_ref:
+            return {"win_rate": None, "n_disagree": 0}
+        a = rec.get_arrays(self.store, old_eval["heldout_arrays"])
+        specs = evaluated_specs("heldout", self.cfg.eval_per_category)
+        prompts = [specs[i].text for i in a["prompt_index"]]
+        new = make_judge(self._model(new_ref), self.cfg.judge_mode).score(a["images"], prompts).decision
+        return win_rate(a["accepted"], new, a["correct"])
+
+    def _row(self, m: dict) -> dict:
+        ev = rec.get_json(self.store, m["eval"])
+        h = ev["heldout"]
+        row = {
+            "round": m["round"], "nu": h["nu"], "nu_ci": h["nu_ci"], "gen_acc": h["gen_acc"], "und_acc": h["und_acc"],
+            "und_acc_own": h["und_acc_own"], "win_rate": (m.get("win_rate") or {}).get("win_rate"),
+            "promoted": m["promoted"], "n_sft": m["n_sft"], "n_pairs": m["n_pairs"], "n_discard": m["n_discard"],
+            "diversity": h["diversity"], "by_category": h["by_category"], "val": {k: ev["val"][k] for k in ("nu", "gen_acc", "und_acc", "diversity")},
+            "reasons": m.get("reasons", []), "checkpoint": m["checkpoint"],
+        }
+        if "novel" in ev:
+            row["novel"] = {k: ev["novel"][k] for k in ("nu", "gen_acc", "und_acc", "diversity")}
+        return row
+
+    def heldout_samples(self, r: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """Round r's held-out evaluation images (fixed seeds), their prompts and verdicts."""
+        a = rec.get_arrays(self.store, rec.get_json(self.store, self.manifest(r)["eval"])["heldout_arrays"])
+        specs = evaluated_specs("heldout", self.cfg.eval_per_category)
+        return a["images"], [specs[i].text for i in a["prompt_index"]], a["correct"]
+
+    @staticmethod
+    def _describe(row: dict) -> str:
+        s = f"round {row['round']}: NU {row['nu']:.3f}  gen {row['gen_acc']:.3f}  und {row['und_acc']:.3f}  div {row['diversity']:.3f}"
+        if row["round"]:
+            s += f"  sft {row['n_sft']} pairs {row['n_pairs']} discard {row['n_discard']}  "
+            s += "PROMOTED" if row["promoted"] else "rejected: " + "; ".join(row["reasons"])
+        return s

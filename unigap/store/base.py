@@ -1,0 +1,42 @@
+"""The preference store interface: content-addressed objects plus a few named records.
+
+Objects are immutable and addressed by their sha256, so a write is idempotent and a read is
+verified. Named records (round manifests) are small JSON documents replaced atomically. Every
+backend (local directory here, S3/MinIO alongside) implements these five methods; everything
+else (JSON, arrays, checkpoints, manifests) is built on them in `records.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol
+
+
+class CorruptObjectError(Exception):
+    """An object's bytes no longer match its address: it is never used."""
+
+    def __init__(self, sha: str, where: str):
+        super().__init__(f"object {sha} at {where} is corrupt (its sha256 does not match); it will not be used")
+        self.sha = sha
+
+
+class StoreError(Exception):
+    """The store cannot be used (not writable, unreachable): a clear, user-facing message."""
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Store(Protocol):
+    def put_object(self, data: bytes) -> str: ...
+
+    def get_object(self, sha: str) -> bytes: ...
+
+    def has_object(self, sha: str) -> bool: ...
+
+    def put_record(self, key: str, data: bytes) -> None: ...
+
+    def get_record(self, key: str) -> bytes | None: ...
+
+    def list_records(self, prefix: str) -> list[str]: ...

@@ -1,0 +1,54 @@
+"""Candidates judged by the model's own understanding -> SFT set, DPO pairs, discard pool.
+
+METHOD.md Algorithm 1. The external evaluator is never called here: the only signal is the
+model's own judgment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Candidates:
+    """N judged candidates per prompt; rows prompt-major, as `UnifiedModel.sample` returns them."""
+
+    prompts: list[str]  # one per row
+    tokens: np.ndarray  # [rows, T] canonical image tokens
+    p_yes: np.ndarray  # [rows]
+    accepted: np.ndarray  # [rows] bool
+
+
+@dataclass
+class RoundData:
+    sft: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (prompt, tokens)
+    pairs: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)  # (prompt, chosen, rejected)
+    discard: list[str] = field(default_factory=list)  # prompts with no accepted candidate
+
+    def extend(self, other: "RoundData") -> None:
+        self.sft += other.sft
+        self.pairs += other.pairs
+        self.discard += other.discard
+
+
+def split_candidates(c: Candidates) -> RoundData:
+    """SFT: every accepted candidate. DPO: per prompt, the best accepted against the worst
+    rejected (by p_yes); prompts lacking either give no pair. Discard: prompts with none accepted."""
+    out = RoundData()
+    order: dict[str, list[int]] = {}
+    for i, p in enumerate(c.prompts):
+        order.setdefault(p, []).append(i)
+    for prompt, rows in order.items():
+        rows = np.array(rows)
+        acc = rows[c.accepted[rows]]
+        rej = rows[~c.accepted[rows]]
+        out.sft += [(prompt, c.tokens[i]) for i in acc]
+        if len(acc) and len(rej):
+            best = acc[np.argmax(c.p_yes[acc])]
+            worst = rej[np.argmin(c.p_yes[rej])]
+            out.pairs.append((prompt, c.tokens[best], c.tokens[worst]))
+        if not len(acc):
+            out.discard.append(prompt)
+    return out

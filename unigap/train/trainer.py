@@ -1,0 +1,159 @@
+"""SFT and DPO on image tokens, one round at a time (METHOD.md sections 2 and 3).
+
+Plain loops over the adapter's teacher-forced log-probs: no Trainer class hierarchy. Only the
+shared language model is trained by default; the generation head and aligner can be added.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from unigap.model.adapter import UnifiedModel
+from unigap.train.losses import dpo_loss, kl_anchor, sft_loss
+
+MODULES = ("lm", "lm+head")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 2
+    lr: float = 1e-4
+    batch: int = 16
+    beta: float = 0.1  # DPO temperature
+    nll_weight: float = 1.0  # DPO: NLL on the chosen image (the paper uses one)
+    kl_weight: float = 0.0  # SFT: KL anchor to the pre-round model
+    modules: str = "lm"
+    seed: int = 0
+
+
+def trainable_parameters(um: UnifiedModel, modules: str = "lm") -> list[torch.nn.Parameter]:
+    """The shared LM (default), or the LM plus the generation head and aligner; all else frozen."""
+    if modules not in MODULES:
+        raise ValueError(f"modules must be one of {MODULES}, not {modules!r}")
+    prefixes = ["model.language_model."]
+    if modules == "lm+head":
+        prefixes += ["model.generation_head.", "model.generation_aligner.", "model.generation_embeddings."]
+    params = []
+    for name, p in um.model.named_parameters():
+        p.requires_grad_(any(name.startswith(x) for x in prefixes))
+        if p.requires_grad:
+            params.append(p)
+    return params
+
+
+def _batches(n: int, batch: int, rng: np.random.Generator):
+    order = rng.permutation(n)
+    for i in range(0, n, batch):
+        yield order[i : i + batch]
+
+
+@torch.no_grad()
+def sequence_logps(um: UnifiedModel, prompts: list[str], tokens: np.ndarray, batch: int = 64) -> torch.Tensor:
+    """Summed image-token log-probs [B] of fixed sequences (e.g. the frozen reference's, once per round)."""
+    out = []
+    for i in range(0, len(prompts), batch):
+        t = torch.as_tensor(np.asarray(tokens[i : i + batch]))
+        out.append(um.image_logprobs(prompts[i : i + batch], t).sum(-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def _optimizer(params, cfg: TrainConfig, total_steps: int):
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    warm = max(1, total_steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    )
+    return opt, sched
+
+
+def train_sft(
+    um: UnifiedModel,
+    samples: list[tuple[str, np.ndarray]],
+    cfg: TrainConfig,
+    reference: UnifiedModel | None = None,
+    on_epoch: Callable[[int], list[tuple[str, np.ndarray]]] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """NLL on accepted images' tokens. `on_epoch(e)` may return new samples (the curriculum)."""
+    if not samples:
+        return []
+    rng = np.random.default_rng(cfg.seed)
+    params = trainable_parameters(um, cfg.modules)
+    steps = cfg.epochs * math.ceil(len(samples) / cfg.batch)
+    opt, sched = _optimizer(params, cfg, steps)
+    um.model.train()
+    log = []
+    for epoch in range(cfg.epochs):
+        if on_epoch is not None and epoch > 0:
+            samples = samples + on_epoch(epoch)
+            um.model.train()
+        losses = []
+        for idx in tqdm(list(_batches(len(samples), cfg.batch, rng)), desc=f"SFT epoch {epoch + 1}", disable=not progress, leave=False):
+            prompts = [samples[i][0] for i in idx]
+            tokens = torch.as_tensor(np.stack([samples[i][1] for i in idx]))
+            logps = um.image_logprobs(prompts, tokens)
+            loss = sft_loss(logps)
+            if cfg.kl_weight and reference is not None:
+                with torch.no_grad():
+                    ref = reference.image_logprobs(prompts, tokens)
+                loss = loss + cfg.kl_weight * kl_anchor(logps, ref)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "n": len(samples)})
+    um.model.eval()
+    return log
+
+
+def train_dpo(
+    um: UnifiedModel,
+    pairs: list[tuple[str, np.ndarray, np.ndarray]],
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    cfg: TrainConfig,
+    on_epoch: Callable[[int], tuple[list, torch.Tensor, torch.Tensor]] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Sequence-level DPO over image tokens (+ NLL on the chosen image), reference log-probs given."""
+    if not pairs:
+        return []
+    rng = np.random.default_rng(cfg.seed)
+    params = trainable_parameters(um, cfg.modules)
+    steps = cfg.epochs * math.ceil(len(pairs) / cfg.batch)
+    opt, sched = _optimizer(params, cfg, steps)
+    um.model.train()
+    log = []
+    for epoch in range(cfg.epochs):
+        if on_epoch is not None and epoch > 0:
+            more, more_w, more_l = on_epoch(epoch)
+            pairs, ref_chosen, ref_rejected = pairs + more, torch.cat([ref_chosen, more_w]), torch.cat([ref_rejected, more_l])
+            um.model.train()
+        losses, margins = [], []
+        for idx in tqdm(list(_batches(len(pairs), cfg.batch, rng)), desc=f"DPO epoch {epoch + 1}", disable=not progress, leave=False):
+            prompts = [pairs[i][0] for i in idx]
+            chosen = torch.as_tensor(np.stack([pairs[i][1] for i in idx]))
+            rejected = torch.as_tensor(np.stack([pairs[i][2] for i in idx]))
+            logp = um.image_logprobs(prompts + prompts, torch.cat([chosen, rejected]))
+            lw, ll = logp[: len(idx)], logp[len(idx) :]
+            loss, margin = dpo_loss(lw.sum(-1), ll.sum(-1), ref_chosen[idx], ref_rejected[idx], cfg.beta)
+            if cfg.nll_weight:
+                loss = loss + cfg.nll_weight * sft_loss(lw)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            margins.append(margin.mean().item())
+        log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "margin": float(np.mean(margins)), "n": len(pairs)})
+    um.model.eval()
+    return log
