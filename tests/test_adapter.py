@@ -117,3 +117,24 @@ def test_encode_decode_and_save_load_round_trip(tiny_random, tmp_path):
     assert torch.equal(loaded.encode(images), tokens)
     with pytest.raises(FileNotFoundError, match="no model"):
         UnifiedModel.load(tmp_path / "missing")
+
+
+def test_answer_logprobs_equal_a_full_forward_and_share_prefixes(tiny_random):
+    """The cached-prefix scoring equals scoring each whole sequence in one plain forward pass."""
+    um = tiny_random
+    images = um.sample(PROMPTS[:2], n=1, temperature=1.0).images
+    q = "Describe the image."
+    caps = ["a red circle", "two yellow circles", "a red circle left of a blue square"]
+    shared = um.answer_logprobs(images, [q, q], caps + caps[:1], counts=[3, 1])
+    tok = um.tokenizer
+    from unigap.model.adapter import und_text
+
+    for row, (img, cap) in enumerate([(0, caps[0]), (0, caps[1]), (0, caps[2]), (1, caps[0])]):
+        prompt = tok([und_text(um.image_block, q)]).input_ids[0]
+        answer = tok(cap, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        ids = torch.tensor([prompt + answer])
+        logits = um.model(input_ids=ids, pixel_values=um.pixel_values(images[img : img + 1])).logits[0]
+        logp = torch.log_softmax(logits[:-1], -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+        assert shared[row].item() == pytest.approx(logp[-len(answer) :].sum().item(), abs=1e-3)
+    with pytest.raises(ValueError, match="counts"):
+        um.answer_logprobs(images, [q, q], caps, counts=[1, 1])

@@ -15,8 +15,13 @@ from unigap.score import gap_summary
 
 
 def competitors(prompt: str) -> list[str]:
-    """Competing captions for the likelihood judge: the prompt with one attribute changed."""
-    return [s.text for _, s in world.negatives(world.parse(prompt))]
+    """Competing captions for the likelihood judge: the prompt with one attribute changed, and
+    for two-object prompts each object alone (an image missing an object matches neither)."""
+    spec = world.parse(prompt)
+    out = [s.text for _, s in world.negatives(spec)]
+    if len(spec.objects) == 2:
+        out += [world.Spec("single_object", (o,)).text for o in spec.objects]
+    return out
 
 
 def make_judge(um: UnifiedModel, mode: str, threshold: float = 0.5) -> Judge:

@@ -11,15 +11,18 @@ the external evaluator is never called here.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from unigap import world
@@ -32,10 +35,12 @@ from unigap.model.judge import CAPTION_QUESTION, answer, question
 class PretrainConfig:
     seed: int = 0
     batch: int = 32
+    gen_batch: int = 48
+    yes_no: int = 8  # yes/no rows per understanding batch (their question is long; captions carry most signal)
     vq_steps: int = 1000
     vq_lr: float = 2e-3
-    und_steps: int = 600
-    joint_steps: int = 2000
+    und_steps: int = 400
+    joint_steps: int = 2600
     lr: float = 1e-3
     warmup: int = 100
     cfg_dropout: float = 0.1  # prompt dropout so classifier-free guidance has an unconditional branch
@@ -51,16 +56,21 @@ def vocabulary() -> list[str]:
 
 
 class Data:
-    """Seeded batches of (spec, image) from the train split, balanced over categories."""
+    """Seeded batches of (spec, image), balanced over categories.
 
-    def __init__(self, seed: int, size: int):
+    Generation sees only `train` prompts. Understanding sees renders of every prompt outside
+    `novel` (the judge of a real unified model has seen far more than its generator can make);
+    `novel` combinations are seen by neither, so they measure generalisation of both.
+    """
+
+    def __init__(self, seed: int, size: int, splits=("train",)):
         self.rng = np.random.default_rng(seed)
         self.size = size
-        train = world.split("train")
-        self.by_cat = {c: [s for s in train if s.category == c] for c in world.CATEGORIES}
+        specs = [s for name in splits for s in world.split(name)]
+        self.by_cat = {c: [s for s in specs if s.category == c] for c in world.CATEGORIES}
         novel = {s.canonical() for s in world.split("novel")}
         self.negatives = {
-            s: [n for _, n in world.negatives(s) if n.canonical() not in novel] for s in train
+            s: [n for _, n in world.negatives(s) if n.canonical() not in novel] for s in specs
         }
 
     def specs(self, n: int) -> list:
@@ -131,13 +141,13 @@ def train_vq(vq, data: Data, cfg: PretrainConfig, log: list) -> None:
 # ---------------------------------------------------------------------- understanding / generation
 def understanding_loss(um: UnifiedModel, data: Data, cfg: PretrainConfig) -> torch.Tensor:
     """Captioning + balanced yes/no (hard negatives), on clean renders and VQ reconstructions."""
+    data = data.und
     specs = data.specs(cfg.batch)
     images = data.images(specs)
     recon = data.rng.random(len(specs)) < cfg.recon_share
     if recon.any():
         images[recon] = um.decode(um.encode(images[recon]))
-    # Yes/no on half the images: its question is long, and captioning carries most of the signal.
-    k = len(specs) // 2
+    k = cfg.yes_no
     aligned = data.rng.random(k) < 0.5
     asked = [s if a else data.negative(s) for s, a in zip(specs[:k], aligned)]
     questions = [CAPTION_QUESTION] * len(specs) + [question(s.text) for s in asked]
@@ -147,7 +157,8 @@ def understanding_loss(um: UnifiedModel, data: Data, cfg: PretrainConfig) -> tor
 
 
 def generation_loss(um: UnifiedModel, data: Data, cfg: PretrainConfig) -> torch.Tensor:
-    specs = data.specs(cfg.batch)
+    data = data.gen
+    specs = data.specs(cfg.gen_batch)
     tokens = um.encode(data.images(specs))
     drop = torch.from_numpy(data.rng.random(len(specs)) < cfg.cfg_dropout)
     return -um.image_logprobs([s.text for s in specs], tokens, drop=drop).mean()
@@ -185,18 +196,28 @@ def pretrain(out: Path, cfg: PretrainConfig = PretrainConfig(), size: TinySize =
     t0 = time.time()
     model, processor = build_tiny(vocabulary(), size, cfg.seed)
     um = UnifiedModel(model, processor)
-    data = Data(cfg.seed, size.image_size)
+    out = Path(out)
     log: list = []
-    train_vq(model.model.vqmodel, data, cfg, log)
+    vq_stage = out / "stage-vq"
+    if (vq_stage / "vq.safetensors").is_file():  # resume: the VQ stage of this very command finished
+        model.model.vqmodel.load_state_dict(load_file(vq_stage / "vq.safetensors"))
+        log += json.loads((vq_stage / "log.json").read_text())
+    else:
+        train_vq(model.model.vqmodel, Data(cfg.seed, size.image_size), cfg, log)
+        vq_stage.mkdir(parents=True, exist_ok=True)
+        save_file(model.model.vqmodel.state_dict(), vq_stage / "vq.safetensors")
+        (vq_stage / "log.json").write_text(json.dumps(log))
+    # Later stages draw from their own streams, so a resumed run equals an uninterrupted one.
+    torch.manual_seed(cfg.seed + 1)
+    data = SimpleNamespace(
+        und=Data(cfg.seed + 1, size.image_size, ("train", "val", "heldout")),
+        gen=Data(cfg.seed + 2, size.image_size, ("train",)),
+    )
     train_stage(um, data, cfg, cfg.und_steps, {"und": understanding_loss}, "understanding", log)
     both = {"und": understanding_loss, "gen": generation_loss}
     train_stage(um, data, cfg, cfg.joint_steps, both, "understanding+generation", log)
     um.model.eval()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     um.save(out)
-    import json
-
     (out / "pretrain.json").write_text(
         json.dumps({"config": asdict(cfg), "size": asdict(size), "seconds": round(time.time() - t0), "log": log}, indent=1)
     )

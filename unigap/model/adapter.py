@@ -235,35 +235,54 @@ class UnifiedModel:
         return ip(pil, return_tensors="pt").pixel_values.to(self.device, self.model.dtype)
 
     def answer_token_logprobs(
-        self, images, questions: list[str], answers: list[str], eos: bool = True
+        self, images, questions: list[str], answers: list[str], eos: bool = True, counts: list[int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probs [B, S] of each answer token given image and question, and the answer mask.
+        """Log-probs [A, S] of each answer token given image and question, and the answer mask.
 
-        Prompt and answer are tokenised apart and joined, so the answer's tokens are exactly the
-        tokenizer's tokens of `answers` (plus <eos> when `eos`): no boundary effects.
+        Image i with question i is followed by `counts[i]` consecutive answers (default one): the
+        image + question prefix runs once and its cache is shared by that image's answers, which
+        makes scoring many captions per image cheap. Prompt and answers are tokenised apart, so an
+        answer's tokens are exactly the tokenizer's tokens of it (plus <eos> when `eos`).
         """
         tok = self.tokenizer
-        prompt_ids = tok([und_text(self.image_block, q) for q in questions]).input_ids
-        answer_ids = tok(list(answers), add_special_tokens=False).input_ids
-        rows = [p + a + ([tok.eos_token_id] if eos else []) for p, a in zip(prompt_ids, answer_ids)]
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        amask = torch.zeros(len(rows), width, dtype=torch.bool)
-        for i, (row, p) in enumerate(zip(rows, prompt_ids)):
-            ids[i, width - len(row) :] = torch.tensor(row)
-            mask[i, width - len(row) :] = 1
-            amask[i, width - len(row) + len(p) :] = True
-        ids, mask, amask = ids.to(self.device), mask.to(self.device), amask.to(self.device)
+        counts = [1] * len(questions) if counts is None else list(counts)
+        if len(counts) != len(questions) or sum(counts) != len(answers):
+            raise ValueError("answers must hold counts[i] answers for each image/question i")
+        ids, mask = self._tokenize([und_text(self.image_block, q) for q in questions])
+        cache = DynamicCache(config=self.model.config.text_config)
+        first = self.model(
+            input_ids=ids,
+            pixel_values=self.pixel_values(images),
+            attention_mask=mask,
+            position_ids=positions(mask),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1]
+        rows = torch.repeat_interleave(torch.arange(len(counts), device=self.device), torch.tensor(counts, device=self.device))
+        cache.batch_select_indices(rows)
+        first, mask = first[rows], mask[rows]
+        answer_ids = [a + ([tok.eos_token_id] if eos else []) for a in tok(list(answers), add_special_tokens=False).input_ids]
+        width = max(map(len, answer_ids))
+        ans = torch.full((len(answers), width), tok.pad_token_id, dtype=torch.long)
+        amask = torch.zeros(len(answers), width, dtype=torch.bool)
+        for i, a in enumerate(answer_ids):  # right-padded: padding after an answer never changes it
+            ans[i, : len(a)] = torch.tensor(a)
+            amask[i, : len(a)] = True
+        ans, amask = ans.to(self.device), amask.to(self.device)
+        pos = positions(mask)[:, -1:] + 1 + torch.arange(width, device=self.device)
         logits = self.model(
-            input_ids=ids, pixel_values=self.pixel_values(images), attention_mask=mask, position_ids=positions(mask)
+            input_ids=ans, attention_mask=torch.cat([mask, amask.long()], 1), position_ids=pos, cache=cache, use_cache=True
         ).logits
-        logp = F.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        return logp, amask[:, 1:]
+        pred = torch.cat([first[:, None], logits[:, :-1]], 1)  # the prefix predicts the first answer token
+        logp = F.log_softmax(pred.float(), -1).gather(-1, ans[..., None]).squeeze(-1)
+        return logp * amask, amask
 
-    def answer_logprobs(self, images, questions: list[str], answers: list[str], eos: bool = True) -> torch.Tensor:
-        logp, amask = self.answer_token_logprobs(images, questions, answers, eos)
-        return (logp * amask).sum(-1)
+    def answer_logprobs(
+        self, images, questions: list[str], answers: list[str], eos: bool = True, counts: list[int] | None = None
+    ) -> torch.Tensor:
+        """Summed log-prob [A] of each answer (see `answer_token_logprobs`)."""
+        return self.answer_token_logprobs(images, questions, answers, eos, counts)[0].sum(-1)
 
     def next_token_logits(self, images, questions: list[str], answer_prefix: str = "") -> torch.Tensor:
         """Logits [B, V] of the token after `answer_prefix`, in one forward pass."""

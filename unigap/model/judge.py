@@ -102,10 +102,8 @@ class Judge:
 
     def _caption_p(self, images, prompts) -> np.ndarray:
         groups = [[x] + [c for c in self.competitors(x) if c != x] for x in prompts]
-        rows = [i for i, g in enumerate(groups) for _ in g]
         captions = [c for g in groups for c in g]
-        ims = np.asarray(images)[rows] if isinstance(images, np.ndarray) else [images[i] for i in rows]
-        lp = self.model.answer_logprobs(ims, [CAPTION_QUESTION] * len(captions), captions)
+        lp = self.model.answer_logprobs(images, [CAPTION_QUESTION] * len(groups), captions, counts=[len(g) for g in groups])
         out, start = [], 0
         for g in groups:
             own, rest = lp[start], lp[start + 1 : start + len(g)]
