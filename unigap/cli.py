@@ -14,8 +14,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from unigap.config import MODULES, LoopConfig, TrainConfig
 from unigap.paths import DEFAULT_MODEL
 
+LOOP, TRAIN = LoopConfig(), TrainConfig()  # the default recipe, in one place
 app = typer.Typer(
     help="Measure and close the generation-understanding gap of unified multimodal models.",
     no_args_is_help=True,
@@ -233,30 +235,29 @@ def pretrain(
 
 @app.command()
 def loop(
-    rounds: int = typer.Option(3, help="Self-improvement rounds."),
-    method: str = typer.Option("sft", help="sft, dpo, c-sft or c-dpo (c-: with the discard-pool curriculum)."),
-    n: int = typer.Option(8, help="Candidates sampled per prompt and round."),
-    seed: int = typer.Option(0, help="Training seed (evaluation seeds are fixed)."),
-    pool: str = typer.Option("train+heldout", help="Prompt TEXTS to improve on: train+heldout, train, or a file."),
+    rounds: int = typer.Option(LOOP.rounds, help="Self-improvement rounds."),
+    method: str = typer.Option(LOOP.method, help="sft, dpo, c-sft or c-dpo (c-: with the discard-pool curriculum)."),
+    n: int = typer.Option(LOOP.n, help="Candidates sampled per prompt and round."),
+    seed: int = typer.Option(LOOP.seed, help="Training seed (evaluation seeds are fixed)."),
+    pool: str = typer.Option(LOOP.pool, help="Prompt TEXTS to improve on: train+heldout, train, or a file."),
     store: Path = typer.Option(Path("runs/store"), help="Preference store directory (rerun the same command to resume)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the per-round figures to this JSON file."),
     report: Optional[Path] = typer.Option(None, help="Folder for the JSON and PNG plots of the run."),
     model: Path = typer.Option(DEFAULT_MODEL, help="Starting model folder."),
-    mode: str = typer.Option("likelihood", help="The model's own judge: likelihood, probability or decision."),
-    lr: float = typer.Option(1e-4, help="Learning rate of each round."),
-    epochs: int = typer.Option(2, help="Epochs over each round's data."),
-    beta: float = typer.Option(0.1, help="DPO beta."),
-    nll_weight: float = typer.Option(1.0, help="DPO: weight of the NLL on the chosen image."),
-    kl_weight: float = typer.Option(0.0, help="SFT: weight of the KL anchor to the pre-round model."),
-    modules: str = typer.Option("lm", help="What trains: lm (the shared language model) or lm+head."),
-    eval_n: int = typer.Option(5, help="Images per held-out prompt in each evaluation."),
-    eval_per_category: int = typer.Option(0, help="Evaluate at most this many prompts per category (0: all)."),
+    mode: str = typer.Option(LOOP.judge_mode, help="The model's own judge: likelihood, probability or decision."),
+    lr: float = typer.Option(TRAIN.lr, help="Learning rate of each round."),
+    epochs: int = typer.Option(TRAIN.epochs, help="Epochs over each round's data."),
+    beta: float = typer.Option(TRAIN.beta, help="DPO beta."),
+    nll_weight: float = typer.Option(TRAIN.nll_weight, help="DPO: weight of the NLL on the chosen image."),
+    kl_weight: float = typer.Option(TRAIN.kl_weight, help="SFT: weight of the KL anchor to the pre-round model."),
+    modules: str = typer.Option(TRAIN.modules, help="What trains: lm (the shared language model) or lm+head."),
+    eval_n: int = typer.Option(LOOP.eval_n, help="Images per held-out prompt in each evaluation."),
+    eval_per_category: int = typer.Option(LOOP.eval_per_category, help="Evaluate at most this many prompts per category (0: all)."),
 ):
     """Run the self-improvement loop: sample, judge with the model's own understanding, train,
     evaluate on held-out prompts (external evaluator beside the own judge), promote or reject."""
-    from unigap.loop import METHODS, Loop, LoopConfig
+    from unigap.config import METHODS
     from unigap.store import LocalStore, StoreError
-    from unigap.train.trainer import MODULES, TrainConfig
 
     if method not in METHODS:
         fail(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
@@ -278,6 +279,12 @@ def loop(
     train = TrainConfig(epochs=epochs, lr=lr, beta=beta, nll_weight=nll_weight, kl_weight=kl_weight, modules=modules, seed=seed)
     cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
                      eval_n=eval_n, eval_per_category=eval_per_category)
+    return run_loop(cfg, st, store, model, json_out, report)
+
+
+def run_loop(cfg, st, store: Path, model: Path, json_out: Optional[Path], report: Optional[Path]) -> dict:
+    from unigap.loop import Loop
+
     try:
         runner = Loop(cfg, st, store / "cache", model, log=console.print)
     except ValueError as e:
@@ -323,15 +330,21 @@ def write_loop_report(runner, result: dict, folder: Path) -> None:
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("reports/demo"), help="Folder for the JSON report and plots."),
+    out: Path = typer.Option(Path("reports/demo"), help="Folder for the JSON reports and PNG plots."),
+    rounds: int = typer.Option(LOOP.rounds, help="Self-improvement rounds."),
 ):
-    """Score the shipped model on the held-out prompts and write a report (the loop arrives next)."""
+    """The whole loop on the shipped model, on one machine: measure the gap, then run rounds of
+    self-judged SFT and evaluate each on held-out prompts (about 10 minutes on 2 cores)."""
     out.mkdir(parents=True, exist_ok=True)
-    console.rule("unigap demo: the internal gap of the shipped tiny model")
+    console.rule("1. The internal gap of the shipped tiny model (held-out prompts)")
     score(
         model=DEFAULT_MODEL, split="heldout", n=4, seed=0, mode="likelihood", per_category=16,
         cfg=1.5, temperature=0.7, json_out=out / "score.json", plot=out / "score.png",
     )
+    console.rule(f"2. The self-improvement loop: {rounds} rounds of SFT on the model's own judgment")
+    from unigap.store import LocalStore
+
+    run_loop(LoopConfig(rounds=rounds), LocalStore(out / "store"), out / "store", DEFAULT_MODEL, None, out)
 
 
 def write_json(path: Path, obj) -> None:

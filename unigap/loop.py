@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -29,37 +29,8 @@ from unigap.score import gap_summary, win_rate
 from unigap.store import records as rec
 from unigap.store.base import Store
 from unigap.train.data import Candidates, RoundData, split_candidates
-from unigap.train.trainer import TrainConfig, sequence_logps, train_dpo, train_sft
-
-METHODS = ("sft", "dpo", "c-sft", "c-dpo")
-POOLS = ("train+heldout", "train")
-
-
-@dataclass
-class LoopConfig:
-    rounds: int = 3
-    method: str = "sft"
-    n: int = 8
-    seed: int = 0
-    pool: str = "train+heldout"
-    judge_mode: str = "likelihood"
-    cfg: float = 1.5  # candidate sampling: low guidance and temperature (FINDINGS.md)
-    temperature: float = 0.7
-    canonical: bool = True  # train on decode -> re-encode tokens
-    train: TrainConfig = field(default_factory=TrainConfig)
-    curriculum_epoch: int = 1  # C-SFT / C-DPO: replay the discard pool before this epoch
-    eval_n: int = 5
-    eval_per_category: int = 0  # 0: every prompt of each evaluated split (tests use fewer)
-    eval_seed: int = 12345  # fixed: every round is evaluated on the same seeds
-    gate_und_tolerance: float = 0.02
-    gate_diversity_floor: float = 0.7
-    gate_external: bool = False  # also require val external accuracy not to fall
-
-    def key(self, start_ref: str, pool_texts: list[str]) -> str:
-        """A run's identity: the same command on the same model resumes the same run."""
-        blob = json.dumps({"cfg": asdict(self) | {"rounds": None}, "start": start_ref, "pool": pool_texts}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
+from unigap.config import METHODS, POOLS, LoopConfig, TrainConfig
+from unigap.train.trainer import sequence_logps, train_dpo, train_sft
 
 def pool_texts(pool: str) -> list[str]:
     """Prompt TEXTS of the pool (never labels): a named pool or a file, one prompt per line."""
@@ -132,11 +103,20 @@ class Loop:
         """Run a step once: its object address is recorded; a rerun reads it back."""
         if name not in progress:
             progress[name] = compute()
-            rec.put_record_json(self.store, f"{self.run}/round-{r}/progress.json", progress)
+            rec.put_record_json(self.store, f"{self._round_key(r)}/progress.json", progress)
         return progress[name]
 
+    def _round_key(self, r: int) -> str:
+        """Round 0 (the starting model's evaluation) is shared by every run from the same model
+        with the same evaluation settings; later rounds belong to their run."""
+        if r == 0:
+            c = self.cfg
+            blob = json.dumps([c.judge_mode, c.eval_n, c.eval_seed, c.eval_per_category, self.start_ref])
+            return f"baselines/{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+        return f"{self.run}/round-{r}"
+
     def manifest(self, r: int) -> dict | None:
-        return rec.get_record_json(self.store, f"{self.run}/round-{r}/manifest.json")
+        return rec.get_record_json(self.store, f"{self._round_key(r)}/manifest.json")
 
     def head(self, before: int) -> tuple[str, int]:
         """The last promoted checkpoint before round `before` (derived from manifests, never stored apart)."""
@@ -241,10 +221,10 @@ class Loop:
         cfg = self.cfg
         zero = self.manifest(0)
         if zero is None:
-            progress = rec.get_record_json(self.store, f"{self.run}/round-0/progress.json") or {}
+            progress = rec.get_record_json(self.store, f"{self._round_key(0)}/progress.json") or {}
             ev = self._step(0, progress, "eval", lambda: self._evaluate(self._model(self.start_ref), ("val", "heldout", "novel")))
             zero = {"round": 0, "checkpoint": self.start_ref, "eval": ev, "promoted": True, "n_sft": 0, "n_pairs": 0, "n_discard": 0}
-            rec.put_record_json(self.store, f"{self.run}/round-0/manifest.json", zero)
+            rec.put_record_json(self.store, f"{self._round_key(0)}/manifest.json", zero)
         rows = [self._row(zero)]
         self.log(self._describe(rows[-1]))
         for r in range(1, cfg.rounds + 1):
@@ -257,8 +237,7 @@ class Loop:
 
     def _round(self, r: int) -> dict:
         cfg = self.cfg
-        key = f"{self.run}/round-{r}/progress.json"
-        progress = rec.get_record_json(self.store, key) or {}
+        progress = rec.get_record_json(self.store, f"{self._round_key(r)}/progress.json") or {}
         base_ref, base_round = self.head(r)
         progress.setdefault("base", base_ref)
         base_ref = progress["base"]
@@ -287,7 +266,7 @@ class Loop:
             "n_sft": len(data.sft), "n_pairs": len(data.pairs), "n_discard": len(data.discard),
             "win_rate": self._win_rate(base_ref, old_eval, ckpt_ref),
         }
-        rec.put_record_json(self.store, f"{self.run}/round-{r}/manifest.json", m)  # last: the round is done
+        rec.put_record_json(self.store, f"{self._round_key(r)}/manifest.json", m)  # last: the round is done
         return m
 
     def _candidates_ref(self, um: UnifiedModel, r: int) -> str:

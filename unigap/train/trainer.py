@@ -7,30 +7,15 @@ shared language model is trained by default; the generation head and aligner can
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from unigap.config import MODULES, TrainConfig
 from unigap.model.adapter import UnifiedModel
 from unigap.train.losses import dpo_loss, kl_anchor, sft_loss
-
-MODULES = ("lm", "lm+head")
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 2
-    lr: float = 1e-4
-    batch: int = 16
-    beta: float = 0.1  # DPO temperature
-    nll_weight: float = 1.0  # DPO: NLL on the chosen image (the paper uses one)
-    kl_weight: float = 0.0  # SFT: KL anchor to the pre-round model
-    modules: str = "lm"
-    seed: int = 0
-
 
 def trainable_parameters(um: UnifiedModel, modules: str = "lm") -> list[torch.nn.Parameter]:
     """The shared LM (default), or the LM plus the generation head and aligner; all else frozen."""

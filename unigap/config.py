@@ -1,0 +1,50 @@
+"""Settings of the loop and its trainer: plain dataclasses, importable without torch, so the CLI
+takes its defaults from here and there is one place that says what the default recipe is."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+METHODS = ("sft", "dpo", "c-sft", "c-dpo")
+POOLS = ("train+heldout", "train")
+MODULES = ("lm", "lm+head")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 2
+    lr: float = 1e-4
+    batch: int = 16
+    beta: float = 0.1  # DPO temperature
+    nll_weight: float = 1.0  # DPO: NLL on the chosen image (the paper uses one)
+    kl_weight: float = 0.0  # SFT: KL anchor to the pre-round model
+    modules: str = "lm"
+    seed: int = 0
+
+
+@dataclass
+class LoopConfig:
+    rounds: int = 3
+    method: str = "sft"
+    n: int = 8
+    seed: int = 0
+    pool: str = "train+heldout"
+    judge_mode: str = "likelihood"
+    cfg: float = 1.5  # candidate sampling: low guidance and temperature (FINDINGS.md)
+    temperature: float = 0.7
+    canonical: bool = True  # train on decode -> re-encode tokens
+    train: TrainConfig = field(default_factory=TrainConfig)
+    curriculum_epoch: int = 1  # C-SFT / C-DPO: replay the discard pool before this epoch
+    eval_n: int = 5
+    eval_per_category: int = 0  # 0: every prompt of each evaluated split (tests use fewer)
+    eval_seed: int = 12345  # fixed: every round is evaluated on the same seeds
+    gate_und_tolerance: float = 0.02
+    gate_diversity_floor: float = 0.7
+    gate_external: bool = False  # also require val external accuracy not to fall
+
+    def key(self, start_ref: str, pool_texts: list[str]) -> str:
+        """A run's identity: the same command on the same model resumes the same run."""
+        blob = json.dumps({"cfg": asdict(self) | {"rounds": None}, "start": start_ref, "pool": pool_texts}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
