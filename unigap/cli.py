@@ -329,6 +329,54 @@ def write_loop_report(runner, result: dict, folder: Path) -> None:
 
 
 @app.command()
+def dynamics(
+    model: Path = typer.Option(DEFAULT_MODEL, help="Model folder (the 'before' model)."),
+    after: Optional[Path] = typer.Option(None, help="A second model (e.g. after a round) to analyse the same way."),
+    n_train: int = typer.Option(8, help="Training samples, each given one SGD step on its generation loss."),
+    n_heldout: int = typer.Option(16, help="Held-out samples whose change is predicted and observed."),
+    step: float = typer.Option(0.01, help="Length (in parameter space) of the one generation step."),
+    seed: int = typer.Option(0, help="Which prompts and samples."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the analysis to this JSON file."),
+    plot: Optional[Path] = typer.Option(None, help="Write predicted-vs-observed scatter plots and the cosine matrix (PNG)."),
+):
+    """Empirical NTK over the shared language model: do generation and understanding gradients
+    align, and does the kernel predict how one generation step moves both branches?"""
+    import numpy as np
+
+    from unigap import world
+    from unigap.dynamics import Sample, analyse
+
+    if n_train < 1 or n_heldout < 2 or step <= 0:
+        fail("--n-train must be >= 1, --n-heldout >= 2 and --step > 0")
+    rng = np.random.default_rng(seed)
+    train = [world.split("train")[i].text for i in rng.permutation(len(world.split("train")))[:n_train]]
+    held = [world.split("heldout")[i].text for i in rng.permutation(len(world.split("heldout")))[:n_heldout]]
+    results = {}
+    for name, path in (("before", model), ("after", after)):
+        if path is None:
+            continue
+        um = load_model(path)
+        out = um.sample(train + held, n=1, seed=seed)
+        samples = [Sample(p, t.numpy(), im) for p, t, im in zip(train + held, out.tokens, out.images)]
+        results[name] = analyse(um, samples[:n_train], samples[n_train:], step)
+    table = Table(title="Empirical NTK over the shared language model")
+    for col in ("model", "cos(gen, und) matched", "mismatched", "r(pred, obs) generation", "r(pred, obs) understanding"):
+        table.add_column(col, justify="right")
+    f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    for name, r in results.items():
+        table.add_row(name, f(r["cos_gen_und_matched"]), f(r["cos_gen_und_mismatched"]), f(r["gen_correlation"]), f(r["und_correlation"]))
+    console.print(table)
+    if json_out:
+        write_json(json_out, results)
+    if plot:
+        from unigap.plots import plot_dynamics
+
+        plot_dynamics(results, plot)
+        console.print(f"plot: {plot}")
+    return results
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("reports/demo"), help="Folder for the JSON reports and PNG plots."),
     rounds: int = typer.Option(LOOP.rounds, help="Self-improvement rounds."),

@@ -105,3 +105,29 @@ def plot_rounds(result: dict, folder: str | Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
     return paths
+
+
+def plot_dynamics(results: dict[str, dict], path: str | Path) -> None:
+    """Predicted vs observed one-step change per branch, and the gen-vs-und gradient cosines."""
+    names = list(results)
+    fig, axes = plt.subplots(len(names), 3, figsize=(12, 3.6 * len(names)), squeeze=False)
+    for row, name in zip(axes, names):
+        r = results[name]
+        for ax, b in zip(row[:2], ("gen", "und")):
+            p, o = np.array(r[f"{b}_predicted"]), np.array(r[f"{b}_observed"])
+            ax.scatter(p, o, s=8, alpha=0.6)
+            lim = [min(p.min(), o.min()), max(p.max(), o.max())]
+            ax.plot(lim, lim, "k--", lw=0.8)
+            corr = r[f"{b}_correlation"]
+            ax.set_title(f"{name}: {'generation' if b == 'gen' else 'understanding'} branch (r = {corr:.2f})" if corr is not None else name, fontsize=9)
+            ax.set_xlabel("eNTK prediction of delta log p")
+            ax.set_ylabel("observed delta log p")
+        im = row[2].imshow(np.array(r["cosine_matrix"]), cmap="coolwarm", vmin=-1, vmax=1)
+        row[2].set_title(f"cos(grad gen_i, grad und_j): matched {r['cos_gen_und_matched']:.2f}", fontsize=9)
+        row[2].set_xlabel("understanding sample j")
+        row[2].set_ylabel("generation sample i")
+        fig.colorbar(im, ax=row[2], fraction=0.046)
+    fig.suptitle("One generation step moves both branches: empirical NTK over the shared LM", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -45,6 +45,11 @@ def row_seed(seed: int, prompt: str, k: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 for softmaxes (half-precision models), never lower (float64 stays)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
@@ -171,7 +176,7 @@ class UnifiedModel:
             if gumbel is None:
                 nxt = logits.argmax(-1)
             else:
-                nxt = (logits.float() / temperature + gumbel[:, t]).argmax(-1)
+                nxt = (full_precision(logits) / temperature + gumbel[:, t]).argmax(-1)
             tokens[:, t] = nxt
             if t == n_tok - 1:
                 break
@@ -206,7 +211,7 @@ class UnifiedModel:
     ) -> torch.Tensor:
         """Per-token log-probs [B, T] of `tokens` (conditional, or CFG-combined when cfg != 1)."""
         logits = self.image_logits(prompts, tokens, cfg, drop)
-        logp = F.log_softmax(logits.float() / temperature, -1)
+        logp = F.log_softmax(full_precision(logits) / temperature, -1)
         return logp.gather(-1, tokens.to(self.device)[..., None]).squeeze(-1)
 
     @torch.no_grad()
@@ -275,7 +280,7 @@ class UnifiedModel:
             input_ids=ans, attention_mask=torch.cat([mask, amask.long()], 1), position_ids=pos, cache=cache, use_cache=True
         ).logits
         pred = torch.cat([first[:, None], logits[:, :-1]], 1)  # the prefix predicts the first answer token
-        logp = F.log_softmax(pred.float(), -1).gather(-1, ans[..., None]).squeeze(-1)
+        logp = F.log_softmax(full_precision(pred), -1).gather(-1, ans[..., None]).squeeze(-1)
         return logp * amask, amask
 
     def answer_logprobs(
