@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 from tqdm import tqdm
 
 from unigap import world
@@ -41,6 +41,8 @@ class PretrainConfig:
     vq_lr: float = 2e-3
     und_steps: int = 400
     joint_steps: int = 2600
+    final_steps: int = 800
+    final_lr: float = 5e-4
     lr: float = 1e-3
     warmup: int = 100
     cfg_dropout: float = 0.1  # prompt dropout so classifier-free guidance has an unconditional branch
@@ -168,16 +170,16 @@ def lm_parameters(um: UnifiedModel):
     return [p for n, p in um.model.named_parameters() if not n.startswith("model.vqmodel.")]
 
 
-def train_stage(um, data, cfg, steps: int, losses: dict, name: str, log: list) -> None:
+def train_stage(um, data, cfg, steps: int, losses: dict, name: str, log: list, lr: float | None = None) -> None:
     um.model.train()
     um.model.model.vqmodel.eval()
     params = lm_parameters(um)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    lr = cfg.lr if lr is None else lr
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     bar = tqdm(range(steps), desc=name, leave=False)
     for step in bar:
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         values = {k: fn(um, data, cfg) for k, fn in losses.items()}
         opt.zero_grad()
         sum(values.values()).backward()
@@ -190,7 +192,24 @@ def train_stage(um, data, cfg, steps: int, losses: dict, name: str, log: list) -
     um.model.eval()
 
 
+def _resume(model, folder: Path, log: list, prefix: str = "") -> bool:
+    """Load a finished stage of this very command (same config and seed) instead of redoing it."""
+    if not (folder / "weights.safetensors").is_file():
+        return False
+    load_model(model.get_submodule(prefix) if prefix else model, folder / "weights.safetensors")
+    log += json.loads((folder / "log.json").read_text())
+    return True
+
+
+def _save_stage(model, folder: Path, log: list, since: int, prefix: str = "") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(model.get_submodule(prefix) if prefix else model, folder / "weights.safetensors")
+    (folder / "log.json").write_text(json.dumps(log[since:]))
+
+
 def pretrain(out: Path, cfg: PretrainConfig = PretrainConfig(), size: TinySize = TinySize()) -> UnifiedModel:
+    """Train from scratch; each finished stage is kept under `out/stage-*`, so a rerun of the
+    same command after an interruption resumes after its last finished stage."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
@@ -198,24 +217,30 @@ def pretrain(out: Path, cfg: PretrainConfig = PretrainConfig(), size: TinySize =
     um = UnifiedModel(model, processor)
     out = Path(out)
     log: list = []
-    vq_stage = out / "stage-vq"
-    if (vq_stage / "vq.safetensors").is_file():  # resume: the VQ stage of this very command finished
-        model.model.vqmodel.load_state_dict(load_file(vq_stage / "vq.safetensors"))
-        log += json.loads((vq_stage / "log.json").read_text())
-    else:
+    vq = "model.vqmodel"
+    if not _resume(model, out / "stage-vq", log, vq):
         train_vq(model.model.vqmodel, Data(cfg.seed, size.image_size), cfg, log)
-        vq_stage.mkdir(parents=True, exist_ok=True)
-        save_file(model.model.vqmodel.state_dict(), vq_stage / "vq.safetensors")
-        (vq_stage / "log.json").write_text(json.dumps(log))
+        _save_stage(model, out / "stage-vq", log, 0, vq)
     # Later stages draw from their own streams, so a resumed run equals an uninterrupted one.
-    torch.manual_seed(cfg.seed + 1)
+    if not _resume(model, out / "stage-joint", log):
+        torch.manual_seed(cfg.seed + 1)
+        data = SimpleNamespace(
+            und=Data(cfg.seed + 1, size.image_size, ("train", "val", "heldout")),
+            gen=Data(cfg.seed + 2, size.image_size, ("train",)),
+        )
+        since = len(log)
+        train_stage(um, data, cfg, cfg.und_steps, {"und": understanding_loss}, "understanding", log)
+        both = {"und": understanding_loss, "gen": generation_loss}
+        train_stage(um, data, cfg, cfg.joint_steps, both, "understanding+generation", log)
+        _save_stage(model, out / "stage-joint", log, since)
+    # A last joint stage at a lower rate sharpens understanding (relations, counts). Generation must
+    # stay in it: an understanding-only stage here collapsed generation to ~1% (shared LM drift).
     data = SimpleNamespace(
-        und=Data(cfg.seed + 1, size.image_size, ("train", "val", "heldout")),
-        gen=Data(cfg.seed + 2, size.image_size, ("train",)),
+        und=Data(cfg.seed + 3, size.image_size, ("train", "val", "heldout")),
+        gen=Data(cfg.seed + 4, size.image_size, ("train",)),
     )
-    train_stage(um, data, cfg, cfg.und_steps, {"und": understanding_loss}, "understanding", log)
     both = {"und": understanding_loss, "gen": generation_loss}
-    train_stage(um, data, cfg, cfg.joint_steps, both, "understanding+generation", log)
+    train_stage(um, data, cfg, cfg.final_steps, both, "understanding+generation (final)", log, cfg.final_lr)
     um.model.eval()
     um.save(out)
     (out / "pretrain.json").write_text(
