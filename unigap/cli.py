@@ -245,6 +245,8 @@ def loop(
     report: Optional[Path] = typer.Option(None, help="Folder for the JSON and PNG plots of the run."),
     model: Path = typer.Option(DEFAULT_MODEL, help="Starting model folder."),
     mode: str = typer.Option(LOOP.judge_mode, help="The model's own judge: likelihood, probability or decision."),
+    threshold: float = typer.Option(LOOP.threshold, help="The judge accepts a candidate when p_yes >= threshold."),
+    max_per_prompt: int = typer.Option(LOOP.max_per_prompt, help="SFT: at most this many accepted candidates per prompt (0: all)."),
     lr: float = typer.Option(TRAIN.lr, help="Learning rate of each round."),
     epochs: int = typer.Option(TRAIN.epochs, help="Epochs over each round's data."),
     beta: float = typer.Option(TRAIN.beta, help="DPO beta."),
@@ -277,7 +279,10 @@ def loop(
     except StoreError as e:
         fail(str(e))
     train = TrainConfig(epochs=epochs, lr=lr, beta=beta, nll_weight=nll_weight, kl_weight=kl_weight, modules=modules, seed=seed)
+    if not 0 < threshold < 1 or max_per_prompt < 0:
+        fail("--threshold must be in (0, 1) and --max-per-prompt >= 0")
     cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
+                     threshold=threshold, max_per_prompt=max_per_prompt,
                      eval_n=eval_n, eval_per_category=eval_per_category)
     return run_loop(cfg, st, store, model, json_out, report)
 

@@ -32,6 +32,8 @@ class LoopConfig:
     seed: int = 0
     pool: str = "train+heldout"
     judge_mode: str = "likelihood"
+    threshold: float = 0.5  # accept when the judge's p_yes >= threshold
+    max_per_prompt: int = 0  # SFT: keep at most this many accepted candidates per prompt (0: all)
     cfg: float = 1.5  # candidate sampling: low guidance and temperature (FINDINGS.md)
     temperature: float = 0.7
     canonical: bool = True  # train on decode -> re-encode tokens

@@ -139,7 +139,7 @@ class Loop:
         return rec.put_json(self.store, out)
 
     def _collect(self, um: UnifiedModel, prompts: list[str], seed: int) -> Candidates:
-        judge = make_judge(um, self.cfg.judge_mode)
+        judge = make_judge(um, self.cfg.judge_mode, self.cfg.threshold)
         res = sample_and_judge(um, judge, prompts, Sampling(n=self.cfg.n, seed=seed, cfg=self.cfg.cfg, temperature=self.cfg.temperature), self.progress)
         tokens = um.encode(res.images).cpu().numpy() if self.cfg.canonical else res.tokens
         return Candidates(res.prompts, tokens, res.p_yes, res.accepted)
@@ -176,7 +176,7 @@ class Loop:
         def replay() -> RoundData:
             """Regenerate the discard pool with the CURRENT model and judge; keep what it now accepts."""
             um.model.eval()
-            fresh = split_candidates(self._collect(um, discard, seed=cfg.seed * 1000 + r + 500)) if discard else RoundData()
+            fresh = split_candidates(self._collect(um, discard, seed=cfg.seed * 1000 + r + 500), cfg.max_per_prompt) if discard else RoundData()
             self.log(f"  curriculum: {len(discard)} discarded prompts replayed, {len(fresh.sft)} samples now accepted")
             return fresh
 
@@ -250,7 +250,7 @@ class Loop:
 
         self.log(f"round {r}: from the model of round {base_round}")
         cand = self._step(r, progress, "candidates", lambda: self._candidates_ref(base_model(), r))
-        data_ref = self._step(r, progress, "data", lambda: self._data_ref(split_candidates(self._load_candidates(cand))))
+        data_ref = self._step(r, progress, "data", lambda: self._data_ref(split_candidates(self._load_candidates(cand), self.cfg.max_per_prompt)))
         data = self._load_data(data_ref)
         if not data.sft and not data.pairs:
             self.log(f"  round {r}: no accepted sample and no pair: nothing to train on; the round keeps the model")

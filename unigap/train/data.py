@@ -33,9 +33,10 @@ class RoundData:
         self.discard += other.discard
 
 
-def split_candidates(c: Candidates) -> RoundData:
-    """SFT: every accepted candidate. DPO: per prompt, the best accepted against the worst
-    rejected (by p_yes); prompts lacking either give no pair. Discard: prompts with none accepted."""
+def split_candidates(c: Candidates, max_per_prompt: int = 0) -> RoundData:
+    """SFT: every accepted candidate (the best `max_per_prompt` by p_yes when set, so easy prompts
+    do not dominate). DPO: per prompt, the best accepted against the worst rejected (by p_yes);
+    prompts lacking either give no pair. Discard: prompts with none accepted."""
     out = RoundData()
     order: dict[str, list[int]] = {}
     for i, p in enumerate(c.prompts):
@@ -44,7 +45,8 @@ def split_candidates(c: Candidates) -> RoundData:
         rows = np.array(rows)
         acc = rows[c.accepted[rows]]
         rej = rows[~c.accepted[rows]]
-        out.sft += [(prompt, c.tokens[i]) for i in acc]
+        keep = acc[np.argsort(-c.p_yes[acc], kind="stable")][:max_per_prompt] if max_per_prompt else acc
+        out.sft += [(prompt, c.tokens[i]) for i in keep]
         if len(acc) and len(rej):
             best = acc[np.argmax(c.p_yes[acc])]
             worst = rej[np.argmin(c.p_yes[rej])]
