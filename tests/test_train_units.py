@@ -76,3 +76,11 @@ def test_store_that_cannot_be_created(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(StoreError, match="cannot be created"):
         LocalStore(blocker / "store")
+
+
+def test_split_candidates_caps_accepted_per_prompt():
+    prompts = ["a"] * 4
+    p_yes = np.array([0.6, 0.9, 0.7, 0.2])
+    d = split_candidates(Candidates(prompts, np.arange(4)[:, None], p_yes, p_yes >= 0.5), max_per_prompt=2)
+    assert [int(t[0]) for _, t in d.sft] == [1, 2]  # the two the judge is surest of
+    assert [(int(w[0]), int(l[0])) for _, w, l in d.pairs] == [(1, 3)]

@@ -44,7 +44,7 @@ class LoopConfig:
     eval_seed: int = 12345  # fixed: every round is evaluated on the same seeds
     gate_und_tolerance: float = 0.02
     gate_diversity_floor: float = 0.7
-    gate_external: bool = False  # also require val external accuracy not to fall
+    gate_external: bool = True  # also require val external accuracy not to fall (model selection on val)
 
     def key(self, start_ref: str, pool_texts: list[str]) -> str:
         """A run's identity: the same command on the same model resumes the same run."""
