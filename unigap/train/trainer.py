@@ -57,6 +57,14 @@ def _optimizer(params, cfg: TrainConfig, total_steps: int):
     return opt, sched
 
 
+def _update(loss: torch.Tensor, opt, sched, params) -> None:
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+
+
 def train_sft(
     um: UnifiedModel,
     samples: list[tuple[str, np.ndarray]],
@@ -88,11 +96,7 @@ def train_sft(
                 with torch.no_grad():
                     ref = reference.image_logprobs(prompts, tokens)
                 loss = loss + cfg.kl_weight * kl_anchor(logps, ref)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+            _update(loss, opt, sched, params)
             losses.append(loss.item())
         log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "n": len(samples)})
     um.model.eval()
@@ -132,11 +136,7 @@ def train_dpo(
             loss, margin = dpo_loss(lw.sum(-1), ll.sum(-1), ref_chosen[idx], ref_rejected[idx], cfg.beta)
             if cfg.nll_weight:
                 loss = loss + cfg.nll_weight * sft_loss(lw)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+            _update(loss, opt, sched, params)
             losses.append(loss.item())
             margins.append(margin.mean().item())
         log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "margin": float(np.mean(margins)), "n": len(pairs)})
