@@ -109,7 +109,7 @@ def score(
     split: str = typer.Option("heldout", help="A split (train, val, heldout, novel) or a file of prompts, one per line."),
     n: int = typer.Option(4, help="Images generated per prompt."),
     seed: int = typer.Option(0, help="Sampling seed (fixed seeds make runs comparable)."),
-    mode: str = typer.Option("likelihood", help="Judge: probability (p_yes), decision (parsed answer) or likelihood (caption vs competitors)."),
+    mode: str = typer.Option(LOOP.judge_mode, help="Judge: likelihood (caption vs competitors), probability (p_yes) or decision (parsed answer)."),
     per_category: int = typer.Option(16, help="At most this many prompts per category (0: all), chosen reproducibly."),
     cfg: float = typer.Option(1.5, help="Classifier-free guidance scale."),
     temperature: float = typer.Option(0.7, help="Sampling temperature (0: greedy)."),
@@ -151,7 +151,7 @@ def generate(
     seed: int = typer.Option(0),
     cfg: float = typer.Option(1.5, help="Classifier-free guidance scale."),
     temperature: float = typer.Option(0.7, help="Sampling temperature (0: greedy)."),
-    mode: str = typer.Option("probability", help="Judge mode for the p_yes written beside each image."),
+    mode: str = typer.Option(LOOP.judge_mode, help="Judge mode for the p_yes written beside each image (probability for prompts outside the shapes world)."),
 ):
     """Generate images with the model and write PNGs plus a JSON of token ids and the model's own p_yes."""
     from PIL import Image
@@ -185,7 +185,7 @@ def judge(
     image: Path = typer.Option(..., help="PNG to judge."),
     prompt: str = typer.Option(..., help="The prompt the image should show."),
     model: Path = typer.Option(DEFAULT_MODEL, help="Model folder."),
-    mode: str = typer.Option("probability", help="probability, decision or likelihood."),
+    mode: str = typer.Option(LOOP.judge_mode, help="likelihood (caption vs competitors; shapes-world prompts), probability or decision."),
     threshold: float = typer.Option(0.5, help="Accept when p_yes >= threshold."),
 ):
     """Ask the model's understanding whether an image shows a prompt: p_yes and decision."""
@@ -392,7 +392,7 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     console.rule("1. The internal gap of the shipped tiny model (held-out prompts)")
     score(
-        model=DEFAULT_MODEL, split="heldout", n=4, seed=0, mode="likelihood", per_category=16,
+        model=DEFAULT_MODEL, split="heldout", n=4, seed=0, mode=LOOP.judge_mode, per_category=16,
         cfg=1.5, temperature=0.7, json_out=out / "score.json", plot=out / "score.png",
     )
     console.rule(f"2. The self-improvement loop: {rounds} rounds of SFT on the model's own judgment")

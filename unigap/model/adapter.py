@@ -230,7 +230,7 @@ class UnifiedModel:
         """Normalised pixels [B, 3, H, W]; square uint8 arrays of the model's size skip PIL."""
         ip = self.processor.image_processor
         if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1:3] == (self.image_size,) * 2:
-            x = torch.from_numpy(images).to(self.device).float().div(255).permute(0, 3, 1, 2)
+            x = torch.from_numpy(np.array(images)).to(self.device).float().div(255).permute(0, 3, 1, 2)
             mean = torch.tensor(ip.image_mean, device=self.device).view(1, 3, 1, 1)
             std = torch.tensor(ip.image_std, device=self.device).view(1, 3, 1, 1)
             return ((x - mean) / std).to(self.model.dtype)
