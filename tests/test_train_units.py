@@ -84,3 +84,33 @@ def test_split_candidates_caps_accepted_per_prompt():
     d = split_candidates(Candidates(prompts, np.arange(4)[:, None], p_yes, p_yes >= 0.5), max_per_prompt=2)
     assert [int(t[0]) for _, t in d.sft] == [1, 2]  # the two the judge is surest of
     assert [(int(w[0]), int(l[0])) for _, w, l in d.pairs] == [(1, 3)]
+
+
+def test_lr_schedule():
+    from unigap.train.trainer import lr_factor
+
+    assert lr_factor(0, 100) == pytest.approx(0.1)  # warm-up over the first tenth
+    assert lr_factor(9, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.09)))
+    assert lr_factor(50, 100) == pytest.approx(0.5)
+    assert 0 < lr_factor(99, 100) < 0.01
+    assert lr_factor(100, 100) == 0.0
+
+
+def test_curriculum_samples_are_trained_at_a_live_rate(tiny_random, monkeypatch):
+    """Samples the curriculum adds before epoch 2 must not fall past the end of the schedule."""
+    import copy
+
+    from unigap.config import TrainConfig
+    from unigap.model.adapter import UnifiedModel
+    from unigap.train import trainer
+
+    rates = []
+    real = trainer._update
+    monkeypatch.setattr(trainer, "_update", lambda loss, opt, params, lr: (rates.append(lr), real(loss, opt, params, lr)))
+    um = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
+    rng = np.random.default_rng(0)
+    first = [("a red circle", rng.integers(0, 64, 64)) for _ in range(4)]
+    more = [("two blue squares", rng.integers(0, 64, 64)) for _ in range(8)]
+    trainer.train_sft(um, first, TrainConfig(epochs=2, batch=4), on_epoch=lambda e: more, progress=False)
+    assert len(rates) == 1 + 3  # epoch 1: one batch; epoch 2: three batches with the replayed samples
+    assert all(r > 0 for r in rates)

@@ -35,11 +35,15 @@ def fail(message: str) -> None:
     raise BadInput(message)
 
 
+def check_model(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        fail(f"no model at {path}: expected a folder written by save_pretrained (config.json)")
+
+
 def load_model(path: Path):
     from unigap.model.adapter import UnifiedModel
 
-    if not (path / "config.json").is_file():
-        fail(f"no model at {path}: expected a folder written by save_pretrained (config.json)")
+    check_model(path)
     return UnifiedModel.load(path)
 
 
@@ -260,7 +264,6 @@ def loop(
     """Run the self-improvement loop: sample, judge with the model's own understanding, train,
     evaluate on held-out prompts (external evaluator beside the own judge), promote or reject."""
     from unigap.config import METHODS
-    from unigap.store import LocalStore, StoreError
 
     if method not in METHODS:
         fail(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
@@ -273,27 +276,23 @@ def loop(
     if modules not in MODULES:
         fail(f"--modules must be one of {', '.join(MODULES)}")
     check_mode(mode)
-    if not (model / "config.json").is_file():
-        fail(f"no model at {model}: expected a folder written by save_pretrained (config.json)")
-    try:
-        st = LocalStore(store)
-    except StoreError as e:
-        fail(str(e))
+    check_model(model)
     train = TrainConfig(epochs=epochs, lr=lr, beta=beta, nll_weight=nll_weight, kl_weight=kl_weight, modules=modules, seed=seed)
     if not 0 < threshold < 1 or max_per_prompt < 0:
         fail("--threshold must be in (0, 1) and --max-per-prompt >= 0")
     cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
                      threshold=threshold, max_per_prompt=max_per_prompt, gate_external=gate_external,
                      eval_n=eval_n, eval_per_category=eval_per_category)
-    return run_loop(cfg, st, store, model, json_out, report)
+    return run_loop(cfg, store, model, json_out, report)
 
 
-def run_loop(cfg, st, store: Path, model: Path, json_out: Optional[Path], report: Optional[Path]) -> dict:
+def run_loop(cfg: LoopConfig, store: Path, model: Path, json_out: Optional[Path], report: Optional[Path]) -> dict:
     from unigap.loop import Loop
+    from unigap.store import LocalStore, StoreError
 
     try:
-        runner = Loop(cfg, st, store / "cache", model, log=console.print)
-    except ValueError as e:
+        runner = Loop(cfg, LocalStore(store), store / "cache", model, log=console.print)
+    except (ValueError, StoreError) as e:
         fail(str(e))
     result = runner.run_all()
     print_rounds(result)
@@ -355,8 +354,9 @@ def dynamics(
     if n_train < 1 or n_heldout < 2 or step <= 0:
         fail("--n-train must be >= 1, --n-heldout >= 2 and --step > 0")
     rng = np.random.default_rng(seed)
-    train = [world.split("train")[i].text for i in rng.permutation(len(world.split("train")))[:n_train]]
-    held = [world.split("heldout")[i].text for i in rng.permutation(len(world.split("heldout")))[:n_heldout]]
+    train_specs, held_specs = world.split("train"), world.split("heldout")
+    train = [train_specs[i].text for i in rng.permutation(len(train_specs))[:n_train]]
+    held = [held_specs[i].text for i in rng.permutation(len(held_specs))[:n_heldout]]
     results = {}
     for name, path in (("before", model), ("after", after)):
         if path is None:
@@ -388,7 +388,7 @@ def demo(
     rounds: int = typer.Option(LOOP.rounds, help="Self-improvement rounds."),
 ):
     """The whole loop on the shipped model, on one machine: measure the gap, then run rounds of
-    self-judged SFT and evaluate each on held-out prompts (about 10 minutes on 2 cores)."""
+    self-judged SFT and evaluate each on held-out prompts (about 6 minutes on 2 cores)."""
     out.mkdir(parents=True, exist_ok=True)
     console.rule("1. The internal gap of the shipped tiny model (held-out prompts)")
     score(
@@ -396,9 +396,7 @@ def demo(
         cfg=1.5, temperature=0.7, json_out=out / "score.json", plot=out / "score.png",
     )
     console.rule(f"2. The self-improvement loop: {rounds} rounds of SFT on the model's own judgment")
-    from unigap.store import LocalStore
-
-    run_loop(LoopConfig(rounds=rounds), LocalStore(out / "store"), out / "store", DEFAULT_MODEL, None, out)
+    run_loop(LoopConfig(rounds=rounds), out / "store", DEFAULT_MODEL, None, out)
 
 
 def write_json(path: Path, obj) -> None:

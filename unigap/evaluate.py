@@ -49,7 +49,7 @@ def generate_and_judge(um: UnifiedModel, judge: Judge, specs: list, s: Sampling,
     """Sample N images per spec, judge each with the model, evaluate each with the evaluator."""
     res = sample_and_judge(um, judge, [x.text for x in specs], s, progress)
     rows = [specs[k] for k in res.prompt_index]
-    return {"specs": rows, "judged": res, "accepted": res.accepted, "correct": world.evaluate_batch(res.images, rows)}
+    return {"specs": rows, "judged": res, "correct": world.evaluate_batch(res.images, rows)}
 
 
 def rendered_understanding(judge: Judge, specs: list, seed: int = 0) -> np.ndarray:
@@ -76,7 +76,7 @@ def score_report(um: UnifiedModel, judge: Judge, specs: list, s: Sampling, progr
     rows = res["specs"]
 
     def summary(img_mask, spec_mask) -> dict:
-        out = gap_summary(res["accepted"][img_mask], res["correct"][img_mask], int(spec_mask.sum()))
+        out = gap_summary(res["judged"].accepted[img_mask], res["correct"][img_mask], int(spec_mask.sum()))
         both = np.concatenate([spec_mask, spec_mask])
         out["und_acc_rendered"] = float(rendered[both].mean()) if both.any() else None
         return out

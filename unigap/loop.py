@@ -23,14 +23,15 @@ import torch
 
 from unigap import world
 from unigap.candidates import Sampling, sample_and_judge
+from unigap.config import METHODS, POOLS, LoopConfig, TrainConfig
 from unigap.evaluate import generate_and_judge, make_judge, rendered_understanding, select_prompts
 from unigap.model.adapter import UnifiedModel
 from unigap.score import gap_summary, win_rate
 from unigap.store import records as rec
 from unigap.store.base import Store
 from unigap.train.data import Candidates, RoundData, split_candidates
-from unigap.config import METHODS, POOLS, LoopConfig, TrainConfig
 from unigap.train.trainer import sequence_logps, train_dpo, train_sft
+
 
 def pool_texts(pool: str) -> list[str]:
     """Prompt TEXTS of the pool (never labels): a named pool or a file, one prompt per line."""
@@ -73,14 +74,14 @@ def evaluate_split(um: UnifiedModel, mode: str, specs: list, n: int, seed: int, 
     res = generate_and_judge(um, judge, specs, Sampling(n=n, seed=seed), progress)
     rows = res["specs"]
     judged = res["judged"]
-    summary = gap_summary(res["accepted"], res["correct"], len(specs))
+    summary = gap_summary(judged.accepted, res["correct"], len(specs))
     summary["und_acc_own"] = summary.pop("und_acc")
     summary["und_acc"] = float(rendered_understanding(judge, specs, seed).mean())
     summary["diversity"] = diversity(judged.tokens, judged.prompt_index)
     summary["by_category"] = {
         c: float(res["correct"][[s.category == c for s in rows]].mean()) for c in world.CATEGORIES if any(s.category == c for s in rows)
     }
-    arrays = {"images": judged.images, "accepted": res["accepted"], "correct": res["correct"], "prompt_index": judged.prompt_index}
+    arrays = {"images": judged.images, "accepted": judged.accepted, "correct": res["correct"], "prompt_index": judged.prompt_index}
     return summary, arrays
 
 
@@ -145,14 +146,16 @@ class Loop:
         return Candidates(res.prompts, tokens, res.p_yes, res.accepted)
 
     def _data_ref(self, data: RoundData) -> str:
-        T = 0 if not data.sft and not data.pairs else len((data.sft or data.pairs)[0][1])
+        def stack(rows: list) -> np.ndarray:  # [rows, T]; an empty set keeps its 2-D shape
+            return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.int64)
+
         return rec.put_arrays(
             self.store,
             sft_prompts=np.array([p for p, _ in data.sft], dtype=str),
-            sft_tokens=np.array([t for _, t in data.sft]).reshape(-1, T) if data.sft else np.zeros((0, T), int),
+            sft_tokens=stack([t for _, t in data.sft]),
             pair_prompts=np.array([p for p, _, _ in data.pairs], dtype=str),
-            chosen=np.array([c for _, c, _ in data.pairs]).reshape(-1, T) if data.pairs else np.zeros((0, T), int),
-            rejected=np.array([x for _, _, x in data.pairs]).reshape(-1, T) if data.pairs else np.zeros((0, T), int),
+            chosen=stack([c for _, c, _ in data.pairs]),
+            rejected=stack([x for _, _, x in data.pairs]),
             discard=np.array(data.discard, dtype=str),
         )
 
@@ -168,7 +171,8 @@ class Loop:
         cfg = self.cfg
         torch.manual_seed(cfg.seed * 1000 + r)
         um = self._model(base_ref)
-        reference = self._model(base_ref)  # frozen pre-round model
+        needs_reference = cfg.method.endswith("dpo") or cfg.train.kl_weight > 0
+        reference = self._model(base_ref) if needs_reference else None  # the frozen pre-round model
         tcfg = TrainConfig(**{**asdict(cfg.train), "seed": cfg.seed * 1000 + r})
         curriculum = cfg.method.startswith("c-")
         discard = list(data.discard)
@@ -281,9 +285,7 @@ class Loop:
         """Old vs new judge on the OLD model's held-out images, decided by the external evaluator."""
         if new_ref == base_ref:
             return {"win_rate": None, "n_disagree": 0}
-        a = rec.get_arrays(self.store, old_eval["heldout_arrays"])
-        specs = evaluated_specs("heldout", self.cfg.eval_per_category)
-        prompts = [specs[i].text for i in a["prompt_index"]]
+        a, prompts = self._heldout_arrays(old_eval)
         new = make_judge(self._model(new_ref), self.cfg.judge_mode).score(a["images"], prompts).decision
         return win_rate(a["accepted"], new, a["correct"])
 
@@ -301,11 +303,16 @@ class Loop:
             row["novel"] = {k: ev["novel"][k] for k in ("nu", "gen_acc", "und_acc", "diversity")}
         return row
 
+    def _heldout_arrays(self, ev: dict) -> tuple[dict, list[str]]:
+        """An evaluation's held-out images, verdicts and judgments, with the prompt of each image."""
+        a = rec.get_arrays(self.store, ev["heldout_arrays"])
+        specs = evaluated_specs("heldout", self.cfg.eval_per_category)
+        return a, [specs[i].text for i in a["prompt_index"]]
+
     def heldout_samples(self, r: int) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Round r's held-out evaluation images (fixed seeds), their prompts and verdicts."""
-        a = rec.get_arrays(self.store, rec.get_json(self.store, self.manifest(r)["eval"])["heldout_arrays"])
-        specs = evaluated_specs("heldout", self.cfg.eval_per_category)
-        return a["images"], [specs[i].text for i in a["prompt_index"]], a["correct"]
+        a, prompts = self._heldout_arrays(rec.get_json(self.store, self.manifest(r)["eval"]))
+        return a["images"], prompts, a["correct"]
 
     @staticmethod
     def _describe(row: dict) -> str:

@@ -11,6 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def save(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_score(report: dict, path: str | Path) -> None:
     """NU (own judge) against generation and understanding accuracy, per category and tier."""
     groups = list(report["by_category"].items()) + [(f"tier {k}", v) for k, v in report["by_tier"].items()]
@@ -31,9 +39,7 @@ def plot_score(report: dict, path: str | Path) -> None:
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title("The internal gap: NU with 95% CI, generation and understanding accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def image_grid(images: np.ndarray, labels: list[str], path: str | Path, cols: int = 8, scale: int = 3) -> None:
@@ -45,9 +51,7 @@ def image_grid(images: np.ndarray, labels: list[str], path: str | Path, cols: in
     for ax, im, label in zip(axes.flat, images, labels):
         ax.imshow(im, interpolation="nearest")
         ax.set_title(label, fontsize=5)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80 * scale // 2)
-    plt.close(fig)
+    save(fig, path, dpi=80 * scale // 2)
 
 
 def plot_rounds(result: dict, folder: str | Path) -> list[Path]:
@@ -61,7 +65,7 @@ def plot_rounds(result: dict, folder: str | Path) -> list[Path]:
     nu = np.array([row["nu"] for row in rows]) * 100
     lo = np.array([row["nu_ci"][0] for row in rows]) * 100
     hi = np.array([row["nu_ci"][1] for row in rows]) * 100
-    ax.plot(r, nu, "o-", label="NU (own judge)")
+    ax.plot(r, nu, "o-")
     ax.fill_between(r, lo, hi, alpha=0.2)
     for row in rows[1:]:
         ax.annotate("promoted" if row["promoted"] else "rejected", (row["round"], row["nu"] * 100), fontsize=7, xytext=(3, 5), textcoords="offset points")
@@ -69,10 +73,7 @@ def plot_rounds(result: dict, folder: str | Path) -> list[Path]:
     ax.set_ylabel("NU % (held-out, 95% CI)")
     ax.set_xticks(r)
     ax.set_title("Non-unification score per round")
-    fig.tight_layout()
-    paths.append(folder / "nu_per_round.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save(fig, folder / "nu_per_round.png"))
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.plot(r, [100 * row["gen_acc"] for row in rows], "o-", label="generation acc (external evaluator)")
@@ -84,10 +85,7 @@ def plot_rounds(result: dict, folder: str | Path) -> list[Path]:
     ax.set_ylim(0, 105)
     ax.legend(fontsize=7)
     ax.set_title("Generation vs understanding per round")
-    fig.tight_layout()
-    paths.append(folder / "gen_vs_und_per_round.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save(fig, folder / "gen_vs_und_per_round.png"))
 
     before, after = rows[0]["by_category"], rows[-1]["by_category"]
     cats = list(before)
@@ -100,10 +98,7 @@ def plot_rounds(result: dict, folder: str | Path) -> list[Path]:
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8)
     ax.set_title("Per category, before and after")
-    fig.tight_layout()
-    paths.append(folder / "categories_before_after.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save(fig, folder / "categories_before_after.png"))
     return paths
 
 
@@ -128,6 +123,4 @@ def plot_dynamics(results: dict[str, dict], path: str | Path) -> None:
         row[2].set_ylabel("generation sample i")
         fig.colorbar(im, ax=row[2], fraction=0.046)
     fig.suptitle("One generation step moves both branches: empirical NTK over the shared LM", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path, dpi=100)

@@ -192,6 +192,15 @@ def train_stage(um, data, cfg, steps: int, losses: dict, name: str, log: list, l
     um.model.eval()
 
 
+UNDERSTANDING = {"und": understanding_loss}
+JOINT = {"und": understanding_loss, "gen": generation_loss}
+
+
+def _streams(seed: int, size: int) -> SimpleNamespace:
+    """Understanding batches over every non-novel prompt, generation batches over `train` only."""
+    return SimpleNamespace(und=Data(seed, size, ("train", "val", "heldout")), gen=Data(seed + 1, size, ("train",)))
+
+
 def _resume(model, folder: Path, log: list, prefix: str = "") -> bool:
     """Load a finished stage of this very command (same config and seed) instead of redoing it."""
     if not (folder / "weights.safetensors").is_file():
@@ -224,23 +233,15 @@ def pretrain(out: Path, cfg: PretrainConfig = PretrainConfig(), size: TinySize =
     # Later stages draw from their own streams, so a resumed run equals an uninterrupted one.
     if not _resume(model, out / "stage-joint", log):
         torch.manual_seed(cfg.seed + 1)
-        data = SimpleNamespace(
-            und=Data(cfg.seed + 1, size.image_size, ("train", "val", "heldout")),
-            gen=Data(cfg.seed + 2, size.image_size, ("train",)),
-        )
+        data = _streams(cfg.seed + 1, size.image_size)
         since = len(log)
-        train_stage(um, data, cfg, cfg.und_steps, {"und": understanding_loss}, "understanding", log)
-        both = {"und": understanding_loss, "gen": generation_loss}
-        train_stage(um, data, cfg, cfg.joint_steps, both, "understanding+generation", log)
+        train_stage(um, data, cfg, cfg.und_steps, UNDERSTANDING, "understanding", log)
+        train_stage(um, data, cfg, cfg.joint_steps, JOINT, "understanding+generation", log)
         _save_stage(model, out / "stage-joint", log, since)
     # A last joint stage at a lower rate sharpens understanding (relations, counts). Generation must
     # stay in it: an understanding-only stage here collapsed generation to ~1% (shared LM drift).
-    data = SimpleNamespace(
-        und=Data(cfg.seed + 3, size.image_size, ("train", "val", "heldout")),
-        gen=Data(cfg.seed + 4, size.image_size, ("train",)),
-    )
-    both = {"und": understanding_loss, "gen": generation_loss}
-    train_stage(um, data, cfg, cfg.final_steps, both, "understanding+generation (final)", log, cfg.final_lr)
+    data = _streams(cfg.seed + 3, size.image_size)
+    train_stage(um, data, cfg, cfg.final_steps, JOINT, "understanding+generation (final)", log, cfg.final_lr)
     um.model.eval()
     um.save(out)
     (out / "pretrain.json").write_text(

@@ -17,6 +17,7 @@ from unigap.config import MODULES, TrainConfig
 from unigap.model.adapter import UnifiedModel
 from unigap.train.losses import dpo_loss, kl_anchor, sft_loss
 
+
 def trainable_parameters(um: UnifiedModel, modules: str = "lm") -> list[torch.nn.Parameter]:
     """The shared LM (default), or the LM plus the generation head and aligner; all else frozen."""
     if modules not in MODULES:
@@ -48,21 +49,19 @@ def sequence_logps(um: UnifiedModel, prompts: list[str], tokens: np.ndarray, bat
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def _optimizer(params, cfg: TrainConfig, total_steps: int):
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    warm = max(1, total_steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
-    )
-    return opt, sched
+def lr_factor(step: int, total: int) -> float:
+    """Linear warm-up over the first tenth of the steps, then cosine decay to zero at `total`."""
+    warm = max(1, total // 10)
+    return min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
-def _update(loss: torch.Tensor, opt, sched, params) -> None:
+def _update(loss: torch.Tensor, opt, params, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
     opt.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
-    sched.step()
 
 
 def train_sft(
@@ -78,14 +77,16 @@ def train_sft(
         return []
     rng = np.random.default_rng(cfg.seed)
     params = trainable_parameters(um, cfg.modules)
-    steps = cfg.epochs * math.ceil(len(samples) / cfg.batch)
-    opt, sched = _optimizer(params, cfg, steps)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     um.model.train()
-    log = []
+    log, step = [], 0
     for epoch in range(cfg.epochs):
         if on_epoch is not None and epoch > 0:
             samples = samples + on_epoch(epoch)
             um.model.train()
+        # The schedule spans the epochs left at this epoch's size, so what the curriculum adds is
+        # trained at a live rate rather than past the end of a schedule fixed at the start.
+        total = step + (cfg.epochs - epoch) * math.ceil(len(samples) / cfg.batch)
         losses = []
         for idx in tqdm(list(_batches(len(samples), cfg.batch, rng)), desc=f"SFT epoch {epoch + 1}", disable=not progress, leave=False):
             prompts = [samples[i][0] for i in idx]
@@ -96,7 +97,8 @@ def train_sft(
                 with torch.no_grad():
                     ref = reference.image_logprobs(prompts, tokens)
                 loss = loss + cfg.kl_weight * kl_anchor(logps, ref)
-            _update(loss, opt, sched, params)
+            _update(loss, opt, params, cfg.lr * lr_factor(step, total))
+            step += 1
             losses.append(loss.item())
         log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "n": len(samples)})
     um.model.eval()
@@ -117,15 +119,15 @@ def train_dpo(
         return []
     rng = np.random.default_rng(cfg.seed)
     params = trainable_parameters(um, cfg.modules)
-    steps = cfg.epochs * math.ceil(len(pairs) / cfg.batch)
-    opt, sched = _optimizer(params, cfg, steps)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     um.model.train()
-    log = []
+    log, step = [], 0
     for epoch in range(cfg.epochs):
         if on_epoch is not None and epoch > 0:
             more, more_w, more_l = on_epoch(epoch)
             pairs, ref_chosen, ref_rejected = pairs + more, torch.cat([ref_chosen, more_w]), torch.cat([ref_rejected, more_l])
             um.model.train()
+        total = step + (cfg.epochs - epoch) * math.ceil(len(pairs) / cfg.batch)
         losses, margins = [], []
         for idx in tqdm(list(_batches(len(pairs), cfg.batch, rng)), desc=f"DPO epoch {epoch + 1}", disable=not progress, leave=False):
             prompts = [pairs[i][0] for i in idx]
@@ -136,7 +138,8 @@ def train_dpo(
             loss, margin = dpo_loss(lw.sum(-1), ll.sum(-1), ref_chosen[idx], ref_rejected[idx], cfg.beta)
             if cfg.nll_weight:
                 loss = loss + cfg.nll_weight * sft_loss(lw)
-            _update(loss, opt, sched, params)
+            _update(loss, opt, params, cfg.lr * lr_factor(step, total))
+            step += 1
             losses.append(loss.item())
             margins.append(margin.mean().item())
         log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "margin": float(np.mean(margins)), "n": len(pairs)})
