@@ -34,6 +34,8 @@ class Judged:
 
 
 def sample_and_judge(um: UnifiedModel, judge: Judge, prompts: list[str], s: Sampling, progress: bool = True) -> Judged:
+    """`um` may be the model itself or anything with its `sample` (a generation service client);
+    `judge` anything with `score` (the Triton-served judge's client)."""
     index, images, tokens, p_yes, accepted = [], [], [], [], []
     for i in tqdm(range(0, len(prompts), s.batch_prompts), desc="sample and judge", disable=not progress, leave=False):
         chunk = prompts[i : i + s.batch_prompts]
@@ -41,7 +43,7 @@ def sample_and_judge(um: UnifiedModel, judge: Judge, prompts: list[str], s: Samp
         j = judge.score(out.images, [chunk[k] for k in out.prompt_index])
         index += [i + k for k in out.prompt_index]
         images.append(out.images)
-        tokens.append(out.tokens.cpu().numpy())
+        tokens.append(np.asarray(out.tokens))
         p_yes.append(j.p_yes)
         accepted.append(j.decision)
     return Judged(

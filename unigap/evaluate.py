@@ -58,7 +58,7 @@ def rendered_understanding(judge: Judge, specs: list, seed: int = 0) -> np.ndarr
     negs = [world.negatives(s) for s in specs]
     others = [n[rng.integers(len(n))][1] for n in negs]
     seeds = [int(x) for x in rng.integers(0, 2**31, 2 * len(specs))]
-    images = world.render_batch(list(specs) + others, seeds, judge.model.image_size)
+    images = world.render_batch(list(specs) + others, seeds, judge.image_size)
     prompts = [s.text for s in specs] * 2
     truth = np.array([True] * len(specs) + [False] * len(specs))
     return judge.score(images, prompts).decision == truth

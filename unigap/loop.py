@@ -13,24 +13,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from unigap import world
-from unigap.candidates import Sampling, sample_and_judge
-from unigap.config import METHODS, POOLS, LoopConfig, TrainConfig
-from unigap.evaluate import generate_and_judge, make_judge, rendered_understanding, select_prompts
-from unigap.model.adapter import UnifiedModel
+from unigap.backend import Backend, LocalBackend
+from unigap.candidates import Sampling
+from unigap.config import METHODS, POOLS, LoopConfig
+from unigap.evaluate import generate_and_judge, rendered_understanding, select_prompts
 from unigap.score import gap_summary, win_rate
 from unigap.store import records as rec
 from unigap.store.base import Store
-from unigap.train.data import Candidates, RoundData, split_candidates
-from unigap.train.trainer import sequence_logps, train_dpo, train_sft
+from unigap.train.data import Candidates, get_round_data, put_round_data, split_candidates
+from unigap.train.round import TrainJob, collect
 
 
 def pool_texts(pool: str) -> list[str]:
@@ -68,10 +66,9 @@ def evaluated_specs(split: str, per_category: int) -> list:
     return select_prompts(world.split(split), per_category)
 
 
-def evaluate_split(um: UnifiedModel, mode: str, specs: list, n: int, seed: int, progress: bool) -> tuple[dict, dict]:
+def evaluate_split(generator, judge, specs: list, n: int, seed: int, progress: bool) -> tuple[dict, dict]:
     """Figures of one split with fixed seeds, and the arrays a later win rate needs."""
-    judge = make_judge(um, mode)
-    res = generate_and_judge(um, judge, specs, Sampling(n=n, seed=seed), progress)
+    res = generate_and_judge(generator, judge, specs, Sampling(n=n, seed=seed), progress)
     rows = res["specs"]
     judged = res["judged"]
     summary = gap_summary(judged.accepted, res["correct"], len(specs))
@@ -86,7 +83,10 @@ def evaluate_split(um: UnifiedModel, mode: str, specs: list, n: int, seed: int, 
 
 
 class Loop:
-    def __init__(self, cfg: LoopConfig, store: Store, cache: Path, start_model: Path, progress: bool = True, log: Callable[[str], None] = print):
+    def __init__(
+        self, cfg: LoopConfig, store: Store, cache: Path, start_model: Path, progress: bool = True,
+        log: Callable[[str], None] = print, backend: Backend | None = None,
+    ):
         if cfg.method not in METHODS:
             raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
         if cfg.rounds < 1:
@@ -95,11 +95,9 @@ class Loop:
         self.pool = pool_texts(cfg.pool)
         self.start_ref = rec.put_checkpoint(store, start_model)
         self.run = f"runs/{cfg.key(self.start_ref, self.pool)}"
+        self.backend = backend or LocalBackend(store, cache, cfg.judge_mode, progress, log)
 
     # ------------------------------------------------------------------ store helpers
-    def _model(self, ref: str) -> UnifiedModel:
-        return UnifiedModel.load(rec.fetch_checkpoint(self.store, ref, self.cache))
-
     def _step(self, r: int, progress: dict, name: str, compute: Callable[[], str]) -> str:
         """Run a step once: its object address is recorded; a rerun reads it back."""
         if name not in progress:
@@ -128,83 +126,17 @@ class Loop:
         return self.start_ref, 0
 
     # ------------------------------------------------------------------ steps
-    def _evaluate(self, um: UnifiedModel, splits: tuple[str, ...]) -> str:
+    def _evaluate(self, ref: str, splits: tuple[str, ...]) -> str:
         out, arrays = {}, {}
+        generator, judge = self.backend.generator(ref), self.backend.judge(ref)
         for split in splits:
             n = self.cfg.eval_n if split != "novel" else max(2, self.cfg.eval_n // 2)
             specs = evaluated_specs(split, self.cfg.eval_per_category)
-            out[split], arr = evaluate_split(um, self.cfg.judge_mode, specs, n, self.cfg.eval_seed, self.progress)
+            out[split], arr = evaluate_split(generator, judge, specs, n, self.cfg.eval_seed, self.progress)
             if split == "heldout":
                 arrays = arr
         out["heldout_arrays"] = rec.put_arrays(self.store, **arrays)
         return rec.put_json(self.store, out)
-
-    def _collect(self, um: UnifiedModel, prompts: list[str], seed: int) -> Candidates:
-        judge = make_judge(um, self.cfg.judge_mode, self.cfg.threshold)
-        res = sample_and_judge(um, judge, prompts, Sampling(n=self.cfg.n, seed=seed, cfg=self.cfg.cfg, temperature=self.cfg.temperature), self.progress)
-        tokens = um.encode(res.images).cpu().numpy() if self.cfg.canonical else res.tokens
-        return Candidates(res.prompts, tokens, res.p_yes, res.accepted)
-
-    def _data_ref(self, data: RoundData) -> str:
-        def stack(rows: list) -> np.ndarray:  # [rows, T]; an empty set keeps its 2-D shape
-            return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.int64)
-
-        return rec.put_arrays(
-            self.store,
-            sft_prompts=np.array([p for p, _ in data.sft], dtype=str),
-            sft_tokens=stack([t for _, t in data.sft]),
-            pair_prompts=np.array([p for p, _, _ in data.pairs], dtype=str),
-            chosen=stack([c for _, c, _ in data.pairs]),
-            rejected=stack([x for _, _, x in data.pairs]),
-            discard=np.array(data.discard, dtype=str),
-        )
-
-    def _load_data(self, ref: str) -> RoundData:
-        a = rec.get_arrays(self.store, ref)
-        return RoundData(
-            sft=list(zip(a["sft_prompts"].tolist(), a["sft_tokens"])),
-            pairs=list(zip(a["pair_prompts"].tolist(), a["chosen"], a["rejected"])),
-            discard=a["discard"].tolist(),
-        )
-
-    def _train(self, base_ref: str, data: RoundData, r: int) -> tuple[str, list]:
-        cfg = self.cfg
-        torch.manual_seed(cfg.seed * 1000 + r)
-        um = self._model(base_ref)
-        needs_reference = cfg.method.endswith("dpo") or cfg.train.kl_weight > 0
-        reference = self._model(base_ref) if needs_reference else None  # the frozen pre-round model
-        tcfg = TrainConfig(**{**asdict(cfg.train), "seed": cfg.seed * 1000 + r})
-        curriculum = cfg.method.startswith("c-")
-        discard = list(data.discard)
-
-        def replay() -> RoundData:
-            """Regenerate the discard pool with the CURRENT model and judge; keep what it now accepts."""
-            um.model.eval()
-            fresh = split_candidates(self._collect(um, discard, seed=cfg.seed * 1000 + r + 500), cfg.max_per_prompt) if discard else RoundData()
-            self.log(f"  curriculum: {len(discard)} discarded prompts replayed, {len(fresh.sft)} samples now accepted")
-            return fresh
-
-        if cfg.method in ("sft", "c-sft"):
-            on_epoch = (lambda e: replay().sft if e == cfg.curriculum_epoch else []) if curriculum else None
-            log = train_sft(um, data.sft, tcfg, reference, on_epoch, self.progress)
-        else:
-            def ref_logps(pairs):
-                prompts = [p for p, _, _ in pairs]
-                return (sequence_logps(reference, prompts, np.array([c for _, c, _ in pairs])),
-                        sequence_logps(reference, prompts, np.array([x for _, _, x in pairs])))
-
-            def on_epoch(e):
-                if e != cfg.curriculum_epoch:
-                    return [], torch.zeros(0), torch.zeros(0)
-                fresh = replay().pairs
-                return (fresh, *ref_logps(fresh)) if fresh else ([], torch.zeros(0), torch.zeros(0))
-
-            log = train_dpo(um, data.pairs, *ref_logps(data.pairs), tcfg, on_epoch if curriculum else None, self.progress) if data.pairs else []
-        if not log:
-            return base_ref, []  # nothing to train on: the round keeps the base model
-        with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
-            um.save(tmp)
-            return rec.put_checkpoint(self.store, tmp), log
 
     def _gate(self, old: dict, new: dict) -> tuple[bool, list[str]]:
         """Promote only if val NU falls, diversity holds and rendered understanding holds."""
@@ -226,7 +158,7 @@ class Loop:
         zero = self.manifest(0)
         if zero is None:
             progress = rec.get_record_json(self.store, f"{self._round_key(0)}/progress.json") or {}
-            ev = self._step(0, progress, "eval", lambda: self._evaluate(self._model(self.start_ref), ("val", "heldout", "novel")))
+            ev = self._step(0, progress, "eval", lambda: self._evaluate(self.start_ref, ("val", "heldout", "novel")))
             zero = {"round": 0, "checkpoint": self.start_ref, "eval": ev, "promoted": True, "n_sft": 0, "n_pairs": 0, "n_discard": 0}
             rec.put_record_json(self.store, f"{self._round_key(0)}/manifest.json", zero)
         rows = [self._row(zero)]
@@ -245,22 +177,16 @@ class Loop:
         base_ref, base_round = self.head(r)
         progress.setdefault("base", base_ref)
         base_ref = progress["base"]
-        base = None
-
-        def base_model():
-            nonlocal base
-            base = base or self._model(base_ref)
-            return base
-
         self.log(f"round {r}: from the model of round {base_round}")
-        cand = self._step(r, progress, "candidates", lambda: self._candidates_ref(base_model(), r))
-        data_ref = self._step(r, progress, "data", lambda: self._data_ref(split_candidates(self._load_candidates(cand), self.cfg.max_per_prompt)))
-        data = self._load_data(data_ref)
+        cand = self._step(r, progress, "candidates", lambda: self._candidates_ref(base_ref, r))
+        data_ref = self._step(r, progress, "data", lambda: put_round_data(self.store, split_candidates(self._load_candidates(cand), cfg.max_per_prompt)))
+        data = get_round_data(self.store, data_ref)
         if not data.sft and not data.pairs:
             self.log(f"  round {r}: no accepted sample and no pair: nothing to train on; the round keeps the model")
-        ckpt = self._step(r, progress, "checkpoint", lambda: json.dumps(self._train(base_ref, data, r)))
+        job = TrainJob(base=base_ref, data=data_ref, loop=asdict(cfg), round=r)
+        ckpt = self._step(r, progress, "checkpoint", lambda: json.dumps(self.backend.train(job)))
         ckpt_ref, train_log = json.loads(ckpt)
-        ev = self._step(r, progress, "eval", lambda: self._evaluate(self._model(ckpt_ref), ("val", "heldout") + (("novel",) if r == cfg.rounds else ())))
+        ev = self._step(r, progress, "eval", lambda: self._evaluate(ckpt_ref, ("val", "heldout") + (("novel",) if r == cfg.rounds else ())))
         old_eval = rec.get_json(self.store, self.manifest(base_round)["eval"])
         new_eval = rec.get_json(self.store, ev)
         promoted, reasons = self._gate(old_eval, new_eval) if ckpt_ref != base_ref else (False, ["nothing was trained"])
@@ -273,8 +199,9 @@ class Loop:
         rec.put_record_json(self.store, f"{self._round_key(r)}/manifest.json", m)  # last: the round is done
         return m
 
-    def _candidates_ref(self, um: UnifiedModel, r: int) -> str:
-        c = self._collect(um, self.pool, seed=self.cfg.seed * 1000 + r)
+    def _candidates_ref(self, ref: str, r: int) -> str:
+        generator, judge = self.backend.generator(ref), self.backend.judge(ref, self.cfg.threshold)
+        c = collect(generator, judge, self.pool, self.cfg, self.cfg.seed * 1000 + r, self.progress)
         return rec.put_arrays(self.store, prompts=np.array(c.prompts, dtype=str), tokens=c.tokens, p_yes=c.p_yes, accepted=c.accepted)
 
     def _load_candidates(self, ref: str) -> Candidates:
@@ -286,7 +213,7 @@ class Loop:
         if new_ref == base_ref:
             return {"win_rate": None, "n_disagree": 0}
         a, prompts = self._heldout_arrays(old_eval)
-        new = make_judge(self._model(new_ref), self.cfg.judge_mode).score(a["images"], prompts).decision
+        new = self.backend.judge(new_ref).score(a["images"], prompts).decision
         return win_rate(a["accepted"], new, a["correct"])
 
     def _row(self, m: dict) -> dict:

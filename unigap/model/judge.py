@@ -77,6 +77,10 @@ class Judge:
         self.yes_id = tok(" 1", add_special_tokens=False).input_ids[-1]
         self.no_id = tok(" 0", add_special_tokens=False).input_ids[-1]
 
+    @property
+    def image_size(self) -> int:
+        return self.model.image_size
+
     @torch.no_grad()
     def score(self, images, prompts: list[str]) -> Judgment:
         if len(images) != len(prompts):

@@ -28,6 +28,12 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def object_key(sha: str) -> str:
+    """Where an object lives under a store's root, the same in every backend (records live under
+    `records/<key>`)."""
+    return f"objects/{sha[:2]}/{sha}"
+
+
 class Store(Protocol):
     def put_object(self, data: bytes) -> str: ...
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from unigap.io import atomic_write_bytes
-from unigap.store.base import CorruptObjectError, StoreError, sha256
+from unigap.store.base import CorruptObjectError, StoreError, object_key, sha256
 
 
 class LocalStore:
@@ -21,7 +21,7 @@ class LocalStore:
             raise StoreError(f"store directory {self.root} is not writable")
 
     def _object_path(self, sha: str) -> Path:
-        return self.root / "objects" / sha[:2] / sha
+        return self.root / object_key(sha)
 
     def put_object(self, data: bytes) -> str:
         sha = sha256(data)

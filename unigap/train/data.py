@@ -54,3 +54,32 @@ def split_candidates(c: Candidates, max_per_prompt: int = 0) -> RoundData:
         if not len(acc):
             out.discard.append(prompt)
     return out
+
+
+def put_round_data(store, data: RoundData) -> str:
+    """One round's training data as a single content-addressed arrays object."""
+    from unigap.store import records as rec
+
+    def stack(rows: list) -> np.ndarray:  # [rows, T]; an empty set keeps its 2-D shape
+        return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.int64)
+
+    return rec.put_arrays(
+        store,
+        sft_prompts=np.array([p for p, _ in data.sft], dtype=str),
+        sft_tokens=stack([t for _, t in data.sft]),
+        pair_prompts=np.array([p for p, _, _ in data.pairs], dtype=str),
+        chosen=stack([c for _, c, _ in data.pairs]),
+        rejected=stack([x for _, _, x in data.pairs]),
+        discard=np.array(data.discard, dtype=str),
+    )
+
+
+def get_round_data(store, ref: str) -> RoundData:
+    from unigap.store import records as rec
+
+    a = rec.get_arrays(store, ref)
+    return RoundData(
+        sft=list(zip(a["sft_prompts"].tolist(), a["sft_tokens"])),
+        pairs=list(zip(a["pair_prompts"].tolist(), a["chosen"], a["rejected"])),
+        discard=a["discard"].tolist(),
+    )

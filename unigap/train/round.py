@@ -1,0 +1,98 @@
+"""One round's training as a job: base checkpoint + round data in the store -> a new checkpoint.
+
+The loop runs it in-process; the trainer entrypoint (pipelines/trainer.py) runs the same function
+in a subprocess, under torchrun or as a Kubernetes Job. Everything it needs is in the store and
+the job's JSON, so any machine that reaches the store can run it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from unigap.candidates import Sampling, sample_and_judge
+from unigap.config import LoopConfig, TrainConfig
+from unigap.evaluate import make_judge
+from unigap.model.adapter import UnifiedModel
+from unigap.store import records as rec
+from unigap.store.base import Store
+from unigap.train.data import Candidates, RoundData, get_round_data, split_candidates
+from unigap.train.trainer import sequence_logps, train_dpo, train_sft
+
+
+@dataclass
+class TrainJob:
+    base: str  # checkpoint reference of the pre-round model
+    data: str  # the round's RoundData reference
+    loop: dict  # the LoopConfig, as a dict (JSON)
+    round: int
+
+    @property
+    def config(self) -> LoopConfig:
+        d = dict(self.loop)
+        return LoopConfig(**{**d, "train": TrainConfig(**d["train"])})
+
+
+def collect(generator, judge, prompts: list[str], cfg: LoopConfig, seed: int, progress: bool = True) -> Candidates:
+    """Sample the loop's candidates and judge them; canonical tokens are decode -> re-encode."""
+    s = Sampling(n=cfg.n, seed=seed, cfg=cfg.cfg, temperature=cfg.temperature)
+    res = sample_and_judge(generator, judge, prompts, s, progress)
+    tokens = np.asarray(generator.encode(res.images)) if cfg.canonical else res.tokens
+    return Candidates(res.prompts, tokens, res.p_yes, res.accepted)
+
+
+def load_model(store: Store, ref: str, cache: Path) -> UnifiedModel:
+    return UnifiedModel.load(rec.fetch_checkpoint(store, ref, cache))
+
+
+def train_round(store: Store, job: TrainJob, cache: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> tuple[str, list]:
+    """Train the base model on the round's data; returns (checkpoint reference, training log).
+
+    With nothing to train on, the round keeps the base model (its reference comes back)."""
+    cfg, r, cache = job.config, job.round, Path(cache)
+    data = get_round_data(store, job.data)
+    torch.manual_seed(cfg.seed * 1000 + r)
+    um = load_model(store, job.base, cache)
+    needs_reference = cfg.method.endswith("dpo") or cfg.train.kl_weight > 0
+    reference = load_model(store, job.base, cache) if needs_reference else None  # the frozen pre-round model
+    tcfg = TrainConfig(**{**asdict(cfg.train), "seed": cfg.seed * 1000 + r})
+    curriculum = cfg.method.startswith("c-")
+    discard = list(data.discard)
+
+    def replay() -> RoundData:
+        """Regenerate the discard pool with the CURRENT model and judge; keep what it now accepts."""
+        um.model.eval()
+        fresh = RoundData()
+        if discard:
+            judge = make_judge(um, cfg.judge_mode, cfg.threshold)
+            fresh = split_candidates(collect(um, judge, discard, cfg, cfg.seed * 1000 + r + 500, progress), cfg.max_per_prompt)
+        log(f"  curriculum: {len(discard)} discarded prompts replayed, {len(fresh.sft)} samples now accepted")
+        return fresh
+
+    if cfg.method in ("sft", "c-sft"):
+        on_epoch = (lambda e: replay().sft if e == cfg.curriculum_epoch else []) if curriculum else None
+        train_log = train_sft(um, data.sft, tcfg, reference, on_epoch, progress)
+    else:
+        def ref_logps(pairs):
+            prompts = [p for p, _, _ in pairs]
+            return (sequence_logps(reference, prompts, np.array([c for _, c, _ in pairs])),
+                    sequence_logps(reference, prompts, np.array([x for _, _, x in pairs])))
+
+        def on_epoch(e):
+            if e != cfg.curriculum_epoch:
+                return [], torch.zeros(0), torch.zeros(0)
+            fresh = replay().pairs
+            return (fresh, *ref_logps(fresh)) if fresh else ([], torch.zeros(0), torch.zeros(0))
+
+        train_log = train_dpo(um, data.pairs, *ref_logps(data.pairs), tcfg, on_epoch if curriculum else None, progress) if data.pairs else []
+    if not train_log:
+        return job.base, []
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        um.save(tmp)
+        return rec.put_checkpoint(store, tmp), train_log
