@@ -58,7 +58,7 @@ class S3Store:
         create_bucket: bool = True,
         attempts: int = 3,
         backoff_s: float = 0.2,
-        timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
     ):
         """`endpoint` is `http(s)://host[:port]` or `host[:port]`; `secure` defaults to its scheme
         (https when none). Transient failures are retried `attempts` times in all, sleeping
@@ -74,7 +74,7 @@ class S3Store:
         # minio's default client retries 5 times and waits up to 5 minutes per request; retries
         # are done here instead (bounded, with a clear error), so urllib3 makes exactly one try.
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=timeout_s, read=max(timeout_s, 60.0)),
+            timeout=urllib3.Timeout(connect=connect_timeout_s, read=60.0),  # read: per socket read, not per body
             retries=False,
             maxsize=10,
             cert_reqs="CERT_REQUIRED",
