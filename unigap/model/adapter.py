@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -139,16 +140,20 @@ class UnifiedModel:
         n: int = 1,
         cfg: float = 1.5,
         temperature: float = 0.7,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         decode: bool = True,
     ) -> Samples:
         """N candidates per prompt with classifier-free guidance; temperature 0 is greedy.
 
         The prompt prefix is computed once and its cache shared by the N candidates. Noise is drawn
         per candidate from `row_seed`, so a candidate is the same whatever batch it is sampled in.
+        `seed` may be one seed per prompt, so requests with different seeds can share a batch.
         """
         if n < 1:
             raise ValueError("n must be >= 1")
+        seeds = [int(seed)] * len(prompts) if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         guided = cfg != 1.0
         ids, mask = self.gen_prefix(prompts, guided)
         cache = DynamicCache(config=self.model.config.text_config)
@@ -164,7 +169,7 @@ class UnifiedModel:
             vocab = self.model.config.vq_config.num_embeddings
             gumbel = torch.empty(rows, n_tok, vocab)
             for r in range(rows):
-                g = torch.Generator().manual_seed(row_seed(seed, prompts[r // n], r % n))
+                g = torch.Generator().manual_seed(row_seed(seeds[r // n], prompts[r // n], r % n))
                 gumbel[r].exponential_(generator=g).log_().neg_()  # -log(Exp(1)) is Gumbel(0, 1)
             gumbel = gumbel.to(self.device)
         tokens = torch.empty(rows, n_tok, dtype=torch.long, device=self.device)

@@ -1,0 +1,1 @@
+"""What every unigap gRPC server shares: settings, auth, metrics, validation, models, serving (import the modules)."""

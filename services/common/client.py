@@ -1,0 +1,120 @@
+"""Client side: channels with the servers' message size, the bearer token and TLS; errors."""
+
+from __future__ import annotations
+
+import collections
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+
+from services.common.auth import bearer_metadata
+from services.common.settings import MiB
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * MiB
+
+
+class ServiceError(Exception):
+    """A failed RPC: `code` (grpc.StatusCode) and the server's `details`."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(f"{code.name}: {details}")
+        self.code, self.details = code, details
+
+
+@contextmanager
+def rpc_errors():
+    """Turn grpc.RpcError into ServiceError inside the block."""
+    try:
+        yield
+    except grpc.RpcError as e:
+        raise ServiceError(e.code(), e.details() or "") from None
+
+
+def _options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [("grpc.max_send_message_length", max_message_bytes), ("grpc.max_receive_message_length", max_message_bytes)]
+
+
+def _credentials(tls_ca) -> grpc.ChannelCredentials:
+    """tls_ca: a PEM file path or PEM bytes; True = the system's roots."""
+    if tls_ca is True:
+        return grpc.ssl_channel_credentials()
+    pem = tls_ca if isinstance(tls_ca, bytes) else Path(tls_ca).read_bytes()
+    return grpc.ssl_channel_credentials(root_certificates=pem)
+
+
+class _Details(
+    collections.namedtuple("_Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds the bearer token to every call of a sync channel."""
+
+    def __init__(self, token: str):
+        self.metadata = bearer_metadata(token)
+
+    def _details(self, d):
+        return _Details(d.method, d.timeout, tuple(d.metadata or ()) + self.metadata, d.credentials,
+                        d.wait_for_ready, getattr(d, "compression", None))
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    intercept_unary_stream = intercept_unary_unary
+    intercept_stream_unary = intercept_unary_unary
+    intercept_stream_stream = intercept_unary_unary
+
+
+def channel(address: str, token: str | None = None, tls_ca=None,
+            max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.Channel:
+    """A sync channel (thread-safe); TLS when `tls_ca` is given, the token on every call."""
+    opts = _options(max_message_bytes)
+    ch = grpc.secure_channel(address, _credentials(tls_ca), opts) if tls_ca else grpc.insecure_channel(address, opts)
+    return grpc.intercept_channel(ch, _Bearer(token)) if token else ch
+
+
+class _AioBearer:
+    def __init__(self, token: str):
+        self.metadata = bearer_metadata(token)
+
+    def _details(self, d):
+        metadata = grpc.aio.Metadata(*tuple(d.metadata or ()), *self.metadata)
+        return grpc.aio.ClientCallDetails(d.method, d.timeout, metadata, d.credentials, d.wait_for_ready)
+
+    async def _call(self, continuation, details, request):
+        return await continuation(self._details(details), request)
+
+
+# grpc.aio files an interceptor under the first shape it implements only: one class per shape.
+class _AioBearerUU(_AioBearer, grpc.aio.UnaryUnaryClientInterceptor):
+    intercept_unary_unary = _AioBearer._call
+
+
+class _AioBearerUS(_AioBearer, grpc.aio.UnaryStreamClientInterceptor):
+    intercept_unary_stream = _AioBearer._call
+
+
+class _AioBearerSU(_AioBearer, grpc.aio.StreamUnaryClientInterceptor):
+    intercept_stream_unary = _AioBearer._call
+
+
+class _AioBearerSS(_AioBearer, grpc.aio.StreamStreamClientInterceptor):
+    intercept_stream_stream = _AioBearer._call
+
+
+def aio_channel(address: str, token: str | None = None, tls_ca=None,
+                max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
+    """The asyncio variant of `channel`."""
+    opts = _options(max_message_bytes)
+    interceptors = [cls(token) for cls in (_AioBearerUU, _AioBearerUS, _AioBearerSU, _AioBearerSS)] if token else None
+    if tls_ca:
+        return grpc.aio.secure_channel(address, _credentials(tls_ca), opts, interceptors=interceptors)
+    return grpc.aio.insecure_channel(address, opts, interceptors=interceptors)

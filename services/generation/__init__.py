@@ -1,0 +1,1 @@
+"""GenerationService: N candidates per prompt from the unified model, over gRPC."""

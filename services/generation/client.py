@@ -1,0 +1,72 @@
+"""A sync, thread-safe client of GenerationService with UnifiedModel.sample's shapes and row order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.api import generation_pb2 as pb
+from services.api import generation_pb2_grpc, model_pb2
+from services.common.client import channel, rpc_errors
+from services.common.images import encode_png
+from services.common.validation import decode_png
+
+
+@dataclass
+class RemoteSamples:
+    """Like adapter.Samples, with numpy tokens; rows prompt-major (prompt 0's n, then prompt 1's ...)."""
+
+    tokens: np.ndarray  # [rows, n_image_tokens] int64
+    images: np.ndarray  # [rows, H, W, 3] uint8
+    prompt_index: list[int]
+    prompts: list[str]
+    checkpoint: str
+
+
+class GenerationClient:
+    """Errors raise services.common.client.ServiceError (status `code` and `details`)."""
+
+    def __init__(self, address: str, token: str | None = None, tls_ca=None, timeout: float | None = None):
+        self._channel = channel(address, token, tls_ca)
+        self._stub = generation_pb2_grpc.GenerationServiceStub(self._channel)
+        self.timeout = timeout
+
+    def sample(self, prompts: list[str], n: int = 1, cfg: float = 1.5, temperature: float = 0.7, seed: int = 0,
+               checkpoint: str = "") -> RemoteSamples:
+        request = pb.GenerateRequest(prompts=prompts, n=n, cfg_scale=cfg, temperature=temperature, seed=seed,
+                                     checkpoint=checkpoint)
+        with rpc_errors():
+            responses = list(self._stub.Generate(request, timeout=self.timeout))
+        responses.sort(key=lambda r: (r.prompt_index, r.candidate_index))
+        return RemoteSamples(
+            tokens=np.array([list(r.image_tokens) for r in responses], dtype=np.int64),
+            images=np.stack([decode_png(r.png, "png") for r in responses]),
+            prompt_index=[r.prompt_index for r in responses],
+            prompts=list(prompts),
+            checkpoint=responses[0].checkpoint if responses else "",
+        )
+
+    def encode(self, images, checkpoint: str = "") -> np.ndarray:
+        """Canonical tokens [B, T] int64 of uint8 images [B, H, W, 3] (or a list of them)."""
+        request = pb.EncodeRequest(png=[encode_png(im) for im in images], checkpoint=checkpoint)
+        with rpc_errors():
+            response = self._stub.Encode(request, timeout=self.timeout)
+        return np.array([list(t.ids) for t in response.tokens], dtype=np.int64)
+
+    def model_info(self) -> model_pb2.ModelInfo:
+        with rpc_errors():
+            return self._stub.GetModel(pb.GenerationServiceGetModelRequest(), timeout=self.timeout).model
+
+    def reload(self, checkpoint: str) -> model_pb2.ModelInfo:
+        with rpc_errors():
+            return self._stub.ReloadModel(pb.GenerationServiceReloadModelRequest(checkpoint=checkpoint)).model
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
