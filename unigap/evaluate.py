@@ -69,17 +69,18 @@ def group_by(specs, key) -> dict[str, np.ndarray]:
     return {v: np.array([n == v for n in names]) for v in dict.fromkeys(names)}
 
 
-def score_report(um: UnifiedModel, judge: Judge, specs: list, s: Sampling, progress=True) -> dict:
-    """The `unigap score` figures: overall, by category and by tier (keys as the issue names)."""
-    res = generate_and_judge(um, judge, specs, s, progress)
-    rendered = rendered_understanding(judge, specs, s.seed)
-    rows = res["specs"]
+def gap_report(specs: list, rows: list, accepted, correct, extra=None) -> dict:
+    """`gap_summary` overall, by category and by tier of images generated for `specs`.
+
+    rows: the spec of each image; accepted / correct: the judge's and the evaluator's verdict per
+    image. `extra(img_mask, spec_mask)` may add fields to each group's figures. Shared by
+    `unigap score` and the judge service, so both report the same numbers.
+    """
+    accepted, correct = np.asarray(accepted, bool), np.asarray(correct, bool)
 
     def summary(img_mask, spec_mask) -> dict:
-        out = gap_summary(res["judged"].accepted[img_mask], res["correct"][img_mask], int(spec_mask.sum()))
-        both = np.concatenate([spec_mask, spec_mask])
-        out["und_acc_rendered"] = float(rendered[both].mean()) if both.any() else None
-        return out
+        out = gap_summary(accepted[img_mask], correct[img_mask], int(spec_mask.sum()))
+        return {**out, **extra(img_mask, spec_mask)} if extra else out
 
     all_imgs, all_specs = np.ones(len(rows), bool), np.ones(len(specs), bool)
     report = {"overall": summary(all_imgs, all_specs), "by_category": {}, "by_tier": {}}
@@ -88,6 +89,19 @@ def score_report(um: UnifiedModel, judge: Judge, specs: list, s: Sampling, progr
         for name in names:
             if name in spec_groups:
                 report[field][name] = summary(img_groups[name], spec_groups[name])
+    return report
+
+
+def score_report(um: UnifiedModel, judge: Judge, specs: list, s: Sampling, progress=True) -> dict:
+    """The `unigap score` figures: overall, by category and by tier (keys as the issue names)."""
+    res = generate_and_judge(um, judge, specs, s, progress)
+    rendered = rendered_understanding(judge, specs, s.seed)
+
+    def und_acc_rendered(img_mask, spec_mask) -> dict:
+        both = np.concatenate([spec_mask, spec_mask])
+        return {"und_acc_rendered": float(rendered[both].mean()) if both.any() else None}
+
+    report = gap_report(specs, res["specs"], res["judged"].accepted, res["correct"], und_acc_rendered)
     report["settings"] = {**s.__dict__, "judge_mode": judge.mode, "threshold": judge.threshold, "model": um.path}
     report["_samples"] = res  # for plots and sample grids; dropped from the JSON
     return report

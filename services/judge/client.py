@@ -1,0 +1,75 @@
+"""A sync, thread-safe client of JudgeService with the in-process judge's shapes."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from services.api import judge_pb2 as pb
+from services.api import judge_pb2_grpc, model_pb2
+from services.common.client import channel, rpc_errors
+from services.common.images import encode_png
+from services.common.settings import ServerSettings
+from services.judge.figures import from_result
+from unigap.model.judge import Judgment
+
+DEFAULT_MAX_BATCH = ServerSettings.model_fields["max_batch"].default
+
+
+class JudgeClient:
+    """Errors raise services.common.client.ServiceError (status `code` and `details`).
+
+    `max_batch`: the server's limit on pairs per request; larger score() calls go in chunks.
+    """
+
+    def __init__(self, address: str, token: str | None = None, tls_ca=None, timeout: float | None = None,
+                 max_batch: int = DEFAULT_MAX_BATCH):
+        self._channel = channel(address, token, tls_ca)
+        self._stub = judge_pb2_grpc.JudgeServiceStub(self._channel)
+        self.timeout, self.max_batch = timeout, max_batch
+
+    def score(self, images, prompts: list[str], threshold: float | None = None, checkpoint: str = "") -> Judgment:
+        """Judge uint8 images [B, H, W, 3] (or a list of [H, W, 3]) against their prompts."""
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        p_yes, decision = [], []
+        for i in range(0, len(prompts), self.max_batch):
+            pairs = [pb.ImagePrompt(png=encode_png(im), prompt=p)
+                     for im, p in zip(images[i : i + self.max_batch], prompts[i : i + self.max_batch])]
+            with rpc_errors():
+                r = self._stub.Score(pb.ScoreRequest(pairs=pairs, threshold=threshold, checkpoint=checkpoint), timeout=self.timeout)
+            p_yes += [j.p_yes for j in r.judgments]
+            decision += [j.decision for j in r.judgments]
+        return Judgment(np.array(p_yes, dtype=np.float32), np.array(decision, dtype=bool))
+
+    def non_unification(self, prompts: list[str], n: int = 4, seed: int = 0, cfg: float = 1.5, temperature: float = 0.7,
+                        checkpoint: str = "", on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+        """`unigap score`'s figures (overall, by_category, by_tier: gap_summary dicts) and the checkpoint."""
+        request = pb.NonUnificationRequest(prompts=prompts, n=n, seed=seed, cfg_scale=cfg, temperature=temperature,
+                                           checkpoint=checkpoint)
+        with rpc_errors():
+            for r in self._stub.NonUnification(request, timeout=self.timeout):
+                if r.HasField("progress"):
+                    if on_progress:
+                        on_progress(r.progress.stage, r.progress.done, r.progress.total)
+                else:
+                    return from_result(r.result)
+        raise RuntimeError("the judge's NonUnification stream ended without a result")
+
+    def model_info(self) -> model_pb2.ModelInfo:
+        with rpc_errors():
+            return self._stub.GetModel(pb.JudgeServiceGetModelRequest(), timeout=self.timeout).model
+
+    def reload(self, checkpoint: str) -> model_pb2.ModelInfo:
+        with rpc_errors():
+            return self._stub.ReloadModel(pb.JudgeServiceReloadModelRequest(checkpoint=checkpoint)).model
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,166 @@
+"""JudgeService: a thin gRPC front over the `unigap_judge` Triton model and the library's figures.
+
+Score validates, decodes the PNGs at the model's size and sends the pairs to Triton (the dynamic
+batcher merges concurrent callers); NonUnification generates through GenerationService, judges
+through Triton, checks with the external evaluator and reports `unigap score`'s figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import grpc
+import numpy as np
+
+from services.api import judge_pb2 as pb
+from services.api import judge_pb2_grpc
+from services.common.client import ServiceError
+from services.common.models import ModelHolder
+from services.common.validation import Invalid, check_finite, check_prompts, decode_png
+from services.generation.client import GenerationClient
+from services.generation.server import MAX_CFG, MAX_TEMPERATURE
+from services.judge import figures
+from services.judge.triton_model import MAX_BATCH, MODEL_NAME
+from unigap import world
+from unigap.evaluate import gap_report
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["JudgeService"].full_name
+DEFAULT_THRESHOLD = 0.5
+
+
+class Refused(Invalid):
+    """A field-named refusal with any status (Invalid is INVALID_ARGUMENT only)."""
+
+    def __init__(self, code: grpc.StatusCode, field: str, why: str):
+        super().__init__(field, why)
+        self.code = code
+
+
+class TritonJudge:
+    """The front's client of `unigap_judge` over Triton's gRPC endpoint (asyncio)."""
+
+    def __init__(self, address: str):
+        import tritonclient.grpc.aio as triton_grpc  # created inside the server's event loop
+
+        self.address = address
+        self.client = triton_grpc.InferenceServerClient(address)
+
+    async def p_yes(self, images: np.ndarray, prompts: list[str], checkpoint: str = "", timeout: float | None = None) -> np.ndarray:
+        """p_yes [B] of uint8 images [B, H, W, 3]: requests of <= MAX_BATCH rows, sent at once."""
+        from tritonclient.utils import InferenceServerException
+
+        chunks = [self._infer(images[i : i + MAX_BATCH], prompts[i : i + MAX_BATCH], checkpoint, timeout)
+                  for i in range(0, len(prompts), MAX_BATCH)]
+        try:
+            return np.concatenate(await asyncio.gather(*chunks))
+        except InferenceServerException as e:
+            status = str(e.status())  # e.g. "StatusCode.UNAVAILABLE"
+            if "UNAVAILABLE" in status:
+                raise Refused(grpc.StatusCode.UNAVAILABLE, "triton",
+                              f"the judge's Triton server at {self.address} is not answering ({e.message()})") from None
+            if "DEADLINE_EXCEEDED" in status:
+                raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, "triton", "the deadline passed while Triton judged") from None
+            # The model refused the whole request (see triton_model): its reason is the last ValueError line.
+            reasons = re.findall(r"ValueError: (.+)", e.message() or "")
+            raise Refused(grpc.StatusCode.INTERNAL, "triton", reasons[-1] if reasons else (e.message() or str(e))) from None
+
+    async def _infer(self, images: np.ndarray, prompts: list[str], checkpoint: str, timeout) -> np.ndarray:
+        from tritonclient.grpc import InferInput, InferRequestedOutput
+
+        n = len(prompts)
+        inputs = [InferInput("image", list(images.shape), "UINT8"), InferInput("prompt", [n, 1], "BYTES"),
+                  InferInput("checkpoint", [n, 1], "BYTES")]
+        inputs[0].set_data_from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
+        inputs[1].set_data_from_numpy(np.array([[p.encode()] for p in prompts], dtype=object))
+        inputs[2].set_data_from_numpy(np.full((n, 1), checkpoint.encode(), dtype=object))
+        outputs = [InferRequestedOutput("p_yes"), InferRequestedOutput("error")]
+        result = await self.client.infer(MODEL_NAME, inputs, outputs=outputs, client_timeout=timeout)
+        errors = [e for e in result.as_numpy("error").reshape(-1) if e]
+        if errors:  # the front checked the request, so this is a checkpoint gone since: say which
+            field, _, why = errors[0].decode().partition(": ")
+            raise Invalid(field, why)
+        return result.as_numpy("p_yes").reshape(-1)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def _specs(prompts, field) -> list[world.Spec]:
+    """Each prompt as a shapes-world spec; `field(i)` names the prompt in the error."""
+    out = []
+    for i, prompt in enumerate(prompts):
+        try:
+            out.append(world.parse(prompt))
+        except ValueError as e:
+            raise Invalid(field(i), f"{e} (only shapes-world prompts can be judged this way)") from None
+    return out
+
+
+def _progress(stage: str, done: int, total: int) -> pb.NonUnificationResponse:
+    return pb.NonUnificationResponse(progress=pb.Progress(stage=stage, done=done, total=total))
+
+
+class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
+    def __init__(self, holder: ModelHolder, triton: TritonJudge, settings, generation: GenerationClient | None = None):
+        self.holder, self.triton, self.settings, self.generation = holder, triton, settings, generation
+
+    async def Score(self, request, context):
+        s, pairs = self.settings, request.pairs
+        prompts = [p.prompt for p in pairs]
+        try:
+            check_prompts(prompts, s, "pairs")
+        except Invalid as e:  # it names "pairs" or "pairs[i]"; the text of pair i is "pairs[i].prompt"
+            raise Invalid(e.field if e.field == "pairs" else f"{e.field}.prompt", e.why) from None
+        if s.mode == "likelihood":
+            _specs(prompts, lambda i: f"pairs[{i}].prompt")
+        threshold = request.threshold if request.HasField("threshold") else DEFAULT_THRESHOLD
+        check_finite(threshold, "threshold", 0, 1)
+        loaded = await self.holder.get(request.checkpoint)
+        size = loaded.model.image_size
+        images = await asyncio.to_thread(
+            lambda: np.stack([decode_png(p.png, f"pairs[{i}].png", size) for i, p in enumerate(pairs)]))
+        p_yes = await self.triton.p_yes(images, prompts, loaded.ref, context.time_remaining())
+        return pb.ScoreResponse(judgments=[pb.Judgment(p_yes=p, decision=p >= threshold) for p in p_yes.tolist()],
+                                checkpoint=loaded.ref)
+
+    async def NonUnification(self, request, context):
+        s = self.settings
+        check_prompts(request.prompts, s)
+        specs = _specs(request.prompts, lambda i: f"prompts[{i}]")  # the evaluator needs specs
+        check_finite(request.n, "n", 1, s.max_n)
+        check_finite(request.cfg_scale, "cfg_scale", 0, MAX_CFG, lo_open=True)
+        check_finite(request.temperature, "temperature", 0, MAX_TEMPERATURE)
+        if self.generation is None:
+            raise Refused(grpc.StatusCode.FAILED_PRECONDITION, "generation",
+                          "this judge has no GenerationService to sample from (start it with --generation HOST:PORT)")
+        loaded = await self.holder.get(request.checkpoint)
+        prompts, n, total = list(request.prompts), request.n, len(request.prompts) * request.n
+        step = max(1, MAX_BATCH // n)  # prompts per round trip: one Triton request's worth of images
+        rows, accepted, correct = [], [], []
+        for start in range(0, len(prompts), step):
+            part = prompts[start : start + step]
+            samples = await self._generate(part, request)
+            yield _progress("generate", len(rows) + len(samples.images), total)
+            p_yes = await self.triton.p_yes(samples.images, [part[k] for k in samples.prompt_index], loaded.ref)
+            accepted.append(p_yes >= DEFAULT_THRESHOLD)
+            yield _progress("judge", len(rows) + len(p_yes), total)
+            part_specs = [specs[start + k] for k in samples.prompt_index]
+            correct.append(await asyncio.to_thread(world.evaluate_batch, samples.images, part_specs))
+            rows += part_specs
+            yield _progress("evaluate", len(rows), total)
+        report = await asyncio.to_thread(gap_report, specs, rows, np.concatenate(accepted), np.concatenate(correct))
+        yield pb.NonUnificationResponse(result=figures.to_result(report, loaded.ref))
+
+    async def _generate(self, prompts: list[str], r: pb.NonUnificationRequest):
+        try:
+            return await asyncio.to_thread(self.generation.sample, prompts, r.n, r.cfg_scale, r.temperature, r.seed, r.checkpoint)
+        except ServiceError as e:  # pass the generation server's status on, saying where it came from
+            raise Refused(e.code, "generation", e.details) from None
+
+    async def GetModel(self, request, context):
+        return pb.JudgeServiceGetModelResponse(model=self.holder.info())
+
+    async def ReloadModel(self, request, context):
+        # The Triton model asks the holder for its model at every batch: the next batch uses this one.
+        return pb.JudgeServiceReloadModelResponse(model=await self.holder.reload(request.checkpoint))

@@ -1,0 +1,82 @@
+"""Wiring: the model holder, Triton with `unigap_judge` bound, and the JudgeService front, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Literal
+
+from prometheus_client import CollectorRegistry
+
+from services.api import judge_pb2_grpc
+from services.common.metrics import metrics_for
+from services.common.models import ModelHolder
+from services.common.server import RunningServer, log_event, serve
+from services.common.settings import ServerSettings
+from services.generation.client import GenerationClient
+from services.judge.front import SERVICE_NAME, JudgeServicer, TritonJudge
+from services.judge.triton_model import JudgeModel, start_triton
+from unigap.paths import DEFAULT_MODEL
+
+
+class JudgeSettings(ServerSettings):
+    model: str = str(DEFAULT_MODEL)
+    """Checkpoint to serve: a store reference (64 hex digits) or a save_pretrained folder."""
+    mode: Literal["likelihood", "probability", "decision"] = "likelihood"
+    """The judge's reading of the understanding branch (see unigap.model.judge)."""
+    generation: str | None = None
+    """GenerationService address (host:port) NonUnification samples from; none = NonUnification off."""
+    triton_host: str = "127.0.0.1"
+    """Address Triton's HTTP, gRPC and metrics endpoints bind."""
+    triton_http_port: int = 0
+    """Triton HTTP (KServe v2) port; 0 = a free port (logged)."""
+    triton_grpc_port: int = 0
+    """Triton gRPC (KServe v2) port; 0 = a free port (logged)."""
+    triton_metrics_port: int = 0
+    """Triton's own Prometheus port; 0 = a free port (logged)."""
+    triton_queue_delay_us: int = 2000
+    """How long Triton's dynamic batcher holds a request for others to join its batch."""
+    triton_log: Path | None = None
+    """tritonserver's log file; none = a file in its temporary folder."""
+
+
+async def start(settings: JudgeSettings, registry: CollectorRegistry | None = None) -> RunningServer:
+    """Load the model, start Triton, then serve JudgeService; `stop()` drains, then stops Triton.
+
+    Must run on the main thread's event loop (see `start_triton`). The Triton model runs in
+    pytriton's thread and asks the holder for its model on this loop, so reloads and the LRU of
+    explicit checkpoints are shared with the front.
+    """
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = metrics_for(registry)
+    holder = await asyncio.to_thread(ModelHolder, settings.model, settings, settings.mode)
+    loop = asyncio.get_running_loop()
+
+    def model_for(ref: str):
+        return asyncio.run_coroutine_threadsafe(holder.get(ref), loop).result().model
+
+    infer = JudgeModel(model_for, settings.mode, on_batch=metrics.batch_size.labels("judge").observe)
+    triton = start_triton(infer, settings.triton_host, settings.triton_http_port, settings.triton_grpc_port,
+                          settings.triton_metrics_port, settings.triton_queue_delay_us,
+                          access_token=settings.token,  # one token for the front and Triton's protected endpoints
+                          log_file=str(settings.triton_log) if settings.triton_log else None)
+    try:
+        scorer = TritonJudge(triton.grpc)
+        generation = GenerationClient(settings.generation, settings.token) if settings.generation else None
+        servicer = JudgeServicer(holder, scorer, settings, generation)
+        running = await serve(lambda s: judge_pb2_grpc.add_JudgeServiceServicer_to_server(servicer, s),
+                              [SERVICE_NAME], settings, registry)
+    except BaseException:
+        triton.stop()
+        raise
+    running.on_stop(scorer.close)
+    if generation is not None:
+        running.on_stop(generation.close)
+    # After the drain (requests in flight still reach Triton), off the loop: a plain Triton client's
+    # batch may still be asking the holder for its model on this loop while tritonserver exits.
+    running.on_stop(lambda: asyncio.to_thread(triton.stop))
+    running.servicer, running.triton, running.infer = servicer, triton, infer
+    log_event("judge", front=running.address, triton_http=triton.http, triton_grpc=triton.grpc,
+              triton_metrics=triton.metrics, triton_pid=triton.pid, mode=settings.mode, generation=settings.generation,
+              metrics=None if running.metrics_port is None else f"http://{settings.host}:{running.metrics_port}/metrics")
+    return running
