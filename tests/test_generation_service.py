@@ -242,6 +242,35 @@ def test_reload_during_a_stream(model_dir, model_dir2):
         s.stop()
 
 
+def test_replicas_follow_promotions_in_the_store(model_dir, model_dir2, tmp_path):
+    """A promotion (the store's serving record) reaches a running replica and a new one."""
+    import time
+
+    from unigap.store import LocalStore
+    from unigap.store.records import put_checkpoint, set_serving
+
+    store = LocalStore(tmp_path / "store")
+    promoted = put_checkpoint(store, model_dir2)
+    common = dict(store=str(tmp_path / "store"), cache_dir=tmp_path / "cache", follow_s=0.1)
+    running = ServerThread(model=model_dir, **common)
+    try:
+        with GenerationClient(running.address) as c:
+            assert c.model_info().checkpoint == model_dir  # nothing promoted yet
+            set_serving(store, promoted, round=1)
+            deadline = time.monotonic() + 20
+            while c.model_info().checkpoint != promoted and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert c.model_info().checkpoint == promoted
+        started_later = ServerThread(model=model_dir, **common)
+        try:
+            with GenerationClient(started_later.address) as c:
+                assert c.model_info().checkpoint == promoted
+        finally:
+            started_later.stop()
+    finally:
+        running.stop()
+
+
 def _self_signed(tmp_path):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization

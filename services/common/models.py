@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from services.api import model_pb2
+from services.common.server import log_event
 from services.common.validation import Invalid, NotFound
 from unigap.model.adapter import UnifiedModel
 from unigap.store import StoreError
@@ -44,6 +45,8 @@ class ModelHolder:
         self.settings, self.judge_mode, self.lru_size, self.loader = settings, judge_mode, lru_size, loader
         self._store = None
         self.generation = 0
+        if settings.follow_s:
+            ref = self.promoted() or ref  # a replica started after a promotion serves the promoted model
         self.current = self._load(ref)
         self._others: OrderedDict[str, Loaded] = OrderedDict()
         self._loading: dict[str, asyncio.Task] = {}
@@ -57,10 +60,8 @@ class ModelHolder:
                 raise Invalid("checkpoint", f"{ref} is a store reference but this server has no store (set UNIGAP_STORE)")
             from unigap.store.records import fetch_checkpoint
 
-            if self._store is None:
-                self._store = open_store(self.settings.store)
             try:
-                return fetch_checkpoint(self._store, ref, self.settings.cache_dir)
+                return fetch_checkpoint(self.store(), ref, self.settings.cache_dir)
             except KeyError:
                 raise NotFound("checkpoint", f"{ref} is not in the store {self.settings.store}") from None
         path = Path(ref)
@@ -69,6 +70,29 @@ class ModelHolder:
         if not (path / "config.json").is_file():
             raise Invalid("checkpoint", f"{ref} has no config.json (expected a save_pretrained folder)")
         return path
+
+    def store(self):
+        if self._store is None:
+            self._store = open_store(self.settings.store)
+        return self._store
+
+    def promoted(self) -> str | None:
+        """The checkpoint the loop last promoted (the store's serving record), if any."""
+        from unigap.store.records import get_serving
+
+        return get_serving(self.store())
+
+    async def follow(self, interval_s: float) -> None:
+        """Reload whenever the serving record names another checkpoint (run as a task)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                ref = await asyncio.to_thread(self.promoted)
+                if ref and ref != self.current.ref:
+                    await self.reload(ref)
+                    log_event("followed", checkpoint=ref, generation=self.generation)
+            except Exception as e:  # the store down for a while: keep serving, try again later
+                log_event("follow_failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
 
     def _load(self, ref: str) -> Loaded:
         model = self.loader(self.resolve(ref))
@@ -115,3 +139,10 @@ class ModelHolder:
             generation=self.generation,
             judge_mode=self.judge_mode,
         )
+
+
+def follow_promotions(holder: ModelHolder, running) -> None:
+    """With `follow_s` set, the server reloads on every promotion for as long as it runs."""
+    if holder.settings.follow_s:
+        task = asyncio.ensure_future(holder.follow(holder.settings.follow_s))
+        running.on_stop(task.cancel)

@@ -43,6 +43,9 @@ class ServerSettings(BaseSettings):
     """On SIGTERM, in-flight RPCs get this long to finish."""
     store: str | None = None
     """Preference store URL (a folder path, or s3://bucket/prefix) for checkpoint references."""
+    follow_s: float | None = None
+    """Check the store's serving record (the promoted model) this often, in seconds, and reload when
+    it changes; a replica that starts also serves it. None = only ReloadModel changes the model."""
     cache_dir: Path = Path(tempfile.gettempdir()) / "unigap-checkpoints"
     """Where checkpoints fetched from the store go (stable, so restarts reuse them)."""
 
@@ -57,6 +60,8 @@ class ServerSettings(BaseSettings):
                 raise ValueError(f"token_file {self.token_file} cannot be read ({e.strerror})") from None
         if self.token is not None and not self.token:
             raise ValueError("token is empty")
+        if self.follow_s is not None and (self.follow_s <= 0 or not self.store):
+            raise ValueError("follow_s needs a store and must be > 0")
         for name in ("max_batch", "max_prompt_chars", "max_n", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")

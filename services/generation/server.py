@@ -12,7 +12,7 @@ from services.api import generation_pb2 as pb
 from services.api import generation_pb2_grpc
 from services.common.images import encode_png
 from services.common.metrics import metrics_for
-from services.common.models import Loaded, ModelHolder
+from services.common.models import Loaded, ModelHolder, follow_promotions
 from services.common.server import RunningServer, serve
 from services.common.settings import ServerSettings
 from services.common.validation import Invalid, check_batch, check_finite, check_prompts, decode_png
@@ -111,4 +111,5 @@ async def start(settings: GenerationSettings, registry: CollectorRegistry | None
                           [SERVICE_NAME], settings, registry)
     running.servicer = servicer  # embedders and tests reach the holder and the batcher
     running.on_stop(servicer.batcher.stop)
+    follow_promotions(holder, running)
     return running

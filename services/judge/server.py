@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from services.api import judge_pb2_grpc
 from services.common.metrics import metrics_for
-from services.common.models import ModelHolder
+from services.common.models import ModelHolder, follow_promotions
 from services.common.server import RunningServer, log_event, serve
 from services.common.settings import ServerSettings
 from services.generation.client import GenerationClient
@@ -26,6 +26,8 @@ class JudgeSettings(ServerSettings):
     """The judge's reading of the understanding branch (see unigap.model.judge)."""
     generation: str | None = None
     """GenerationService address (host:port) NonUnification samples from; none = NonUnification off."""
+    tls_ca: Path | None = None
+    """CA bundle (PEM) to verify the generation server's TLS certificate; none = plaintext."""
     triton_host: str = "127.0.0.1"
     """Address Triton's HTTP, gRPC and metrics endpoints bind."""
     triton_http_port: int = 0
@@ -62,7 +64,7 @@ async def start(settings: JudgeSettings, registry: CollectorRegistry | None = No
                           log_file=str(settings.triton_log) if settings.triton_log else None)
     try:
         scorer = TritonJudge(triton.grpc)
-        generation = GenerationClient(settings.generation, settings.token) if settings.generation else None
+        generation = GenerationClient(settings.generation, settings.token, settings.tls_ca) if settings.generation else None
         servicer = JudgeServicer(holder, scorer, settings, generation)
         running = await serve(lambda s: judge_pb2_grpc.add_JudgeServiceServicer_to_server(servicer, s),
                               [SERVICE_NAME], settings, registry)
@@ -75,6 +77,7 @@ async def start(settings: JudgeSettings, registry: CollectorRegistry | None = No
     # After the drain (requests in flight still reach Triton), off the loop: a plain Triton client's
     # batch may still be asking the holder for its model on this loop while tritonserver exits.
     running.on_stop(lambda: asyncio.to_thread(triton.stop))
+    follow_promotions(holder, running)
     running.servicer, running.triton, running.infer = servicer, triton, infer
     log_event("judge", front=running.address, triton_http=triton.http, triton_grpc=triton.grpc,
               triton_metrics=triton.metrics, triton_pid=triton.pid, mode=settings.mode, generation=settings.generation,

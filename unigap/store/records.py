@@ -64,3 +64,17 @@ def put_record_json(store: Store, key: str, obj) -> None:
 def get_record_json(store: Store, key: str):
     data = store.get_record(key)
     return None if data is None else json.loads(data)
+
+
+# The model the services should serve: written by a promotion, followed by every server replica
+# (so a restarted or added replica serves the promoted model, not the one it was deployed with).
+SERVING = "serving/current.json"
+
+
+def set_serving(store: Store, checkpoint: str, **about) -> None:
+    put_record_json(store, SERVING, {"checkpoint": checkpoint, **about})
+
+
+def get_serving(store: Store) -> str | None:
+    record = get_record_json(store, SERVING)
+    return record["checkpoint"] if record else None
