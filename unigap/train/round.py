@@ -46,20 +46,22 @@ def collect(generator, judge, prompts: list[str], cfg: LoopConfig, seed: int, pr
     return Candidates(res.prompts, tokens, res.p_yes, res.accepted)
 
 
-def load_model(store: Store, ref: str, cache: Path) -> UnifiedModel:
-    return UnifiedModel.load(rec.fetch_checkpoint(store, ref, cache))
+def load_model(store: Store, ref: str, cache: Path, device: str = "cpu") -> UnifiedModel:
+    return UnifiedModel.load(rec.fetch_checkpoint(store, ref, cache), device=device)
 
 
-def train_round(store: Store, job: TrainJob, cache: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> tuple[str, list]:
+def train_round(
+    store: Store, job: TrainJob, cache: str | Path, progress: bool = True, log: Callable[[str], None] = print, device: str = "cpu",
+) -> tuple[str, list]:
     """Train the base model on the round's data; returns (checkpoint reference, training log).
 
     With nothing to train on, the round keeps the base model (its reference comes back)."""
     cfg, r, cache = job.config, job.round, Path(cache)
     data = get_round_data(store, job.data)
     torch.manual_seed(cfg.seed * 1000 + r)
-    um = load_model(store, job.base, cache)
+    um = load_model(store, job.base, cache, device)
     needs_reference = cfg.method.endswith("dpo") or cfg.train.kl_weight > 0
-    reference = load_model(store, job.base, cache) if needs_reference else None  # the frozen pre-round model
+    reference = load_model(store, job.base, cache, device) if needs_reference else None  # the frozen pre-round model
     tcfg = TrainConfig(**{**asdict(cfg.train), "seed": cfg.seed * 1000 + r})
     curriculum = cfg.method.startswith("c-")
     discard = list(data.discard)

@@ -2,6 +2,10 @@
 
 Plain loops over the adapter's teacher-forced log-probs: no Trainer class hierarchy. Only the
 shared language model is trained by default; the generation head and aligner can be added.
+
+Under torch.distributed (the trainer job run by torchrun) every rank draws the same global batch
+order from the shared seed, takes its share of each batch, and DistributedDataParallel averages the
+gradients, so N processes train the same model as one, up to float error. Alone, nothing changes.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from unigap.config import MODULES, TrainConfig
@@ -31,6 +37,58 @@ def trainable_parameters(um: UnifiedModel, modules: str = "lm") -> list[torch.nn
         if p.requires_grad:
             params.append(p)
     return params
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group; (0, 1) when training alone."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _LogProbs(torch.nn.Module):
+    """The adapter's image-token log-probs as a module, so that DDP's hooks fire on its backward."""
+
+    def __init__(self, um: UnifiedModel):
+        super().__init__()
+        self.model, self.um = um.model, um  # `model` registers the parameters DDP synchronises
+
+    def forward(self, prompts: list[str], tokens: torch.Tensor) -> torch.Tensor:
+        return self.um.image_logprobs(prompts, tokens)
+
+
+def _logprobs(um: UnifiedModel) -> Callable[[list[str], torch.Tensor], torch.Tensor]:
+    """`um.image_logprobs`, or its DDP-wrapped twin in a group of several ranks. Call it after the
+    trainable parameters are chosen: DDP reduces the gradients of those only."""
+    if _world()[1] == 1:
+        return um.image_logprobs
+    cuda = um.device.type == "cuda"
+    return DistributedDataParallel(_LogProbs(um), device_ids=[um.device.index] if cuda else None)
+
+
+def _share(idx: np.ndarray) -> tuple[np.ndarray, float]:
+    """This rank's rows of a global batch, and the weight of its mean loss.
+
+    DDP averages the ranks' gradients; weighting each rank's mean loss by (its rows / batch) x world
+    size turns that average into the gradient of the mean loss over the whole batch, even when the
+    shares differ. A rank left without rows runs one at weight 0: it must still join the all-reduce."""
+    rank, world = _world()
+    if world == 1:
+        return idx, 1.0
+    mine = np.array_split(idx, world)[rank]
+    if len(mine) == 0:
+        return idx[:1], 0.0
+    return mine, len(mine) * world / len(idx)
+
+
+def _mean(x: torch.Tensor, weight: float) -> float:
+    """The whole batch's mean of a per-rank mean (what a single process logs)."""
+    world = _world()[1]
+    if world == 1:
+        return x.item()
+    total = x.detach() * (weight / world)
+    dist.all_reduce(total)
+    return total.item()
 
 
 def _batches(n: int, batch: int, rng: np.random.Generator):
@@ -77,6 +135,7 @@ def train_sft(
         return []
     rng = np.random.default_rng(cfg.seed)
     params = trainable_parameters(um, cfg.modules)
+    logprobs = _logprobs(um)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     um.model.train()
     log, step = [], 0
@@ -89,17 +148,18 @@ def train_sft(
         total = step + (cfg.epochs - epoch) * math.ceil(len(samples) / cfg.batch)
         losses = []
         for idx in tqdm(list(_batches(len(samples), cfg.batch, rng)), desc=f"SFT epoch {epoch + 1}", disable=not progress, leave=False):
+            idx, weight = _share(idx)
             prompts = [samples[i][0] for i in idx]
             tokens = torch.as_tensor(np.stack([samples[i][1] for i in idx]))
-            logps = um.image_logprobs(prompts, tokens)
+            logps = logprobs(prompts, tokens)
             loss = sft_loss(logps)
             if cfg.kl_weight and reference is not None:
                 with torch.no_grad():
                     ref = reference.image_logprobs(prompts, tokens)
                 loss = loss + cfg.kl_weight * kl_anchor(logps, ref)
-            _update(loss, opt, params, cfg.lr * lr_factor(step, total))
+            _update(loss * weight, opt, params, cfg.lr * lr_factor(step, total))
             step += 1
-            losses.append(loss.item())
+            losses.append(_mean(loss, weight))
         log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "n": len(samples)})
     um.model.eval()
     return log
@@ -119,6 +179,7 @@ def train_dpo(
         return []
     rng = np.random.default_rng(cfg.seed)
     params = trainable_parameters(um, cfg.modules)
+    logprobs = _logprobs(um)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     um.model.train()
     log, step = [], 0
@@ -130,18 +191,20 @@ def train_dpo(
         total = step + (cfg.epochs - epoch) * math.ceil(len(pairs) / cfg.batch)
         losses, margins = [], []
         for idx in tqdm(list(_batches(len(pairs), cfg.batch, rng)), desc=f"DPO epoch {epoch + 1}", disable=not progress, leave=False):
+            idx, weight = _share(idx)
             prompts = [pairs[i][0] for i in idx]
             chosen = torch.as_tensor(np.stack([pairs[i][1] for i in idx]))
             rejected = torch.as_tensor(np.stack([pairs[i][2] for i in idx]))
-            logp = um.image_logprobs(prompts + prompts, torch.cat([chosen, rejected]))
+            logp = logprobs(prompts + prompts, torch.cat([chosen, rejected]))
             lw, ll = logp[: len(idx)], logp[len(idx) :]
-            loss, margin = dpo_loss(lw.sum(-1), ll.sum(-1), ref_chosen[idx], ref_rejected[idx], cfg.beta)
+            ref_w, ref_l = ref_chosen[idx].to(lw.device), ref_rejected[idx].to(lw.device)
+            loss, margin = dpo_loss(lw.sum(-1), ll.sum(-1), ref_w, ref_l, cfg.beta)
             if cfg.nll_weight:
                 loss = loss + cfg.nll_weight * sft_loss(lw)
-            _update(loss, opt, params, cfg.lr * lr_factor(step, total))
+            _update(loss * weight, opt, params, cfg.lr * lr_factor(step, total))
             step += 1
-            losses.append(loss.item())
-            margins.append(margin.mean().item())
+            losses.append(_mean(loss, weight))
+            margins.append(_mean(margin.mean(), weight))
         log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "margin": float(np.mean(margins)), "n": len(pairs)})
     um.model.eval()
     return log
