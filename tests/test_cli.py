@@ -38,6 +38,12 @@ def test_help_explains_itself():
         (["generate", " "], ["empty"]),
         (["judge", "--image", "/nonexistent.png", "--prompt", "a red circle"], ["--image", "not a readable image"]),
         (["pretrain", "--vq-steps", "-1"], ["--vq-steps"]),
+        (["loop", "--more-rounds", "-1"], ["--more-rounds"]),
+        (["loop", "--via-services", "localhost"], ["--via-services", "host:port,host:port"]),
+        (["loop", "--via-services", "a:1,b:2", "--executor", "slurm"], ["executor", "slurm"]),
+        (["promote", "abc", "--store", "/tmp/unused-store"], ["not a checkpoint reference"]),
+        (["serve", "--generation-port", "50051", "--judge-port", "50051"], ["ports must be distinct"]),
+        (["serve", "--model", "/nonexistent/model"], ["--model", "neither a model folder"]),
     ],
 )
 def test_bad_arguments(args, words):
@@ -63,3 +69,19 @@ def test_not_an_image(tmp_path):
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"\x89PNG not really")
     assert_one_line_error(run("judge", "--image", str(junk), "--prompt", "a red circle"), "not a readable image")
+
+
+def test_promote_sets_the_serving_record(tmp_path):
+    """`unigap promote` checks the reference is a checkpoint of the store, then records it."""
+    from unigap.paths import DEFAULT_MODEL
+    from unigap.store import LocalStore
+    from unigap.store import records as rec
+
+    store = LocalStore(tmp_path / "store")
+    ref = rec.put_checkpoint(store, DEFAULT_MODEL)
+    not_a_checkpoint = rec.put_json(store, {"hello": 1})
+    assert_one_line_error(run("promote", not_a_checkpoint, "--store", str(tmp_path / "store")), "not a checkpoint")
+    assert_one_line_error(run("promote", "f" * 64, "--store", str(tmp_path / "store")), "not a readable object")
+    proc = run("promote", ref, "--store", str(tmp_path / "store"))
+    assert proc.returncode == 0, proc.stderr
+    assert rec.get_serving(store) == ref

@@ -239,15 +239,19 @@ def pretrain(
 
 @app.command()
 def loop(
-    rounds: int = typer.Option(LOOP.rounds, help="Self-improvement rounds."),
+    rounds: int = typer.Option(LOOP.rounds, help="Self-improvement rounds: the run's target (rerunning resumes the same run)."),
+    more_rounds: int = typer.Option(0, help="Instead of --rounds: this many rounds beyond those the run has finished (what a scheduled job asks for)."),
     method: str = typer.Option(LOOP.method, help="sft, dpo, c-sft or c-dpo (c-: with the discard-pool curriculum)."),
     n: int = typer.Option(LOOP.n, help="Candidates sampled per prompt and round."),
     seed: int = typer.Option(LOOP.seed, help="Training seed (evaluation seeds are fixed)."),
     pool: str = typer.Option(LOOP.pool, help="Prompt TEXTS to improve on: train+heldout, train, or a file."),
-    store: Path = typer.Option(Path("runs/store"), help="Preference store directory (rerun the same command to resume)."),
+    store: str = typer.Option("runs/store", help="Preference store: a directory, or s3://bucket/prefix (endpoint and keys from UNIGAP_S3_*). Rerun the same command to resume."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the per-round figures to this JSON file."),
     report: Optional[Path] = typer.Option(None, help="Folder for the JSON and PNG plots of the run."),
     model: Path = typer.Option(DEFAULT_MODEL, help="Starting model folder."),
+    via_services: Optional[str] = typer.Option(None, help="GENERATION,JUDGE gRPC addresses (host:port,host:port): generate and judge through the services (see `unigap serve`), train through --executor; the services serve the promoted model afterwards. Token from UNIGAP_TOKEN."),
+    executor: str = typer.Option("local", help="With --via-services, where training runs: local (a subprocess) or kubernetes (a batch/v1 Job; settings from UNIGAP_K8S_*)."),
+    trainer_procs: int = typer.Option(1, help="With --via-services, trainer processes (torchrun DDP: gloo on CPU, nccl on GPU)."),
     mode: str = typer.Option(LOOP.judge_mode, help="The model's own judge: likelihood, probability or decision."),
     threshold: float = typer.Option(LOOP.threshold, help="The judge accepts a candidate when p_yes >= threshold."),
     max_per_prompt: int = typer.Option(LOOP.max_per_prompt, help="SFT: at most this many accepted candidates per prompt (0: all)."),
@@ -267,8 +271,8 @@ def loop(
 
     if method not in METHODS:
         fail(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
-    if rounds < 1:
-        fail(f"--rounds must be at least 1, got {rounds}")
+    if rounds < 1 or more_rounds < 0:
+        fail(f"--rounds must be at least 1 and --more-rounds at least 0, got {rounds} and {more_rounds}")
     if n < 1 or eval_n < 1 or epochs < 1:
         fail("--n, --eval-n and --epochs must be at least 1")
     if not (lr > 0 and beta > 0 and nll_weight >= 0 and kl_weight >= 0):
@@ -283,17 +287,34 @@ def loop(
     cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
                      threshold=threshold, max_per_prompt=max_per_prompt, gate_external=gate_external,
                      eval_n=eval_n, eval_per_category=eval_per_category)
-    return run_loop(cfg, store, model, json_out, report)
+    if via_services:
+        return run_loop_via_services(cfg, store, model, via_services, executor, trainer_procs, json_out, more_rounds)
+    return run_loop(cfg, store, model, json_out, report, more_rounds)
 
 
-def run_loop(cfg: LoopConfig, store: Path, model: Path, json_out: Optional[Path], report: Optional[Path]) -> dict:
-    from unigap.loop import Loop
-    from unigap.store import LocalStore, StoreError
+def open_store_or_fail(url: str):
+    """The store at a path or s3:// URL, and a local folder for fetched checkpoints."""
+    from unigap.store import StoreError, open_store
 
     try:
-        runner = Loop(cfg, LocalStore(store), store / "cache", model, log=console.print)
+        store = open_store(url)
     except (ValueError, StoreError) as e:
         fail(str(e))
+    cache = Path(url) / "cache" if "://" not in url else Path("runs/cache")
+    return store, cache
+
+
+def run_loop(cfg: LoopConfig, store_url: str, model: Path, json_out: Optional[Path], report: Optional[Path], more_rounds: int = 0) -> dict:
+    from unigap.loop import Loop
+    from unigap.store import StoreError
+
+    store, cache = open_store_or_fail(str(store_url))
+    try:
+        runner = Loop(cfg, store, cache, model, log=console.print)
+    except (ValueError, StoreError) as e:
+        fail(str(e))
+    if more_rounds:
+        runner.extend(more_rounds)
     result = runner.run_all()
     print_rounds(result)
     if json_out:
@@ -301,6 +322,96 @@ def run_loop(cfg: LoopConfig, store: Path, model: Path, json_out: Optional[Path]
     if report:
         write_loop_report(runner, result, report)
     return result
+
+
+def run_loop_via_services(cfg: LoopConfig, store_url: str, model: Path, addresses: str, executor: str, procs: int,
+                          json_out: Optional[Path], more_rounds: int = 0) -> dict:
+    """The loop through the gRPC services (the service layers are imported only here)."""
+    import os
+
+    import grpc
+
+    from pipelines.executors import executor_from_env
+    from pipelines.orchestrator import parse_addresses, run_via_services
+    from unigap.store import StoreError
+
+    try:
+        parse_addresses(addresses)
+        runner = executor_from_env(executor, store_url, procs)
+    except ValueError as e:
+        fail(str(e))
+    store, cache = open_store_or_fail(store_url)
+    try:
+        result = run_via_services(cfg, store, cache, model, addresses, runner, token=os.environ.get("UNIGAP_TOKEN"),
+                                  tls_ca=os.environ.get("UNIGAP_TLS_CA"), more_rounds=more_rounds, log=console.print)
+    except grpc.RpcError as e:
+        fail(f"a service failed: {e.code().name}: {e.details()}")
+    except (ValueError, StoreError) as e:
+        fail(str(e))
+    print_rounds(result)
+    if json_out:
+        write_json(json_out, result)
+    return result
+
+
+@app.command()
+def promote(
+    checkpoint: str = typer.Argument(..., help="The checkpoint reference (64 hex digits) to serve, e.g. a round manifest's `checkpoint` or `base`."),
+    store: str = typer.Option(..., help="The store the servers follow (a directory, or s3://bucket/prefix)."),
+):
+    """Make CHECKPOINT the model every server following the store serves (servers started with
+    --follow-s reload within that time; new ones start with it). A rollback promotes an earlier one."""
+    import re
+
+    from unigap.store import CorruptObjectError
+    from unigap.store import records as rec
+
+    if not re.fullmatch(r"[0-9a-f]{64}", checkpoint):
+        fail(f"{checkpoint!r} is not a checkpoint reference (64 hex digits)")
+    st, _ = open_store_or_fail(store)
+    try:
+        index = rec.get_json(st, checkpoint)
+    except (KeyError, CorruptObjectError, ValueError) as e:
+        fail(f"{checkpoint} is not a readable object in {store} ({e})")
+    if not isinstance(index, dict) or "config.json" not in index.get("files", {}):
+        fail(f"{checkpoint} in {store} is not a checkpoint (no save_pretrained file index)")
+    previous = rec.get_serving(st)
+    rec.set_serving(st, checkpoint, promoted_by="unigap promote")
+    console.print(f"serving record: {previous or 'none'} -> {checkpoint}")
+
+
+@app.command()
+def serve(
+    model: str = typer.Option(str(DEFAULT_MODEL), help="Model both servers start with: a folder, or a checkpoint reference in --store."),
+    generation_port: int = typer.Option(50051, help="GenerationService port."),
+    judge_port: int = typer.Option(50052, help="JudgeService (gRPC front of the Triton judge) port."),
+    s3_port: Optional[int] = typer.Option(None, help="Also start a local S3 endpoint (moto) on this port and use it as the store."),
+    store: Optional[str] = typer.Option(None, help="Store the servers fetch checkpoint references from (a directory or s3:// URL)."),
+    mode: str = typer.Option(LOOP.judge_mode, help="The judge's reading of the understanding branch."),
+    host: str = typer.Option("127.0.0.1", help="Address every server binds."),
+):
+    """Start the judge (Triton + gRPC front), the generation server and optionally a local S3
+    endpoint; print their addresses; stop them all on Ctrl-C or SIGTERM. Servers take their
+    other settings (token, TLS, limits, metrics) from UNIGAP_* environment variables."""
+    from services import launcher
+
+    check_mode(mode)
+    if "://" not in model and not (Path(model) / "config.json").is_file() and len(model) != 64:
+        fail(f"--model {model!r} is neither a model folder nor a 64-hex checkpoint reference")
+    ports = [generation_port, judge_port] + ([s3_port] if s3_port is not None else [])
+    if len(set(ports)) != len(ports) or not all(0 < p < 65536 for p in ports):
+        fail(f"ports must be distinct and in 1..65535, got {ports}")
+    children = launcher.plan(model, store, generation_port, judge_port, s3_port, mode, host)
+
+    def on_ready(started):
+        table = Table(title="unigap services (Ctrl-C stops them all)")
+        table.add_column("service")
+        table.add_column("address")
+        for c in started:
+            table.add_row(c.name, c.address if c.kind == "grpc" else f"http://{c.address}")
+        console.print(table)
+
+    raise typer.Exit(launcher.serve(children, on_ready))
 
 
 def print_rounds(result: dict) -> None:
@@ -396,7 +507,7 @@ def demo(
         cfg=1.5, temperature=0.7, json_out=out / "score.json", plot=out / "score.png",
     )
     console.rule(f"2. The self-improvement loop: {rounds} rounds of SFT on the model's own judgment")
-    run_loop(LoopConfig(rounds=rounds), out / "store", DEFAULT_MODEL, None, out)
+    run_loop(LoopConfig(rounds=rounds), str(out / "store"), DEFAULT_MODEL, None, out)
 
 
 def write_json(path: Path, obj) -> None:

@@ -117,6 +117,17 @@ class Loop:
     def manifest(self, r: int) -> dict | None:
         return rec.get_record_json(self.store, f"{self._round_key(r)}/manifest.json")
 
+    def completed_rounds(self) -> int:
+        """How many rounds of this run are finished (their manifests written)."""
+        r = 0
+        while self.manifest(r + 1) is not None:
+            r += 1
+        return r
+
+    def extend(self, more: int) -> None:
+        """Aim at `more` rounds beyond those finished (a scheduled job's "one more round")."""
+        self.cfg.rounds = self.completed_rounds() + more
+
     def head(self, before: int) -> tuple[str, int]:
         """The last promoted checkpoint before round `before` (derived from manifests, never stored apart)."""
         for r in range(before - 1, 0, -1):
