@@ -60,7 +60,7 @@ class Child:
 
 
 def plan(model: str, store: str | None, generation_port: int, judge_port: int, s3_port: int | None,
-         mode: str, host: str = "127.0.0.1") -> list[Child]:
+         mode: str, host: str = "127.0.0.1", triton_ports: tuple[int, int] | None = None) -> list[Child]:
     """The children to start, in start order. With a local S3 endpoint, both servers use it as store."""
     py = sys.executable
     children, env = [], {}
@@ -74,7 +74,9 @@ def plan(model: str, store: str | None, generation_port: int, judge_port: int, s
     gen = f"{host}:{generation_port}"
     children.append(Child("generation", [py, "-m", "services.generation", "--model", model, "--host", host, "--port", str(generation_port)], gen, env))
     children.append(Child("judge", [py, "-m", "services.judge", "--model", model, "--mode", mode, "--host", host,
-                                    "--port", str(judge_port), "--generation", gen], f"{host}:{judge_port}", env))
+                                    "--port", str(judge_port), "--generation", gen]
+                          + (["--triton-http-port", str(triton_ports[0]), "--triton-grpc-port", str(triton_ports[1])] if triton_ports else []),
+                          f"{host}:{judge_port}", env))
     return children
 
 

@@ -787,7 +787,7 @@ def test_lint_reports_bad_values():
 
 # --------------------------------------------------------------------------------- the README
 def test_deploy_readme_covers_the_platform_team_s_questions():
-    text = (ROOT / "deploy" / "README.md").read_text()
+    text = (ROOT / "README.md").read_text()
     for heading in ("Install", "Values that matter", "Upgrade", "A retraining round on the cluster",
                     "Rolling back a promoted model", "Images"):
         assert re.search(rf"^#+ .*{re.escape(heading)}", text, re.M | re.I), heading
@@ -797,8 +797,8 @@ def test_deploy_readme_covers_the_platform_team_s_questions():
 
 
 def test_readme_values_example_installs(chart, validate):
-    """The production values file shown in deploy/README.md renders and validates as it stands."""
-    text = (ROOT / "deploy" / "README.md").read_text()
+    """The production values file shown in the README renders and validates as it stands."""
+    text = (ROOT / "README.md").read_text()
     block = re.search(r"```yaml\n(# values-prod\.yaml\n.*?)```", text, re.S).group(1)
     values = yaml.safe_load(block)
     chart.validate_schema(values)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -266,7 +267,9 @@ def loop(
     eval_per_category: int = typer.Option(LOOP.eval_per_category, help="Evaluate at most this many prompts per category (0: all)."),
 ):
     """Run the self-improvement loop: sample, judge with the model's own understanding, train,
-    evaluate on held-out prompts (external evaluator beside the own judge), promote or reject."""
+    evaluate on held-out prompts (external evaluator beside the own judge), promote or reject.
+    A store that stays unreachable, or a stored object that fails its checksum, ends the run with
+    one line and status 2; nothing half-done is published, and a rerun resumes."""
     from unigap.config import METHODS
 
     if method not in METHODS:
@@ -304,6 +307,21 @@ def open_store_or_fail(url: str):
     return store, cache
 
 
+@contextmanager
+def store_failures():
+    """The store failing mid-run (unreachable after its retries, an object whose checksum does not
+    match) ends the run with one line and status 2. Finished steps stay in the store and no
+    manifest is written for the interrupted round: rerunning the same command resumes it."""
+    from unigap.store import CorruptObjectError, StoreError
+
+    try:
+        yield
+    except StoreError as e:
+        fail(f"{e}; the round was not published and its finished steps are kept: rerun the same command once the store is back")
+    except CorruptObjectError as e:
+        fail(f"{e}; nothing was trained on it and the round was not published")
+
+
 def run_loop(cfg: LoopConfig, store_url: str, model: Path, json_out: Optional[Path], report: Optional[Path], more_rounds: int = 0) -> dict:
     from unigap.loop import Loop
     from unigap.store import StoreError
@@ -315,7 +333,8 @@ def run_loop(cfg: LoopConfig, store_url: str, model: Path, json_out: Optional[Pa
         fail(str(e))
     if more_rounds:
         runner.extend(more_rounds)
-    result = runner.run_all()
+    with store_failures():
+        result = runner.run_all()
     print_rounds(result)
     if json_out:
         write_json(json_out, result)
@@ -333,7 +352,7 @@ def run_loop_via_services(cfg: LoopConfig, store_url: str, model: Path, addresse
 
     from pipelines.executors import executor_from_env
     from pipelines.orchestrator import parse_addresses, run_via_services
-    from unigap.store import StoreError
+    from services.common.client import ServiceError
 
     try:
         parse_addresses(addresses)
@@ -342,11 +361,14 @@ def run_loop_via_services(cfg: LoopConfig, store_url: str, model: Path, addresse
         fail(str(e))
     store, cache = open_store_or_fail(store_url)
     try:
-        result = run_via_services(cfg, store, cache, model, addresses, runner, token=os.environ.get("UNIGAP_TOKEN"),
-                                  tls_ca=os.environ.get("UNIGAP_TLS_CA"), more_rounds=more_rounds, log=console.print)
+        with store_failures():
+            result = run_via_services(cfg, store, cache, model, addresses, runner, token=os.environ.get("UNIGAP_TOKEN"),
+                                      tls_ca=os.environ.get("UNIGAP_TLS_CA"), more_rounds=more_rounds, log=console.print)
+    except ServiceError as e:
+        fail(f"a service failed: {e}")
     except grpc.RpcError as e:
         fail(f"a service failed: {e.code().name}: {e.details()}")
-    except (ValueError, StoreError) as e:
+    except ValueError as e:
         fail(str(e))
     print_rounds(result)
     if json_out:
@@ -389,6 +411,8 @@ def serve(
     store: Optional[str] = typer.Option(None, help="Store the servers fetch checkpoint references from (a directory or s3:// URL)."),
     mode: str = typer.Option(LOOP.judge_mode, help="The judge's reading of the understanding branch."),
     host: str = typer.Option("127.0.0.1", help="Address every server binds."),
+    triton_http_port: int = typer.Option(8000, help="Triton's HTTP (KServe v2) port in the judge."),
+    triton_grpc_port: int = typer.Option(8001, help="Triton's gRPC (KServe v2) port in the judge."),
 ):
     """Start the judge (Triton + gRPC front), the generation server and optionally a local S3
     endpoint; print their addresses; stop them all on Ctrl-C or SIGTERM. Servers take their
@@ -398,10 +422,10 @@ def serve(
     check_mode(mode)
     if "://" not in model and not (Path(model) / "config.json").is_file() and len(model) != 64:
         fail(f"--model {model!r} is neither a model folder nor a 64-hex checkpoint reference")
-    ports = [generation_port, judge_port] + ([s3_port] if s3_port is not None else [])
+    ports = [generation_port, judge_port, triton_http_port, triton_grpc_port] + ([s3_port] if s3_port is not None else [])
     if len(set(ports)) != len(ports) or not all(0 < p < 65536 for p in ports):
         fail(f"ports must be distinct and in 1..65535, got {ports}")
-    children = launcher.plan(model, store, generation_port, judge_port, s3_port, mode, host)
+    children = launcher.plan(model, store, generation_port, judge_port, s3_port, mode, host, (triton_http_port, triton_grpc_port))
 
     def on_ready(started):
         table = Table(title="unigap services (Ctrl-C stops them all)")
@@ -409,6 +433,7 @@ def serve(
         table.add_column("address")
         for c in started:
             table.add_row(c.name, c.address if c.kind == "grpc" else f"http://{c.address}")
+        table.add_row("triton (KServe v2)", f"http://{host}:{triton_http_port}, grpc {host}:{triton_grpc_port}")
         console.print(table)
 
     raise typer.Exit(launcher.serve(children, on_ready))
