@@ -118,3 +118,32 @@ def aio_channel(address: str, token: str | None = None, tls_ca=None,
     if tls_ca:
         return grpc.aio.secure_channel(address, _credentials(tls_ca), opts, interceptors=interceptors)
     return grpc.aio.insecure_channel(address, opts, interceptors=interceptors)
+
+
+class ServiceClient:
+    """What every sync client shares: its channel, GetModel, ReloadModel, close. A subclass names
+    its stub and its two request messages. Errors raise ServiceError (status `code`, `details`)."""
+
+    stub = get_model_request = reload_model_request = None
+
+    def __init__(self, address: str, token: str | None = None, tls_ca=None, timeout: float | None = None):
+        self._channel = channel(address, token, tls_ca)
+        self._stub = self.stub(self._channel)
+        self.timeout = timeout
+
+    def model_info(self):
+        with rpc_errors():
+            return self._stub.GetModel(self.get_model_request(), timeout=self.timeout).model
+
+    def reload(self, checkpoint: str):
+        with rpc_errors():
+            return self._stub.ReloadModel(self.reload_model_request(checkpoint=checkpoint)).model
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import time
 from typing import Callable, Sequence
 
@@ -116,3 +117,23 @@ async def serve(add_servicers: Callable[[grpc.aio.Server], None], service_names:
               auth=settings.token is not None, metrics=None if metrics_port is None else f"http://{settings.host}:{metrics_port}/metrics",
               pid=os.getpid())
     return running
+
+
+def main(settings_cls: type[ServerSettings], start, prog: str, argv: Sequence[str] | None = None) -> int:
+    """A server's `python -m` entry: settings from flags and env, serve until SIGTERM / SIGINT,
+    drain. A model that cannot be loaded is one line and exit status 2."""
+    from services.common.settings import parse_settings
+    from services.common.validation import Invalid
+
+    settings = parse_settings(settings_cls, argv, prog=prog)
+
+    async def run() -> None:
+        running = await start(settings)
+        await running.run_until_signal()
+
+    try:
+        asyncio.run(run())
+    except Invalid as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

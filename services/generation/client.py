@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.api import generation_pb2 as pb
-from services.api import generation_pb2_grpc, model_pb2
-from services.common.client import channel, rpc_errors
+from services.api import generation_pb2_grpc
+from services.common.client import ServiceClient, rpc_errors
 from services.common.images import encode_png
 from services.common.validation import decode_png
 
@@ -24,13 +24,9 @@ class RemoteSamples:
     checkpoint: str
 
 
-class GenerationClient:
-    """Errors raise services.common.client.ServiceError (status `code` and `details`)."""
-
-    def __init__(self, address: str, token: str | None = None, tls_ca=None, timeout: float | None = None):
-        self._channel = channel(address, token, tls_ca)
-        self._stub = generation_pb2_grpc.GenerationServiceStub(self._channel)
-        self.timeout = timeout
+class GenerationClient(ServiceClient):
+    stub = generation_pb2_grpc.GenerationServiceStub
+    get_model_request, reload_model_request = pb.GenerationServiceGetModelRequest, pb.GenerationServiceReloadModelRequest
 
     def sample(self, prompts: list[str], n: int = 1, cfg: float = 1.5, temperature: float = 0.7, seed: int = 0,
                checkpoint: str = "") -> RemoteSamples:
@@ -53,20 +49,3 @@ class GenerationClient:
         with rpc_errors():
             response = self._stub.Encode(request, timeout=self.timeout)
         return np.array([list(t.ids) for t in response.tokens], dtype=np.int64)
-
-    def model_info(self) -> model_pb2.ModelInfo:
-        with rpc_errors():
-            return self._stub.GetModel(pb.GenerationServiceGetModelRequest(), timeout=self.timeout).model
-
-    def reload(self, checkpoint: str) -> model_pb2.ModelInfo:
-        with rpc_errors():
-            return self._stub.ReloadModel(pb.GenerationServiceReloadModelRequest(checkpoint=checkpoint)).model
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

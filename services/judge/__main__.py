@@ -2,30 +2,10 @@
 [--triton-grpc-port ...] [--generation HOST:PORT]`: Triton with the judge bound plus the gRPC front;
 on SIGTERM / SIGINT the front drains, then Triton stops (no tritonserver left behind)."""
 
-from __future__ import annotations
-
-import asyncio
 import sys
 
-from services.common.settings import parse_settings
-from services.common.validation import Invalid
+from services.common.server import main
 from services.judge.server import JudgeSettings, start
 
-
-async def _main(settings: JudgeSettings) -> None:
-    running = await start(settings)
-    await running.run_until_signal()
-
-
-def main(argv: list[str] | None = None) -> int:
-    settings = parse_settings(JudgeSettings, argv, prog="python -m services.judge")
-    try:
-        asyncio.run(_main(settings))
-    except Invalid as e:  # a model that cannot be loaded: one line, exit 2
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(JudgeSettings, start, prog="python -m services.judge"))

@@ -7,8 +7,8 @@ from typing import Callable
 import numpy as np
 
 from services.api import judge_pb2 as pb
-from services.api import judge_pb2_grpc, model_pb2
-from services.common.client import channel, rpc_errors
+from services.api import judge_pb2_grpc
+from services.common.client import ServiceClient, rpc_errors
 from services.common.images import encode_png
 from services.common.settings import ServerSettings
 from services.judge.figures import from_result
@@ -17,17 +17,16 @@ from unigap.model.judge import Judgment
 DEFAULT_MAX_BATCH = ServerSettings.model_fields["max_batch"].default
 
 
-class JudgeClient:
-    """Errors raise services.common.client.ServiceError (status `code` and `details`).
+class JudgeClient(ServiceClient):
+    """`max_batch`: the server's limit on pairs per request; larger score() calls go in chunks."""
 
-    `max_batch`: the server's limit on pairs per request; larger score() calls go in chunks.
-    """
+    stub = judge_pb2_grpc.JudgeServiceStub
+    get_model_request, reload_model_request = pb.JudgeServiceGetModelRequest, pb.JudgeServiceReloadModelRequest
 
     def __init__(self, address: str, token: str | None = None, tls_ca=None, timeout: float | None = None,
                  max_batch: int = DEFAULT_MAX_BATCH):
-        self._channel = channel(address, token, tls_ca)
-        self._stub = judge_pb2_grpc.JudgeServiceStub(self._channel)
-        self.timeout, self.max_batch = timeout, max_batch
+        super().__init__(address, token, tls_ca, timeout)
+        self.max_batch = max_batch
 
     def score(self, images, prompts: list[str], threshold: float | None = None, checkpoint: str = "") -> Judgment:
         """Judge uint8 images [B, H, W, 3] (or a list of [H, W, 3]) against their prompts."""
@@ -56,20 +55,3 @@ class JudgeClient:
                 else:
                     return from_result(r.result)
         raise RuntimeError("the judge's NonUnification stream ended without a result")
-
-    def model_info(self) -> model_pb2.ModelInfo:
-        with rpc_errors():
-            return self._stub.GetModel(pb.JudgeServiceGetModelRequest(), timeout=self.timeout).model
-
-    def reload(self, checkpoint: str) -> model_pb2.ModelInfo:
-        with rpc_errors():
-            return self._stub.ReloadModel(pb.JudgeServiceReloadModelRequest(checkpoint=checkpoint)).model
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
