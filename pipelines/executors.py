@@ -83,13 +83,27 @@ class LocalExecutor:
             try:
                 out, _ = proc.communicate(timeout=self.timeout_s)
             except BaseException as e:  # timed out, or this process was interrupted
-                os.killpg(proc.pid, signal.SIGKILL)
-                out, _ = proc.communicate()
+                out = _stop(proc)
                 if isinstance(e, subprocess.TimeoutExpired):
                     raise JobFailed(job_key, f"timed out after {self.timeout_s} s", out) from None
                 raise
         if proc.returncode:
             raise JobFailed(job_key, f"exit status {proc.returncode}", out)
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 10) -> str:
+    """SIGTERM first: torchrun passes it on to its workers, which run in sessions of their own,
+    out of reach of a signal to this group; then SIGKILL what is left. Returns the output."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=grace_s)[0]
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return proc.communicate()[0]
 
 
 # ----------------------------------------------------------------------------------- kubernetes

@@ -1,9 +1,15 @@
-"""The trainer job: `python -m pipelines.trainer --store URL --job KEY [--cache DIR]`.
+"""The trainer job: `python -m pipelines.trainer --store URL --job KEY [--cache DIR] [--checkpoint-every N]`.
 
 Reads the job record `KEY/job.json` (a `TrainJob` as JSON), runs `train_round`, and writes
 `KEY/result.json` = {"checkpoint": ref, "log": [...]}. A job whose result exists is done: a rerun
 exits at once, so a retried pod or a resubmitted job never trains twice. Under torchrun every rank
 trains its share of each batch (DDP); only rank 0 writes to the store.
+
+Every N optimizer steps (default 50, UNIGAP_CHECKPOINT_EVERY; 0: never) rank 0 saves the training
+state to the store and points `KEY/state.json` at it. A job killed mid-training (a pod evicted, a
+node lost) is simply run again: every rank of the rerun loads that state and makes exactly the
+updates the uninterrupted job would have made after it. The state record stays once the result is
+written (a few hundred bytes; the store deletes nothing, and a finished job never reads it).
 
 Exit status: 0 done, 2 bad input (one line on stderr), 1 training failed.
 """
@@ -30,13 +36,20 @@ def result_record(key: str) -> str:
     return f"{key}/result.json"
 
 
+def state_record(key: str) -> str:
+    return f"{key}/state.json"
+
+
+CHECKPOINT_EVERY = 50  # optimizer steps between training states: a few seconds of loss at most, a small write each
+
+
 class BadInput(Exception):
     """Reported as one line with exit status 2."""
 
 
 class _ReadOnly:
     """The store as ranks other than 0 see it: reads go through, objects are addressed but not
-    written (the checkpoint rank 0 puts is the same model)."""
+    written (the checkpoint rank 0 puts is the same model), records are not written."""
 
     def __init__(self, store: Store):
         self._store = store
@@ -46,6 +59,9 @@ class _ReadOnly:
 
     def put_object(self, data: bytes) -> str:
         return sha256(data)
+
+    def put_record(self, key: str, data: bytes) -> None:
+        pass
 
 
 def read_job(store: Store, key: str):
@@ -88,7 +104,7 @@ def distributed():
         dist.destroy_process_group()
 
 
-def train(store: Store, key: str, job, cache: Path, log) -> None:
+def train(store: Store, key: str, job, cache: Path, log, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
     import torch
     import torch.distributed as dist
     from transformers.utils import logging as hf_logging
@@ -106,7 +122,9 @@ def train(store: Store, key: str, job, cache: Path, log) -> None:
             dist.barrier()
         log(f"job {key}: rank {rank}/{world} trains round {job.round} ({job.config.method})")
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-        ref, train_log = train_round(store if rank == 0 else _ReadOnly(store), job, cache, progress=False, log=log, device=device)
+        # Every rank resumes from the same state; only rank 0 takes new ones.
+        ref, train_log = train_round(store if rank == 0 else _ReadOnly(store), job, cache, progress=False, log=log, device=device,
+                                     state_record=state_record(key), checkpoint_every=checkpoint_every if rank == 0 else 0)
         if rank == 0:
             rec.put_record_json(store, result_record(key), {"checkpoint": ref, "log": train_log})
             log(f"job {key}: done, checkpoint {ref[:12]}")
@@ -117,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", required=True, help="a directory or s3://bucket[/prefix] (UNIGAP_S3_* settings)")
     parser.add_argument("--job", required=True, help="the job's key in the store (its record is KEY/job.json)")
     parser.add_argument("--cache", default=os.environ.get("UNIGAP_CACHE_DIR"), help="folder for fetched checkpoints (default: UNIGAP_CACHE_DIR, else a temporary folder)")
+    parser.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                        help=f"save the training state to the store every N optimizer steps, 0 never (default: UNIGAP_CHECKPOINT_EVERY, else {CHECKPOINT_EVERY})")
     args = parser.parse_args(argv)
 
     def log(line: str) -> None:
@@ -127,13 +147,21 @@ def main(argv: list[str] | None = None) -> int:
         if rec.get_record_json(store, result_record(args.job)) is not None:
             log(f"job {args.job}: done already")
             return 0
+        every = args.checkpoint_every
+        if every is None:
+            try:
+                every = int(os.environ.get("UNIGAP_CHECKPOINT_EVERY") or CHECKPOINT_EVERY)
+            except ValueError:
+                raise BadInput(f"UNIGAP_CHECKPOINT_EVERY must be a whole number, not {os.environ['UNIGAP_CHECKPOINT_EVERY']!r}") from None
+        if every < 0:
+            raise BadInput(f"--checkpoint-every must be >= 0, not {every}")
         job = read_job(store, args.job)
     except (BadInput, ValueError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # A training failure is not caught: its traceback ends the job's log and the status is 1.
     with nullcontext(args.cache) if args.cache else tempfile.TemporaryDirectory(prefix="unigap-cache-") as cache:
-        train(store, args.job, job, Path(cache), log)
+        train(store, args.job, job, Path(cache), log, every)
     return 0
 
 

@@ -3,10 +3,15 @@
 The loop runs it in-process; the trainer entrypoint (pipelines/trainer.py) runs the same function
 in a subprocess, under torchrun or as a Kubernetes Job. Everything it needs is in the store and
 the job's JSON, so any machine that reaches the store can run it.
+
+A job killed mid-training loses at most `checkpoint_every` steps: its training state goes to the
+STORE (an object, torch.save'd, named by a small record such as `KEY/state.json`), not to the
+pod's disk, so the rerun of the job, on any machine, continues from it.
 """
 
 from __future__ import annotations
 
+import io
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,16 +51,40 @@ def collect(generator, judge, prompts: list[str], cfg: LoopConfig, seed: int, pr
     return Candidates(res.prompts, tokens, res.p_yes, res.accepted)
 
 
+def put_state(store: Store, record: str, state: dict) -> str:
+    """Store a training state (an object) and point `record` at it; returns the object's address.
+
+    The object is written before the record, so a record always names a whole state."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    sha = store.put_object(buf.getvalue())
+    rec.put_record_json(store, record, {"state": sha, "kind": state["run"]["kind"], "step": state["step"],
+                                        "epoch": state["epoch"] + 1, "position": state["position"]})
+    return sha
+
+
+def get_state(store: Store, record: str) -> tuple[dict, str] | None:
+    """The training state `record` names and its address, or None when there is none."""
+    pointer = rec.get_record_json(store, record)
+    if pointer is None:
+        return None
+    return torch.load(io.BytesIO(store.get_object(pointer["state"])), map_location="cpu", weights_only=True), pointer["state"]
+
+
 def load_model(store: Store, ref: str, cache: Path, device: str = "cpu") -> UnifiedModel:
     return UnifiedModel.load(rec.fetch_checkpoint(store, ref, cache), device=device)
 
 
 def train_round(
     store: Store, job: TrainJob, cache: str | Path, progress: bool = True, log: Callable[[str], None] = print, device: str = "cpu",
+    state_record: str | None = None, checkpoint_every: int = 0,
 ) -> tuple[str, list]:
     """Train the base model on the round's data; returns (checkpoint reference, training log).
 
-    With nothing to train on, the round keeps the base model (its reference comes back)."""
+    With nothing to train on, the round keeps the base model (its reference comes back).
+    With `state_record`, a training state found there is resumed, and with `checkpoint_every` > 0
+    one is saved there every that many optimizer steps (0, the default: never; the in-process loop
+    resumes whole rounds and has no job key to keep a state under)."""
     cfg, r, cache = job.config, job.round, Path(cache)
     data = get_round_data(store, job.data)
     torch.manual_seed(cfg.seed * 1000 + r)
@@ -65,6 +94,17 @@ def train_round(
     tcfg = TrainConfig(**{**asdict(cfg.train), "seed": cfg.seed * 1000 + r})
     curriculum = cfg.method.startswith("c-")
     discard = list(data.discard)
+    resume = get_state(store, state_record) if state_record else None
+    if resume is not None:
+        state, sha = resume
+        log(f"  resuming from step {state['step']} (epoch {state['epoch'] + 1}, batch {state['position']}), state {sha[:12]}")
+        resume = state
+
+    def save_state(state: dict) -> None:
+        sha = put_state(store, state_record, state)
+        log(f"  training state at step {state['step']} saved, {sha[:12]}")
+
+    resumable = dict(checkpoint_every=checkpoint_every if state_record else 0, save_state=save_state, resume_state=resume)
 
     def replay() -> RoundData:
         """Regenerate the discard pool with the CURRENT model and judge; keep what it now accepts."""
@@ -78,7 +118,7 @@ def train_round(
 
     if cfg.method in ("sft", "c-sft"):
         on_epoch = (lambda e: replay().sft if e == cfg.curriculum_epoch else []) if curriculum else None
-        train_log = train_sft(um, data.sft, tcfg, reference, on_epoch, progress)
+        train_log = train_sft(um, data.sft, tcfg, reference, on_epoch, progress, **resumable)
     else:
         def ref_logps(pairs):
             prompts = [p for p, _, _ in pairs]
@@ -91,7 +131,8 @@ def train_round(
             fresh = replay().pairs
             return (fresh, *ref_logps(fresh)) if fresh else ([], torch.zeros(0), torch.zeros(0))
 
-        train_log = train_dpo(um, data.pairs, *ref_logps(data.pairs), tcfg, on_epoch if curriculum else None, progress) if data.pairs else []
+        train_log = (train_dpo(um, data.pairs, *ref_logps(data.pairs), tcfg, on_epoch if curriculum else None, progress, **resumable)
+                     if data.pairs else [])
     if not train_log:
         return job.base, []
     cache.mkdir(parents=True, exist_ok=True)

@@ -6,11 +6,19 @@ shared language model is trained by default; the generation head and aligner can
 Under torch.distributed (the trainer job run by torchrun) every rank draws the same global batch
 order from the shared seed, takes its share of each batch, and DistributedDataParallel averages the
 gradients, so N processes train the same model as one, up to float error. Alone, nothing changes.
+
+A run can be stopped and resumed: every `checkpoint_every` optimizer steps `save_state(state)` gets
+where it stands (step, epoch and batch, the trainable weights, AdamW's moments, the batch-order and
+torch RNGs, the samples the curriculum has added, the log so far), and `resume_state=state` starts
+a run there, so that it makes exactly the updates the uninterrupted run makes after that step.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import math
+from dataclasses import asdict
 from typing import Callable
 
 import numpy as np
@@ -122,6 +130,95 @@ def _update(loss: torch.Tensor, opt, params, lr: float) -> None:
     opt.step()
 
 
+# ---------------------------------------------------------------------- training state (resume)
+STATE_VERSION = 1
+
+
+def _detached(x):
+    """A copy of `x` on the CPU that later steps cannot change (tensors cloned; dicts, lists, tuples walked)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", copy=True)
+    if isinstance(x, dict):
+        return {k: _detached(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_detached(v) for v in x)
+    return copy.deepcopy(x)
+
+
+def _pack(rows: list[tuple]) -> list[tuple]:
+    """Samples with their numpy arrays as tensors: torch.load(weights_only=True) reads tensors, not numpy."""
+    return [tuple(torch.tensor(x) if isinstance(x, np.ndarray) else x for x in row) for row in rows]
+
+
+def _unpack(rows: list[tuple]) -> list[tuple]:
+    return [tuple(x.numpy() if isinstance(x, torch.Tensor) else x for x in row) for row in rows]
+
+
+def _digest(rows: list[tuple]) -> str:
+    """A run's training data, in short: a state resumes only the run it was taken from."""
+    h = hashlib.sha256()
+    for row in rows:
+        for x in row:
+            h.update(np.ascontiguousarray(x).tobytes() if isinstance(x, np.ndarray) else str(x).encode())
+    return h.hexdigest()
+
+
+class _Checkpoints:
+    """Saves a run's state every `every` optimizer steps and restores one on start.
+
+    A state is taken after an optimizer step, at batch `position` (1-based) of epoch `epoch`
+    (0-based). It keeps the batch-order RNG as it was at the start of that epoch (the epoch's order
+    is drawn again from it and its first `position` batches skipped), and the samples the curriculum
+    has added by then (a replay is not repeated: its result is in the state)."""
+
+    def __init__(self, kind: str, um: UnifiedModel, params: list, opt, rng: np.random.Generator, cfg: TrainConfig, rows: list,
+                 every: int, save: Callable[[dict], None] | None):
+        if every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, not {every}")
+        names = {id(p): name for name, p in um.model.named_parameters()}
+        self.names = [names[id(p)] for p in params]
+        self.um, self.params, self.opt, self.rng, self.cfg = um, params, opt, rng, cfg
+        self.every, self.save = (every, save) if save is not None else (0, None)
+        self.run = {"kind": kind, "n": len(rows), "data": _digest(rows), "cfg": asdict(cfg)}  # what a state must come from
+
+    def due(self, step: int, epoch: int, position: int, batches: int) -> bool:
+        # Not after the very last step: the finished model is written next.
+        last = epoch == self.cfg.epochs - 1 and position == batches
+        return bool(self.every) and step % self.every == 0 and not last
+
+    def take(self, step: int, epoch: int, position: int, epoch_rng: dict, added, log: list, running: dict) -> None:
+        cuda = self.um.device.type == "cuda"
+        self.save(_detached({
+            "version": STATE_VERSION,
+            "run": self.run,
+            "step": step,
+            "epoch": epoch,
+            "position": position,
+            "epoch_rng": epoch_rng,
+            "params": {name: p for name, p in zip(self.names, self.params)},
+            "optimizer": self.opt.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.um.device) if cuda else None,
+            "added": added,
+            "log": log,
+            "running": running,
+        }))
+
+    def restore(self, state: dict) -> dict:
+        """Puts the weights, optimizer and RNGs where `state` has them; returns the state."""
+        if state.get("version") != STATE_VERSION or state.get("run") != self.run:
+            raise ValueError(f"the training state to resume is not from this run: it is from {state.get('run')}, this is {self.run}")
+        with torch.no_grad():
+            for name, p in zip(self.names, self.params):
+                p.copy_(state["params"][name])
+        self.opt.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["epoch_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and self.um.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.um.device)
+        return state
+
+
 def train_sft(
     um: UnifiedModel,
     samples: list[tuple[str, np.ndarray]],
@@ -129,25 +226,39 @@ def train_sft(
     reference: UnifiedModel | None = None,
     on_epoch: Callable[[int], list[tuple[str, np.ndarray]]] | None = None,
     progress: bool = True,
+    checkpoint_every: int = 0,
+    save_state: Callable[[dict], None] | None = None,
+    resume_state: dict | None = None,
 ) -> list[dict]:
-    """NLL on accepted images' tokens. `on_epoch(e)` may return new samples (the curriculum)."""
+    """NLL on accepted images' tokens. `on_epoch(e)` may return new samples (the curriculum).
+
+    `save_state` gets the run's state every `checkpoint_every` optimizer steps (0: never);
+    `resume_state` (one of those) continues that run where the state was taken."""
     if not samples:
         return []
     rng = np.random.default_rng(cfg.seed)
     params = trainable_parameters(um, cfg.modules)
-    logprobs = _logprobs(um)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    n0 = len(samples)
+    ckpt = _Checkpoints("sft", um, params, opt, rng, cfg, samples, checkpoint_every, save_state)
+    log, step, start, skip, losses = [], 0, 0, 0, []
+    if resume_state is not None:
+        st = ckpt.restore(resume_state)
+        samples = samples + _unpack(st["added"])
+        log, step, start, skip, losses = list(st["log"]), st["step"], st["epoch"], st["position"], list(st["running"]["losses"])
+    logprobs = _logprobs(um)  # after a restore: DDP starts every rank from rank 0's weights
     um.model.train()
-    log, step = [], 0
-    for epoch in range(cfg.epochs):
-        if on_epoch is not None and epoch > 0:
+    for epoch in range(start, cfg.epochs):
+        if on_epoch is not None and epoch > 0 and not (resume_state is not None and epoch == start):
             samples = samples + on_epoch(epoch)
             um.model.train()
         # The schedule spans the epochs left at this epoch's size, so what the curriculum adds is
         # trained at a live rate rather than past the end of a schedule fixed at the start.
-        total = step + (cfg.epochs - epoch) * math.ceil(len(samples) / cfg.batch)
-        losses = []
-        for idx in tqdm(list(_batches(len(samples), cfg.batch, rng)), desc=f"SFT epoch {epoch + 1}", disable=not progress, leave=False):
+        total = step - skip + (cfg.epochs - epoch) * math.ceil(len(samples) / cfg.batch)
+        epoch_rng = copy.deepcopy(rng.bit_generator.state)
+        batches = list(_batches(len(samples), cfg.batch, rng))
+        for position, idx in enumerate(tqdm(batches[skip:], desc=f"SFT epoch {epoch + 1}", disable=not progress, leave=False,
+                                            initial=skip, total=len(batches)), start=skip + 1):
             idx, weight = _share(idx)
             prompts = [samples[i][0] for i in idx]
             tokens = torch.as_tensor(np.stack([samples[i][1] for i in idx]))
@@ -160,7 +271,10 @@ def train_sft(
             _update(loss * weight, opt, params, cfg.lr * lr_factor(step, total))
             step += 1
             losses.append(_mean(loss, weight))
+            if ckpt.due(step, epoch, position, len(batches)):
+                ckpt.take(step, epoch, position, epoch_rng, _pack(samples[n0:]), log, {"losses": losses})
         log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "n": len(samples)})
+        skip, losses = 0, []
     um.model.eval()
     return log
 
@@ -173,24 +287,40 @@ def train_dpo(
     cfg: TrainConfig,
     on_epoch: Callable[[int], tuple[list, torch.Tensor, torch.Tensor]] | None = None,
     progress: bool = True,
+    checkpoint_every: int = 0,
+    save_state: Callable[[dict], None] | None = None,
+    resume_state: dict | None = None,
 ) -> list[dict]:
-    """Sequence-level DPO over image tokens (+ NLL on the chosen image), reference log-probs given."""
+    """Sequence-level DPO over image tokens (+ NLL on the chosen image), reference log-probs given.
+
+    `checkpoint_every`, `save_state` and `resume_state` as in `train_sft`."""
     if not pairs:
         return []
     rng = np.random.default_rng(cfg.seed)
     params = trainable_parameters(um, cfg.modules)
-    logprobs = _logprobs(um)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    n0 = len(pairs)
+    ckpt = _Checkpoints("dpo", um, params, opt, rng, cfg, pairs, checkpoint_every, save_state)
+    log, step, start, skip, losses, margins = [], 0, 0, 0, [], []
+    if resume_state is not None:
+        st = ckpt.restore(resume_state)
+        added = st["added"]
+        pairs = pairs + _unpack(added["pairs"])
+        ref_chosen, ref_rejected = torch.cat([ref_chosen, added["ref_chosen"]]), torch.cat([ref_rejected, added["ref_rejected"]])
+        log, step, start, skip = list(st["log"]), st["step"], st["epoch"], st["position"]
+        losses, margins = list(st["running"]["losses"]), list(st["running"]["margins"])
+    logprobs = _logprobs(um)  # after a restore: DDP starts every rank from rank 0's weights
     um.model.train()
-    log, step = [], 0
-    for epoch in range(cfg.epochs):
-        if on_epoch is not None and epoch > 0:
+    for epoch in range(start, cfg.epochs):
+        if on_epoch is not None and epoch > 0 and not (resume_state is not None and epoch == start):
             more, more_w, more_l = on_epoch(epoch)
             pairs, ref_chosen, ref_rejected = pairs + more, torch.cat([ref_chosen, more_w]), torch.cat([ref_rejected, more_l])
             um.model.train()
-        total = step + (cfg.epochs - epoch) * math.ceil(len(pairs) / cfg.batch)
-        losses, margins = [], []
-        for idx in tqdm(list(_batches(len(pairs), cfg.batch, rng)), desc=f"DPO epoch {epoch + 1}", disable=not progress, leave=False):
+        total = step - skip + (cfg.epochs - epoch) * math.ceil(len(pairs) / cfg.batch)
+        epoch_rng = copy.deepcopy(rng.bit_generator.state)
+        batches = list(_batches(len(pairs), cfg.batch, rng))
+        for position, idx in enumerate(tqdm(batches[skip:], desc=f"DPO epoch {epoch + 1}", disable=not progress, leave=False,
+                                            initial=skip, total=len(batches)), start=skip + 1):
             idx, weight = _share(idx)
             prompts = [pairs[i][0] for i in idx]
             chosen = torch.as_tensor(np.stack([pairs[i][1] for i in idx]))
@@ -205,6 +335,10 @@ def train_dpo(
             step += 1
             losses.append(_mean(loss, weight))
             margins.append(_mean(margin.mean(), weight))
+            if ckpt.due(step, epoch, position, len(batches)):
+                added = {"pairs": _pack(pairs[n0:]), "ref_chosen": ref_chosen[n0:], "ref_rejected": ref_rejected[n0:]}
+                ckpt.take(step, epoch, position, epoch_rng, added, log, {"losses": losses, "margins": margins})
         log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "margin": float(np.mean(margins)), "n": len(pairs)})
+        skip, losses, margins = 0, [], []
     um.model.eval()
     return log
