@@ -7,7 +7,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 # Oversubscribed OpenMP threads spin badly on 2 cores.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+# Benchmarks against baselines measured in the same run: a table and bench/results.json (about
+# 2.5 minutes on 2 cores). bench/gpu.py needs CUDA; here it checks its setup on a tiny CPU model.
+bench: install
+	$(PY) bench/gpu.py --dry-run
+	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import AutoProcessor, DynamicCache, JanusForConditionalGeneration
+from transformers.cache_utils import DynamicLayer
 
 # The Janus-Pro chat layout; "\n" collapses to nothing in the tiny model's tokenizer.
 USER, ASSISTANT = "<|User|>", "<|Assistant|>"
@@ -53,6 +54,36 @@ def full_precision(x: torch.Tensor) -> torch.Tensor:
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class _ReservedLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values live in preallocated room for `capacity` positions.
+
+    `update` writes the new states in place and returns views of the filled part, so decoding T
+    tokens no longer concatenates (copies) the whole cache T times. The views hold exactly what
+    `DynamicLayer` would hold, so attention sees the same numbers. Past `capacity` it falls back to
+    concatenation.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, repeats: int, capacity: int):
+        super().__init__()
+        b, h, length, d = keys.shape
+        self._k = keys.new_empty(b * repeats, h, capacity, d)
+        self._v = values.new_empty(b * repeats, h, capacity, values.shape[-1])
+        # rows r*repeats ... r*repeats+repeats-1 are copies of row r (repeat_interleave), in one copy
+        self._k.view(b, repeats, h, capacity, d)[:, :, :, :length] = keys[:, None]
+        self._v.view(b, repeats, h, capacity, values.shape[-1])[:, :, :, :length] = values[:, None]
+        self.device, self.is_initialized = keys.device, True
+        self.keys, self.values = self._k[:, :, :length], self._v[:, :, :length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        start, end = self.keys.shape[-2], self.keys.shape[-2] + key_states.shape[-2]
+        if end > self._k.shape[-2]:
+            return super().update(key_states, value_states, *args, **kwargs)
+        self._k[:, :, start:end].copy_(key_states)
+        self._v[:, :, start:end].copy_(value_states)
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
 
 
 class UnifiedModel:
@@ -158,20 +189,25 @@ class UnifiedModel:
         ids, mask = self.gen_prefix(prompts, guided)
         cache = DynamicCache(config=self.model.config.text_config)
         hidden = self._lm(self.text_embeds(ids), mask, cache)[:, -1]
-        cache.batch_repeat_interleave(n)
+        n_tok, width = self.num_image_tokens, ids.shape[1]
+        # The candidates' cache: the prefix repeated N times, with room for the image tokens, so the
+        # decoding steps write in place (no growing concatenation of keys, values or mask).
+        cache.layers = [_ReservedLayer(layer.keys, layer.values, n, width + n_tok) for layer in cache.layers]
         hidden = hidden.repeat_interleave(n, 0)
-        mask = mask.repeat_interleave(n, 0)
-        pos = positions(mask)[:, -1:]
+        full_mask = torch.cat([mask.repeat_interleave(n, 0), mask.new_ones(mask.shape[0] * n, n_tok)], 1)
+        pos = positions(full_mask[:, :width])[:, -1:]
+        # A one-token step attends to every cached position that is not padding: the 4D mask that
+        # transformers would build from the 2D one each step, built once (sliced per step).
+        step_mask = full_mask.bool()[:, None, None, :]
         rows = len(prompts) * n
-        n_tok = self.num_image_tokens
         gumbel = None
         if temperature > 0:
             vocab = self.model.config.vq_config.num_embeddings
             gumbel = torch.empty(rows, n_tok, vocab)
             for r in range(rows):
                 g = torch.Generator().manual_seed(row_seed(seeds[r // n], prompts[r // n], r % n))
-                gumbel[r].exponential_(generator=g).log_().neg_()  # -log(Exp(1)) is Gumbel(0, 1)
-            gumbel = gumbel.to(self.device)
+                gumbel[r].exponential_(generator=g)
+            gumbel = gumbel.log_().neg_().to(self.device)  # -log(Exp(1)) is Gumbel(0, 1)
         tokens = torch.empty(rows, n_tok, dtype=torch.long, device=self.device)
         head = self.model.model.generation_head
         for t in range(n_tok):
@@ -186,9 +222,8 @@ class UnifiedModel:
             if t == n_tok - 1:
                 break
             step = nxt.repeat(2) if guided else nxt
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
             pos = pos + 1
-            hidden = self._lm(self.image_embeds(step)[:, None], mask, cache, pos)[:, -1]
+            hidden = self._lm(self.image_embeds(step)[:, None], step_mask[..., : width + t + 1], cache, pos)[:, -1]
         images = self.decode(tokens) if decode else None
         return Samples(tokens, images, [r // n for r in range(rows)], list(prompts))
 
@@ -244,20 +279,70 @@ class UnifiedModel:
         pil = [im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)) for im in images]
         return ip(pil, return_tensors="pt").pixel_values.to(self.device, self.model.dtype)
 
+    # Tokens per understanding forward on CPU: past a few thousand, activations spill out of the
+    # caches and larger batches run slower per image (on 2 cores: 4-16 images per forward judged
+    # about twice as fast per image as 64). None: one forward for everything (GPUs).
+    cpu_forward_tokens: int | None = 2048
+
     def answer_token_logprobs(
         self, images, questions: list[str], answers: list[str], eos: bool = True, counts: list[int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs [A, S] of each answer token given image and question, and the answer mask.
 
         Image i with question i is followed by `counts[i]` consecutive answers (default one): the
-        image + question prefix runs once and its cache is shared by that image's answers, which
-        makes scoring many captions per image cheap. Prompt and answers are tokenised apart, so an
-        answer's tokens are exactly the tokenizer's tokens of it (plus <eos> when `eos`).
+        image + question prefix runs once, and that image's answers are packed one after another
+        into a single row behind it, each attending to the prefix and to its own earlier tokens
+        only (a block mask; positions restart after the prefix for every answer). So many captions
+        per image cost one row, with no copy of the prefix's cache per caption. Prompt and answers
+        are tokenised apart, so an answer's tokens are exactly the tokenizer's tokens of it (plus
+        <eos> when `eos`). On CPU the images go through in chunks of about `cpu_forward_tokens`.
         """
         tok = self.tokenizer
         counts = [1] * len(questions) if counts is None else list(counts)
         if len(counts) != len(questions) or sum(counts) != len(answers):
             raise ValueError("answers must hold counts[i] answers for each image/question i")
+        answer_ids = [a + ([tok.eos_token_id] if eos else []) for a in tok(list(answers), add_special_tokens=False).input_ids]
+        width = max(map(len, answer_ids), default=0)
+        ans = torch.full((len(answers), width), tok.pad_token_id, dtype=torch.long)
+        amask = torch.zeros(len(answers), width, dtype=torch.bool)
+        for a, ids_a in enumerate(answer_ids):  # right-padded: padding after an answer never changes it
+            ans[a, : len(ids_a)] = torch.tensor(ids_a, dtype=torch.long)
+            amask[a, : len(ids_a)] = True
+        ans, amask = ans.to(self.device), amask.to(self.device)
+        if width == 0:
+            return torch.zeros(len(answers), 0, device=self.device), amask
+        first_answer = np.concatenate([[0], np.cumsum(counts)])
+        answer_tokens = [sum(map(len, answer_ids[first_answer[i] : first_answer[i + 1]])) for i in range(len(counts))]
+        logp = torch.zeros(len(answers), width, device=self.device, dtype=torch.promote_types(self.model.dtype, torch.float32))
+        for chunk in self._chunks(questions, answer_tokens):
+            rows = [a for i in chunk for a in range(first_answer[i], first_answer[i + 1])]
+            part = images[chunk] if isinstance(images, (np.ndarray, torch.Tensor)) else [images[i] for i in chunk]
+            logp[rows] = self._packed_answer_logprobs(
+                part, [questions[i] for i in chunk], ans[rows], amask[rows], [counts[i] for i in chunk]
+            )
+        return logp * amask, amask
+
+    def _chunks(self, questions: list[str], answer_tokens: list[int]) -> list[list[int]]:
+        """Groups of image indices to run one forward each: all at once off CPU; on CPU, images
+        sorted by length (so packed rows of one forward have similar lengths and little padding)
+        and grouped while the padded forward stays within about `cpu_forward_tokens` tokens."""
+        budget = self.cpu_forward_tokens if self.device.type == "cpu" else None
+        if not budget or len(questions) <= 1:
+            return [list(range(len(questions)))]
+        prefix = [len(x) for x in self.tokenizer([und_text(self.image_block, q) for q in questions]).input_ids]
+        order = sorted(range(len(questions)), key=lambda i: (prefix[i] + answer_tokens[i], i))
+        out, group, longest = [], [], 0
+        for i in order:
+            size = prefix[i] + answer_tokens[i]
+            if group and (len(group) + 1) * max(longest, size) > budget:
+                out.append(group)
+                group, longest = [], 0
+            group.append(i)
+            longest = max(longest, size)
+        return out + [group]
+
+    def _packed_answer_logprobs(self, images, questions, ans, amask, counts) -> torch.Tensor:
+        """Log-probs [A, W] of the answer tokens of one chunk of images (see `answer_token_logprobs`)."""
         ids, mask = self._tokenize([und_text(self.image_block, q) for q in questions])
         cache = DynamicCache(config=self.model.config.text_config)
         first = self.model(
@@ -269,24 +354,35 @@ class UnifiedModel:
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
-        rows = torch.repeat_interleave(torch.arange(len(counts), device=self.device), torch.tensor(counts, device=self.device))
-        cache.batch_select_indices(rows)
-        first, mask = first[rows], mask[rows]
-        answer_ids = [a + ([tok.eos_token_id] if eos else []) for a in tok(list(answers), add_special_tokens=False).input_ids]
-        width = max(map(len, answer_ids))
-        ans = torch.full((len(answers), width), tok.pad_token_id, dtype=torch.long)
-        amask = torch.zeros(len(answers), width, dtype=torch.bool)
-        for i, a in enumerate(answer_ids):  # right-padded: padding after an answer never changes it
-            ans[i, : len(a)] = torch.tensor(a)
-            amask[i, : len(a)] = True
-        ans, amask = ans.to(self.device), amask.to(self.device)
-        pos = positions(mask)[:, -1:] + 1 + torch.arange(width, device=self.device)
-        logits = self.model(
-            input_ids=ans, attention_mask=torch.cat([mask, amask.long()], 1), position_ids=pos, cache=cache, use_cache=True
-        ).logits
-        pred = torch.cat([first[:, None], logits[:, :-1]], 1)  # the prefix predicts the first answer token
-        logp = F.log_softmax(full_precision(pred), -1).gather(-1, ans[..., None]).squeeze(-1)
-        return logp * amask, amask
+        ans, amask = ans.cpu(), amask.cpu()
+        n_ans, width = ans.shape
+        # Packed layout: row i holds image i's answers back to back; `seg` numbers the answer a
+        # packed token belongs to (-1: padding), `off` its place in that answer.
+        owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long))
+        lengths = amask.sum(-1)
+        fill = torch.zeros(len(counts), dtype=torch.long).index_add_(0, owner, lengths)
+        starts = torch.cumsum(lengths, 0) - lengths - (torch.cumsum(fill, 0) - fill)[owner]  # offset in its row
+        span = max(int(fill.max()), 1)
+        packed = torch.full((len(counts), span), self.tokenizer.pad_token_id, dtype=torch.long)
+        seg = torch.full((len(counts), span), -1, dtype=torch.long)
+        off = torch.zeros((len(counts), span), dtype=torch.long)
+        rows, cols = owner[:, None].expand(-1, width)[amask], (starts[:, None] + torch.arange(width))[amask]
+        packed[rows, cols] = ans[amask]
+        seg[rows, cols] = torch.arange(n_ans)[:, None].expand(-1, width)[amask]
+        off[rows, cols] = torch.arange(width).expand(n_ans, -1)[amask]
+        causal = torch.arange(span)[None, :] <= torch.arange(span)[:, None]  # [query, key]
+        own = (seg[:, :, None] == seg[:, None, :]) & causal & (seg[:, None, :] >= 0)
+        own |= torch.eye(span, dtype=torch.bool)  # padding attends to itself: never a row without keys
+        prefix = mask.bool().cpu()[:, None, :].expand(-1, span, -1)
+        attn = torch.cat([prefix, own], -1)[:, None].to(self.device)  # [images, 1, span, prefix + span]
+        pos = (positions(mask)[:, -1:].cpu() + 1 + off).to(self.device)
+        logits = self.model(input_ids=packed.to(self.device), attention_mask=attn, position_ids=pos, cache=cache, use_cache=True).logits
+        # The prefix predicts every answer's first token; token k > 0 is predicted at packed place start + k - 1.
+        pred = torch.cat([first[:, None], logits], 1)  # [images, 1 + span, V]
+        k = torch.arange(width)[None, :]
+        where = torch.where(amask & (k > 0), starts[:, None] + k, torch.zeros_like(k))
+        logp = F.log_softmax(full_precision(pred), -1)
+        return logp[owner[:, None].to(self.device), where.to(self.device), ans.to(self.device)]
 
     def answer_logprobs(
         self, images, questions: list[str], answers: list[str], eos: bool = True, counts: list[int] | None = None

@@ -1,0 +1,84 @@
+"""Smoke tests of the benchmarks (bench/): they run, check what they claim, and write the
+JSON shape; bench/gpu.py builds and runs its setup on a tiny CPU model and refuses without CUDA.
+Nothing here measures speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+KEYS = {"name", "baseline", "candidate", "unit", "ratio", "target", "machine"}
+
+
+def _run(*args, timeout=300):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def test_gpu_script_dry_run(tmp_path):
+    out = tmp_path / "gpu.json"
+    r = _run("bench/gpu.py", "--dry-run", "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "greedy tokens identical on 100.0%" in r.stdout
+    assert "Janus-Pro-1B configuration: 2.08 B parameters" in r.stdout
+    rows = json.loads(out.read_text())
+    assert isinstance(rows, list) and all(KEYS <= set(row) for row in rows)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_gpu_script_refuses_without_cuda():
+    r = _run("bench/gpu.py")
+    assert r.returncode == 2
+    assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1 and "CUDA" in r.stderr
+
+
+def test_quick_run_writes_a_list_of_results(tmp_path):
+    out = tmp_path / "results.json"
+    r = _run("-m", "bench", "--quick", "--out", str(out), timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert isinstance(rows, list) and len(rows) == 7
+    for row in rows:
+        assert KEYS <= set(row), row
+        assert row["ratio"] == pytest.approx(row["candidate"] / row["baseline"], rel=1e-3)
+        assert {"cpu", "cores", "torch", "load"} <= set(row["machine"])
+    assert "greedy tokens identical" in next(x for x in rows if x["name"].startswith("sampling"))["check"]
+
+
+def test_bad_arguments_exit_2():
+    r = _run("-m", "bench", "--only", "nonsense")
+    assert r.returncode == 2 and "unknown benchmark" in r.stderr
+
+
+def test_recomputed_reference_matches_precomputed(tiny_model):
+    """The DPO baseline's stand-in gives the reference numbers the candidate precomputes."""
+    from bench.dpo import RecomputedReference, make_pairs
+    from unigap.train.trainer import sequence_logps
+
+    pairs = make_pairs(tiny_model, 6)
+    chosen, rejected = RecomputedReference(tiny_model, pairs).tensors
+    idx = [4, 1, 3]
+    prompts = [pairs[i][0] for i in idx]
+    expect_w = sequence_logps(tiny_model, prompts, [pairs[i][1] for i in idx])
+    expect_l = sequence_logps(tiny_model, prompts, [pairs[i][2] for i in idx])
+    assert torch.allclose(chosen[idx], expect_w, atol=1e-4) and torch.allclose(rejected[idx], expect_l, atol=1e-4)
+    with pytest.raises(RuntimeError, match="other rows"):
+        rejected[[0]]
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    sys.path.insert(0, str(ROOT))
+    from unigap.model.adapter import UnifiedModel
+    from unigap.model.build import TinySize, build_tiny
+    from unigap.pretrain import vocabulary
+
+    model, processor = build_tiny(vocabulary(), TinySize(hidden=64, layers=1, heads=2, vision_hidden=64, vision_layers=1, codebook=64))
+    return UnifiedModel(model.eval(), processor)
