@@ -16,6 +16,7 @@ from typing import Callable
 import grpc
 
 from pipelines.executors import Executor, submit
+from services.common.client import ServiceError
 from services.generation.client import GenerationClient
 from services.judge.client import JudgeClient
 from unigap.store.base import Store
@@ -25,16 +26,19 @@ from unigap.train.round import TrainJob
 RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-def with_retries(call: Callable, attempts: int = 6, first_wait_s: float = 0.5, log: Callable[[str], None] = print):
-    """Run `call()`, retrying transient gRPC failures with exponential backoff."""
+def with_retries(call: Callable, attempts: int = 8, first_wait_s: float = 0.5, max_wait_s: float = 8.0,
+                 log: Callable[[str], None] = print):
+    """Run `call()`, retrying transient gRPC failures with exponential backoff (waits capped at
+    `max_wait_s`: the defaults ride out about 30 s, e.g. the judge restarting its tritonserver)."""
     for attempt in range(attempts):
         try:
             return call()
-        except grpc.RpcError as e:
-            if e.code() not in RETRIED or attempt == attempts - 1:
+        except (ServiceError, grpc.RpcError) as e:  # the clients raise ServiceError; raw stubs grpc.RpcError
+            code, details = (e.code, e.details) if isinstance(e, ServiceError) else (e.code(), e.details())
+            if code not in RETRIED or attempt == attempts - 1:
                 raise
-            wait = first_wait_s * 2**attempt
-            log(f"  {e.code().name.lower()}: {e.details()}; retrying in {wait:.1f} s")
+            wait = min(first_wait_s * 2**attempt, max_wait_s)
+            log(f"  {code.name.lower()}: {details}; retrying in {wait:.1f} s (attempt {attempt + 2} of {attempts})")
             time.sleep(wait)
 
 

@@ -103,6 +103,8 @@ class Loop:
         if name not in progress:
             progress[name] = compute()
             rec.put_record_json(self.store, f"{self._round_key(r)}/progress.json", progress)
+        else:
+            self.log(f"  round {r}: {name} done already, reused")
         return progress[name]
 
     def _round_key(self, r: int) -> str:

@@ -3,12 +3,15 @@
 A job is one prompt (its n candidates). The worker takes the oldest job's key and up to
 `max_rows` rows of jobs with that key, runs them in a thread, and resolves each job's future.
 While a batch runs, new jobs queue up, so a busy server batches without waiting; an idle one
-waits `window_s` after the first job for others to join.
+waits `window_s` after the first job for others to join. Batches run one at a time on one
+dedicated thread: hopping between the default pool's threads spreads each batch's peak over
+several malloc arenas, and the server's memory then swings by ~20% under steady load.
 """
 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
@@ -31,6 +34,7 @@ class Batcher:
         self._running: list[Job] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
 
     def submit(self, key: Hashable, rows: int, prompt: str, seed: int) -> asyncio.Future:
         if self._task is None:  # started on first use, inside the server's event loop
@@ -64,7 +68,8 @@ class Batcher:
             if self.on_batch:
                 self.on_batch(sum(j.rows for j in jobs))
             try:
-                results = await asyncio.to_thread(self.run, jobs[0].key, [j.prompt for j in jobs], [j.seed for j in jobs])
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._thread, self.run, jobs[0].key, [j.prompt for j in jobs], [j.seed for j in jobs])
             except Exception as e:  # the model failed: every request in the batch hears why
                 for job in jobs:
                     if not job.future.done():
@@ -82,3 +87,4 @@ class Batcher:
             await asyncio.gather(self._task, return_exceptions=True)
         for job in self._queue + self._running:
             job.future.cancel()
+        self._thread.shutdown(wait=False)

@@ -45,18 +45,22 @@ class TritonJudge:
 
         self.address = address
         self.client = triton_grpc.InferenceServerClient(address)
+        self.down = False  # set when tritonserver has died: refuse at once until a new one is ready
 
     async def p_yes(self, images: np.ndarray, prompts: list[str], checkpoint: str = "", timeout: float | None = None) -> np.ndarray:
         """p_yes [B] of uint8 images [B, H, W, 3]: requests of <= MAX_BATCH rows, sent at once."""
         from tritonclient.utils import InferenceServerException
 
+        if self.down:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, "triton", f"the judge's Triton server at {self.address} is restarting")
         chunks = [self._infer(images[i : i + MAX_BATCH], prompts[i : i + MAX_BATCH], checkpoint, timeout)
                   for i in range(0, len(prompts), MAX_BATCH)]
         try:
             return np.concatenate(await asyncio.gather(*chunks))
         except InferenceServerException as e:
             status = str(e.status())  # e.g. "StatusCode.UNAVAILABLE"
-            if "UNAVAILABLE" in status:
+            # A tritonserver that listens but has not loaded the model yet (it is starting) is as transient.
+            if "UNAVAILABLE" in status or f"'{MODEL_NAME}' has no available versions" in (e.message() or ""):
                 raise Refused(grpc.StatusCode.UNAVAILABLE, "triton",
                               f"the judge's Triton server at {self.address} is not answering ({e.message()})") from None
             if "DEADLINE_EXCEEDED" in status:

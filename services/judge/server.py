@@ -6,17 +6,21 @@ import asyncio
 from pathlib import Path
 from typing import Literal
 
+from grpc_health.v1.health_pb2 import HealthCheckResponse
 from prometheus_client import CollectorRegistry
 
 from services.api import judge_pb2_grpc
 from services.common.metrics import metrics_for
 from services.common.models import ModelHolder, follow_promotions
-from services.common.server import RunningServer, log_event, serve
+from services.common.server import SERVING, RunningServer, log_event, serve
 from services.common.settings import ServerSettings
 from services.generation.client import GenerationClient
 from services.judge.front import SERVICE_NAME, JudgeServicer, TritonJudge
+from services.judge.supervisor import TritonSupervisor
 from services.judge.triton_model import JudgeModel, start_triton
 from unigap.paths import DEFAULT_MODEL
+
+NOT_SERVING = HealthCheckResponse.NOT_SERVING
 
 
 class JudgeSettings(ServerSettings):
@@ -47,7 +51,8 @@ async def start(settings: JudgeSettings, registry: CollectorRegistry | None = No
 
     Must run on the main thread's event loop (see `start_triton`). The Triton model runs in
     pytriton's thread and asks the holder for its model on this loop, so reloads and the LRU of
-    explicit checkpoints are shared with the front.
+    explicit checkpoints are shared with the front. A TritonSupervisor restarts tritonserver when
+    it dies; health says NOT_SERVING until the new one is ready.
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = metrics_for(registry)
@@ -58,10 +63,13 @@ async def start(settings: JudgeSettings, registry: CollectorRegistry | None = No
         return asyncio.run_coroutine_threadsafe(holder.get(ref), loop).result().model
 
     infer = JudgeModel(model_for, settings.mode, on_batch=metrics.batch_size.labels("judge").observe)
-    triton = start_triton(infer, settings.triton_host, settings.triton_http_port, settings.triton_grpc_port,
-                          settings.triton_metrics_port, settings.triton_queue_delay_us,
-                          access_token=settings.token,  # one token for the front and Triton's protected endpoints
-                          log_file=str(settings.triton_log) if settings.triton_log else None)
+
+    def start_triton_on(http_port: int, grpc_port: int, metrics_port: int):
+        return start_triton(infer, settings.triton_host, http_port, grpc_port, metrics_port, settings.triton_queue_delay_us,
+                            access_token=settings.token,  # one token for the front and Triton's protected endpoints
+                            log_file=str(settings.triton_log) if settings.triton_log else None)
+
+    triton = start_triton_on(settings.triton_http_port, settings.triton_grpc_port, settings.triton_metrics_port)
     try:
         scorer = TritonJudge(triton.grpc)
         generation = GenerationClient(settings.generation, settings.token, settings.tls_ca) if settings.generation else None
@@ -71,14 +79,41 @@ async def start(settings: JudgeSettings, registry: CollectorRegistry | None = No
     except BaseException:
         triton.stop()
         raise
-    running.on_stop(scorer.close)
+
+    async def set_health(status) -> None:
+        for name in ("", SERVICE_NAME):
+            await running.health.set(name, status)  # ignored once the server drains
+
+    async def down() -> None:
+        servicer.triton.down = True  # Score answers UNAVAILABLE at once, not a half-started Triton's errors
+        await set_health(NOT_SERVING)
+
+    clients = [scorer]  # closed at the stop: a request may still hold an old one
+
+    async def use(new) -> None:
+        """A fresh client for the new tritonserver (the old channel may sit in reconnect backoff)."""
+        servicer.triton = TritonJudge(new.grpc)
+        clients.append(servicer.triton)
+        running.triton = new
+        await set_health(SERVING)
+
+    async def close_clients() -> None:
+        for client in clients:
+            await client.close()
+
+    running.servicer, running.triton, running.infer = servicer, triton, infer
+    running.supervisor = TritonSupervisor(
+        triton, start_triton_on,
+        on_down=lambda: asyncio.run_coroutine_threadsafe(down(), loop).result(10),
+        on_up=lambda new: asyncio.run_coroutine_threadsafe(use(new), loop).result(10),
+    )
     if generation is not None:
         running.on_stop(generation.close)
     # After the drain (requests in flight still reach Triton), off the loop: a plain Triton client's
     # batch may still be asking the holder for its model on this loop while tritonserver exits.
-    running.on_stop(lambda: asyncio.to_thread(triton.stop))
+    running.on_stop(lambda: asyncio.to_thread(running.supervisor.stop))
+    running.on_stop(close_clients)
     follow_promotions(holder, running)
-    running.servicer, running.triton, running.infer = servicer, triton, infer
     log_event("judge", front=running.address, triton_http=triton.http, triton_grpc=triton.grpc,
               triton_metrics=triton.metrics, triton_pid=triton.pid, mode=settings.mode, generation=settings.generation,
               metrics=None if running.metrics_port is None else f"http://{settings.host}:{running.metrics_port}/metrics")

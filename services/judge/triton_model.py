@@ -14,14 +14,17 @@ the innocent requests batched with it. A normal exception keeps the server alive
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import sysconfig
 import tempfile
 import threading
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -189,9 +192,30 @@ class RunningTriton:
         cmd = getattr(server, "_tritonserver_running_cmd", None)
         return cmd.pid if cmd is not None and cmd.is_alive() else None
 
+    def alive(self) -> bool:
+        """tritonserver runs and the model's proxy with it (pytriton stops itself when either dies)."""
+        return self.triton.is_alive()
+
+    def leftovers(self) -> list[int]:
+        """Processes still running a program from this Triton's folder: the Python backend stub
+        outlives a tritonserver that was killed (SIGKILL, or pytriton's fallback when SIGINT is
+        not enough) and would stay, orphaned, for as long as the machine runs."""
+        pids = []
+        for exe in Path("/proc").glob("[0-9]*/exe"):
+            try:
+                if os.readlink(exe).startswith(os.path.realpath(self.folder) + os.sep):
+                    pids.append(int(exe.parent.name))
+            except (OSError, ValueError):  # gone meanwhile, or not ours to read
+                continue
+        return pids
+
     def stop(self) -> None:
-        """SIGINT to tritonserver and wait (pytriton's stop), then remove the folder. Idempotent."""
+        """SIGINT to tritonserver and wait (pytriton's stop), end what it left running, then remove
+        the folder. Idempotent."""
         self.triton.stop()
+        for pid in self.leftovers():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -211,7 +235,8 @@ def start_triton(
     Ports 0 are picked free. Triton's protected endpoints (statistics, model repository, ...)
     take `access_token` (a random one when None) in the header `triton-access-token` over HTTP,
     `triton-grpc-protocol-triton-access-token` over gRPC. Call from
-    the main thread: pytriton asks the kernel to end tritonserver when its starting thread ends.
+    a thread that outlives the server (the main thread, or the judge's TritonSupervisor): pytriton
+    asks the kernel to end tritonserver when its starting thread ends.
     """
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
