@@ -19,7 +19,6 @@ import time
 from dataclasses import replace
 
 import numpy as np
-import torch
 
 from bench.common import Result, machine, median, paired_ratio
 from unigap import world

@@ -9,13 +9,8 @@ bad token), never INTERNAL or a dead server: after each one, a good request is s
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import grpc
@@ -32,6 +27,8 @@ from services.common.client import channel
 from services.common.images import encode_png
 from unigap import world
 
+from servers import Server
+
 pytest.importorskip("pytriton")
 
 pytestmark = pytest.mark.timeout(300)
@@ -47,41 +44,12 @@ PROPERTY = settings(max_examples=EXAMPLES, deadline=None, database=None, suppres
 FEW = settings(PROPERTY, max_examples=max(1, EXAMPLES * 5 // 6), phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 
-class Server:
-    def __init__(self, module: str, event: str, *args: str):
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
-        self.p = subprocess.Popen([sys.executable, "-m", module, "--port", "0", "--token", TOKEN, *args], cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-        self.event, self.info, self._ready = event, None, threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.p.stdout:
-            if self.info is None and line.startswith("{") and json.loads(line).get("event") == self.event:
-                self.info = json.loads(line)
-                self._ready.set()
-        self._ready.set()
-
-    def ready(self, timeout: float = 180) -> dict:
-        assert self._ready.wait(timeout) and self.info, f"{self.p.args[2]} did not start (status {self.p.poll()})"
-        return self.info
-
-    def stop(self) -> int:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-        try:
-            return self.p.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.p.pid, signal.SIGKILL)
-            raise
-
-
 @pytest.fixture(scope="module")
 def servers(tiny_random, tmp_path_factory):
     model = tmp_path_factory.mktemp("models") / "tiny"
     tiny_random.save(model)
-    procs = {"generation": Server("services.generation", "serving", "--model", str(model)),
-             "judge": Server("services.judge", "judge")}
+    procs = {"generation": Server("services.generation", "serving", TOKEN, "--model", str(model)),
+             "judge": Server("services.judge", "judge", TOKEN)}
     try:
         yield {"generation": procs["generation"].ready()["address"], "judge": procs["judge"].ready()["front"]}
     finally:

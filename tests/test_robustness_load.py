@@ -19,11 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -35,6 +30,8 @@ from services.common.client import aio_channel
 from services.common.images import encode_png
 from unigap import world
 
+from servers import Server
+
 pytest.importorskip("pytriton")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
@@ -43,37 +40,6 @@ REPORT = ROOT / "reports" / "robustness" / "load.json"
 CLIENTS, WARMUP_S, DURATION_S = 64, 8.0, 30.0
 MAX_GROWTH = 0.10
 TOKEN = "load-test-token"
-
-
-class Server:
-    """A server subprocess in its own session; waits for its JSON start line."""
-
-    def __init__(self, module: str, event: str, *args: str):
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
-        self.p = subprocess.Popen([sys.executable, "-m", module, "--port", "0", "--token", TOKEN, *args], cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-        self.event, self.info, self._ready = event, None, threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.p.stdout:  # keep draining: a full pipe would block the server
-            if self.info is None and line.startswith("{") and json.loads(line).get("event") == self.event:
-                self.info = json.loads(line)
-                self._ready.set()
-        self._ready.set()
-
-    def ready(self, timeout: float = 180) -> dict:
-        assert self._ready.wait(timeout) and self.info, f"{self.p.args[2]} did not start (status {self.p.poll()})"
-        return self.info
-
-    def stop(self) -> int:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-        try:
-            return self.p.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.p.pid, signal.SIGKILL)
-            raise
 
 
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
@@ -107,7 +73,7 @@ def tree_rss_kib(pid: int, field: str = "VmRSS") -> int:
 @pytest.fixture(scope="module")
 def servers():
     """Both servers start at once (the judge's Triton takes seconds) and stop cleanly at the end."""
-    procs = {"generation": Server("services.generation", "serving"), "judge": Server("services.judge", "judge")}
+    procs = {"generation": Server("services.generation", "serving", TOKEN), "judge": Server("services.judge", "judge", TOKEN)}
     try:
         yield {name: (p.ready(), p.p.pid) for name, p in procs.items()}
     finally:
