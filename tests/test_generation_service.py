@@ -242,6 +242,21 @@ def test_reload_during_a_stream(model_dir, model_dir2):
         s.stop()
 
 
+def test_client_splits_calls_larger_than_the_servers_batch_limit(model_dir, um, tmp_path):
+    """The loop encodes a whole pool at once: the client sends it in requests the server accepts."""
+    s = ServerThread(model=model_dir, max_batch=4)
+    try:
+        with GenerationClient(s.address, max_batch=4) as c:
+            got = c.sample(PROMPTS * 2, n=1, cfg=1.5, temperature=1.0, seed=3)  # 6 prompts: two requests
+            ref = um.sample(PROMPTS * 2, n=1, cfg=1.5, temperature=1.0, seed=3)
+            assert np.array_equal(got.tokens, ref.tokens.numpy()) and got.prompt_index == ref.prompt_index
+            assert np.array_equal(c.encode(got.images), um.encode(got.images).numpy())  # 6 images: two requests
+        with GenerationClient(s.address, max_batch=8) as c, pytest.raises(ServiceError, match="INVALID_ARGUMENT"):
+            c.encode(got.images)  # one request of 6 > the server's 4
+    finally:
+        s.stop()
+
+
 def test_replicas_follow_promotions_in_the_store(model_dir, model_dir2, tmp_path):
     """A promotion (the store's serving record) reaches a running replica and a new one."""
     import time

@@ -9,9 +9,10 @@ from pathlib import Path
 import grpc
 
 from services.common.auth import bearer_metadata
-from services.common.settings import MiB
+from services.common.settings import MiB, ServerSettings
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * MiB
+DEFAULT_MAX_BATCH = ServerSettings.model_fields["max_batch"].default
 
 
 class ServiceError(Exception):
@@ -122,14 +123,20 @@ def aio_channel(address: str, token: str | None = None, tls_ca=None,
 
 class ServiceClient:
     """What every sync client shares: its channel, GetModel, ReloadModel, close. A subclass names
-    its stub and its two request messages. Errors raise ServiceError (status `code`, `details`)."""
+    its stub and its two request messages. Errors raise ServiceError (status `code`, `details`).
+
+    `max_batch`: the server's limit on images or prompts per request; larger calls go in chunks."""
 
     stub = get_model_request = reload_model_request = None
 
-    def __init__(self, address: str, token: str | None = None, tls_ca=None, timeout: float | None = None):
+    def __init__(self, address: str, token: str | None = None, tls_ca=None, timeout: float | None = None,
+                 max_batch: int = DEFAULT_MAX_BATCH):
         self._channel = channel(address, token, tls_ca)
         self._stub = self.stub(self._channel)
-        self.timeout = timeout
+        self.timeout, self.max_batch = timeout, max_batch
+
+    def chunks(self, n: int) -> list[slice]:
+        return [slice(i, i + self.max_batch) for i in range(0, n, self.max_batch)]
 
     def model_info(self):
         with rpc_errors():

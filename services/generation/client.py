@@ -30,22 +30,26 @@ class GenerationClient(ServiceClient):
 
     def sample(self, prompts: list[str], n: int = 1, cfg: float = 1.5, temperature: float = 0.7, seed: int = 0,
                checkpoint: str = "") -> RemoteSamples:
-        request = pb.GenerateRequest(prompts=prompts, n=n, cfg_scale=cfg, temperature=temperature, seed=seed,
-                                     checkpoint=checkpoint)
-        with rpc_errors():
-            responses = list(self._stub.Generate(request, timeout=self.timeout))
-        responses.sort(key=lambda r: (r.prompt_index, r.candidate_index))
+        responses = []  # (prompt index in `prompts`, response)
+        for part in self.chunks(len(prompts)):
+            request = pb.GenerateRequest(prompts=prompts[part], n=n, cfg_scale=cfg, temperature=temperature, seed=seed,
+                                         checkpoint=checkpoint)
+            with rpc_errors():
+                responses += [(part.start + r.prompt_index, r) for r in self._stub.Generate(request, timeout=self.timeout)]
+        responses.sort(key=lambda x: (x[0], x[1].candidate_index))
         return RemoteSamples(
-            tokens=np.array([list(r.image_tokens) for r in responses], dtype=np.int64),
-            images=np.stack([decode_png(r.png, "png") for r in responses]),
-            prompt_index=[r.prompt_index for r in responses],
+            tokens=np.array([list(r.image_tokens) for _, r in responses], dtype=np.int64),
+            images=np.stack([decode_png(r.png, "png") for _, r in responses]),
+            prompt_index=[i for i, _ in responses],
             prompts=list(prompts),
-            checkpoint=responses[0].checkpoint if responses else "",
+            checkpoint=responses[0][1].checkpoint if responses else "",
         )
 
     def encode(self, images, checkpoint: str = "") -> np.ndarray:
         """Canonical tokens [B, T] int64 of uint8 images [B, H, W, 3] (or a list of them)."""
-        request = pb.EncodeRequest(png=[encode_png(im) for im in images], checkpoint=checkpoint)
-        with rpc_errors():
-            response = self._stub.Encode(request, timeout=self.timeout)
-        return np.array([list(t.ids) for t in response.tokens], dtype=np.int64)
+        tokens = []
+        for part in self.chunks(len(images)):
+            request = pb.EncodeRequest(png=[encode_png(im) for im in images[part]], checkpoint=checkpoint)
+            with rpc_errors():
+                tokens += [list(t.ids) for t in self._stub.Encode(request, timeout=self.timeout).tokens]
+        return np.array(tokens, dtype=np.int64)

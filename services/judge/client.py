@@ -10,32 +10,21 @@ from services.api import judge_pb2 as pb
 from services.api import judge_pb2_grpc
 from services.common.client import ServiceClient, rpc_errors
 from services.common.images import encode_png
-from services.common.settings import ServerSettings
 from services.judge.figures import from_result
 from unigap.model.judge import Judgment
 
-DEFAULT_MAX_BATCH = ServerSettings.model_fields["max_batch"].default
-
 
 class JudgeClient(ServiceClient):
-    """`max_batch`: the server's limit on pairs per request; larger score() calls go in chunks."""
-
     stub = judge_pb2_grpc.JudgeServiceStub
     get_model_request, reload_model_request = pb.JudgeServiceGetModelRequest, pb.JudgeServiceReloadModelRequest
-
-    def __init__(self, address: str, token: str | None = None, tls_ca=None, timeout: float | None = None,
-                 max_batch: int = DEFAULT_MAX_BATCH):
-        super().__init__(address, token, tls_ca, timeout)
-        self.max_batch = max_batch
 
     def score(self, images, prompts: list[str], threshold: float | None = None, checkpoint: str = "") -> Judgment:
         """Judge uint8 images [B, H, W, 3] (or a list of [H, W, 3]) against their prompts."""
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         p_yes, decision = [], []
-        for i in range(0, len(prompts), self.max_batch):
-            pairs = [pb.ImagePrompt(png=encode_png(im), prompt=p)
-                     for im, p in zip(images[i : i + self.max_batch], prompts[i : i + self.max_batch])]
+        for part in self.chunks(len(prompts)):
+            pairs = [pb.ImagePrompt(png=encode_png(im), prompt=p) for im, p in zip(images[part], prompts[part])]
             with rpc_errors():
                 r = self._stub.Score(pb.ScoreRequest(pairs=pairs, threshold=threshold, checkpoint=checkpoint), timeout=self.timeout)
             p_yes += [j.p_yes for j in r.judgments]
