@@ -4,24 +4,19 @@ training as a trainer job run by the local executor; started by `unigap serve`'s
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from unigap import world
+from services.judge.triton_model import free_port
 from unigap.paths import DEFAULT_MODEL
 
 pytestmark = pytest.mark.slow
 
 BUCKET = "s3://unigap-e2e/store"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

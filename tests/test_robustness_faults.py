@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from unigap.store.base import object_key
 
 pytest.importorskip("pytriton")
 moto_server = pytest.importorskip("moto.server")
+from services.judge.triton_model import free_port  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,11 +103,6 @@ class Proc:
     def output(self) -> str:
         return "".join(self.lines)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def alive(pid: int) -> bool:

@@ -348,8 +348,6 @@ def run_loop_via_services(cfg: LoopConfig, store_url: str, model: Path, addresse
     """The loop through the gRPC services (the service layers are imported only here)."""
     import os
 
-    import grpc
-
     from pipelines.executors import executor_from_env
     from pipelines.orchestrator import parse_addresses, run_via_services
     from services.common.client import ServiceError
@@ -364,10 +362,8 @@ def run_loop_via_services(cfg: LoopConfig, store_url: str, model: Path, addresse
         with store_failures():
             result = run_via_services(cfg, store, cache, model, addresses, runner, token=os.environ.get("UNIGAP_TOKEN"),
                                       tls_ca=os.environ.get("UNIGAP_TLS_CA"), more_rounds=more_rounds, log=console.print)
-    except ServiceError as e:
+    except ServiceError as e:  # the clients turn every failed RPC into one
         fail(f"a service failed: {e}")
-    except grpc.RpcError as e:
-        fail(f"a service failed: {e.code().name}: {e.details()}")
     except ValueError as e:
         fail(str(e))
     print_rounds(result)
@@ -383,12 +379,11 @@ def promote(
 ):
     """Make CHECKPOINT the model every server following the store serves (servers started with
     --follow-s reload within that time; new ones start with it). A rollback promotes an earlier one."""
-    import re
-
     from unigap.store import CorruptObjectError
     from unigap.store import records as rec
+    from unigap.store.base import is_ref
 
-    if not re.fullmatch(r"[0-9a-f]{64}", checkpoint):
+    if not is_ref(checkpoint):
         fail(f"{checkpoint!r} is not a checkpoint reference (64 hex digits)")
     st, _ = open_store_or_fail(store)
     try:
@@ -418,9 +413,10 @@ def serve(
     endpoint; print their addresses; stop them all on Ctrl-C or SIGTERM. Servers take their
     other settings (token, TLS, limits, metrics) from UNIGAP_* environment variables."""
     from services import launcher
+    from unigap.store.base import is_ref
 
     check_mode(mode)
-    if "://" not in model and not (Path(model) / "config.json").is_file() and len(model) != 64:
+    if not (Path(model) / "config.json").is_file() and not is_ref(model):
         fail(f"--model {model!r} is neither a model folder nor a 64-hex checkpoint reference")
     ports = [generation_port, judge_port, triton_http_port, triton_grpc_port] + ([s3_port] if s3_port is not None else [])
     if len(set(ports)) != len(ports) or not all(0 < p < 65536 for p in ports):

@@ -8,7 +8,6 @@ path the server can read. A request takes the `Loaded` object once and keeps it,
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,10 @@ from services.common.server import log_event
 from services.common.validation import Invalid, NotFound
 from unigap.model.adapter import UnifiedModel
 from unigap.store import StoreError
+from unigap.store.base import is_ref
 from unigap.store import open_store as _open_store
+from unigap.store.records import fetch_checkpoint, get_serving
 
-STORE_REF = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: one Loaded per load
@@ -55,11 +55,9 @@ class ModelHolder:
     # -------------------------------------------------------------------- resolving and loading
     def resolve(self, ref: str) -> Path:
         """A reference -> a local save_pretrained folder (fetching from the store when needed)."""
-        if STORE_REF.fullmatch(ref):
+        if is_ref(ref):
             if not self.settings.store:
                 raise Invalid("checkpoint", f"{ref} is a store reference but this server has no store (set UNIGAP_STORE)")
-            from unigap.store.records import fetch_checkpoint
-
             try:
                 return fetch_checkpoint(self.store(), ref, self.settings.cache_dir)
             except KeyError:
@@ -78,8 +76,6 @@ class ModelHolder:
 
     def promoted(self) -> str | None:
         """The checkpoint the loop last promoted (the store's serving record), if any."""
-        from unigap.store.records import get_serving
-
         return get_serving(self.store())
 
     async def follow(self, interval_s: float) -> None:

@@ -24,6 +24,11 @@ class StoreError(Exception):
     """The store cannot be used (not writable, unreachable): a clear, user-facing message."""
 
 
+def is_ref(text: str) -> bool:
+    """Whether `text` is an object address (a checkpoint reference is one): 64 lowercase hex digits."""
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
