@@ -114,3 +114,29 @@ def test_curriculum_samples_are_trained_at_a_live_rate(tiny_random, monkeypatch)
     trainer.train_sft(um, first, TrainConfig(epochs=2, batch=4), on_epoch=lambda e: more, progress=False)
     assert len(rates) == 1 + 3  # epoch 1: one batch; epoch 2: three batches with the replayed samples
     assert all(r > 0 for r in rates)
+
+
+def test_lora_trains_a_low_rank_change_of_the_lm_and_merges_it(tiny_random, tmp_path):
+    """--lora-rank: only the LM's projections move, each by a change of rank <= r, and what is
+    left afterwards is a plain Janus (no adapter weights) that saves and loads like any other."""
+    import copy
+
+    from unigap.config import TrainConfig
+    from unigap.model.adapter import UnifiedModel
+    from unigap.train.trainer import train_sft
+
+    um = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
+    before = {k: v.clone() for k, v in um.model.state_dict().items()}
+    rng = np.random.default_rng(0)
+    samples = [("a red circle", rng.integers(0, 64, 64)) for _ in range(8)]
+    torch.manual_seed(0)
+    train_sft(um, samples, TrainConfig(epochs=2, batch=4, lr=1e-2, lora_rank=2), progress=False)
+    after = um.model.state_dict()
+    assert set(after) == set(before)  # merged: no lora_A / lora_B left
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("model.language_model.") and k.endswith("proj.weight") for k in moved)
+    for k in moved:
+        assert torch.linalg.matrix_rank((after[k] - before[k]).double(), atol=1e-6) <= 2
+    um.save(tmp_path / "m")
+    back = UnifiedModel.load(tmp_path / "m")
+    assert all(torch.equal(back.model.state_dict()[k], after[k]) for k in after)

@@ -81,7 +81,9 @@ def data():
 def _run(method: str, um: UnifiedModel, data, calls: list | None = None, **kw):
     """3 epochs of batch 3 (3 + 4 + 4 = 11 steps); before epoch 2 the curriculum adds samples."""
     first, more = data
-    cfg = TrainConfig(epochs=3, batch=3)
+    method, _, lora = method.partition("+")
+    cfg = TrainConfig(epochs=3, batch=3, lora_rank=2 if lora else 0)
+    torch.manual_seed(0)  # the LoRA adapters' initialisation
     calls = [] if calls is None else calls
     if method == "sft":
         def on_epoch(e):
@@ -99,7 +101,7 @@ def _run(method: str, um: UnifiedModel, data, calls: list | None = None, **kw):
     return trainer.train_dpo(um, pairs, -torch.arange(7.0), -torch.arange(7.0) - 2, cfg, on_epoch=on_epoch, progress=False, **kw)
 
 
-@pytest.mark.parametrize("method", ["sft", "dpo"])
+@pytest.mark.parametrize("method", ["sft", "dpo", "sft+lora"])
 def test_stopped_and_resumed_in_process_is_bit_identical(tiny_random, data, method):
     plain = _copy(tiny_random)
     plain_log = _run(method, plain, data)

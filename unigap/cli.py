@@ -262,6 +262,11 @@ def loop(
     nll_weight: float = typer.Option(TRAIN.nll_weight, help="DPO: weight of the NLL on the chosen image."),
     kl_weight: float = typer.Option(TRAIN.kl_weight, help="SFT: weight of the KL anchor to the pre-round model."),
     modules: str = typer.Option(TRAIN.modules, help="What trains: lm (the shared language model) or lm+head."),
+    lora_rank: int = typer.Option(TRAIN.lora_rank, help="Train the language model through LoRA adapters of this rank (peft; merged into the checkpoint). 0: full weights."),
+    sample_cfg: float = typer.Option(LOOP.cfg, "--cfg", help="Guidance scale of the candidates (low for a weak generator: FINDINGS.md)."),
+    temperature: float = typer.Option(LOOP.temperature, help="Sampling temperature of the candidates (0: greedy)."),
+    canonical: bool = typer.Option(LOOP.canonical, help="Train on canonical tokens (decode, then re-encode) rather than the sampled ones."),
+    curriculum_epoch: int = typer.Option(LOOP.curriculum_epoch, help="C-SFT / C-DPO: the epoch (counted from 0) before which the discard pool is replayed; with --rounds 1 and many --epochs this is the paper's one-pass Algorithm 1."),
     gate_external: bool = typer.Option(LOOP.gate_external, help="The gate also requires val external accuracy not to fall."),
     eval_n: int = typer.Option(LOOP.eval_n, help="Images per held-out prompt in each evaluation."),
     eval_per_category: int = typer.Option(LOOP.eval_per_category, help="Evaluate at most this many prompts per category (0: all)."),
@@ -282,17 +287,64 @@ def loop(
         fail("--lr and --beta must be > 0, --nll-weight and --kl-weight >= 0")
     if modules not in MODULES:
         fail(f"--modules must be one of {', '.join(MODULES)}")
+    if lora_rank < 0 or sample_cfg <= 0 or temperature < 0:
+        fail("--lora-rank must be >= 0, --cfg > 0 and --temperature >= 0")
+    if method.startswith("c-") and not 0 < curriculum_epoch < epochs:
+        fail(f"--curriculum-epoch must be between 1 and --epochs - 1 ({epochs - 1}) for {method}, not {curriculum_epoch}")
     check_mode(mode)
     check_model(model)
-    train = TrainConfig(epochs=epochs, lr=lr, beta=beta, nll_weight=nll_weight, kl_weight=kl_weight, modules=modules, seed=seed)
+    train = TrainConfig(epochs=epochs, lr=lr, beta=beta, nll_weight=nll_weight, kl_weight=kl_weight, modules=modules,
+                        lora_rank=lora_rank, seed=seed)
     if not 0 < threshold < 1 or max_per_prompt < 0:
         fail("--threshold must be in (0, 1) and --max-per-prompt >= 0")
     cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
                      threshold=threshold, max_per_prompt=max_per_prompt, gate_external=gate_external,
-                     eval_n=eval_n, eval_per_category=eval_per_category)
+                     eval_n=eval_n, eval_per_category=eval_per_category, cfg=sample_cfg, temperature=temperature,
+                     canonical=canonical, curriculum_epoch=curriculum_epoch)
     if via_services:
         return run_loop_via_services(cfg, store, model, via_services, executor, trainer_procs, json_out, more_rounds)
     return run_loop(cfg, store, model, json_out, report, more_rounds)
+
+
+@app.command()
+def table(
+    runs: list[Path] = typer.Argument(..., help="JSON files written by `unigap loop --json`, one per training seed and recipe."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the table (with every run's figures) to this JSON file."),
+    markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as Markdown to this file."),
+):
+    """Compare loop recipes over training seeds, in the shape of the paper's Table 1: for each recipe,
+    held-out generation accuracy, NU and understanding of the starting and the shipped (last
+    promoted) model, as means over seeds with 95% intervals, and whether the required outcome is met."""
+    from unigap.methods import markdown, method_table, pct_ci
+
+    results = []
+    for path in runs:
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            fail(f"{path}: cannot be read as JSON ({e})")
+        if not (isinstance(res, dict) and isinstance(res.get("config"), dict) and res.get("rounds")):
+            fail(f"{path}: not a `unigap loop --json` result (it needs `config` and `rounds`)")
+        results.append(res)
+    try:
+        rows = method_table(results)
+    except ValueError as e:
+        fail(str(e))
+    out = Table(title="Loop recipes on held-out prompts: start -> shipped model, mean over seeds [95% interval]")
+    for col in ("recipe", "seeds", "gen %", "gen gain", "NU %", "NU rel. drop", "und drop", "win rate %", "target"):
+        out.add_column(col, justify="right" if col != "recipe" else "left")
+    for r in rows:
+        def m(f: str, signed: bool = False, r=r) -> str:
+            return pct_ci(r[f], signed, interval=not f.endswith("_start"))
+
+        out.add_row(r["recipe"], ",".join(map(str, r["seeds"])), f"{m('gen_start')} -> {m('gen')}", m("gen_gain", True),
+                    f"{m('nu_start')} -> {m('nu')}", m("nu_rel_drop", True), m("und_drop", True), m("win_rate"),
+                    "met" if r["target_met"] else "not met")
+    console.print(out)
+    if json_out:
+        write_json(json_out, {"rows": rows})
+    if markdown_out:
+        markdown_out.write_text(markdown(rows) + "\n")
 
 
 def open_store_or_fail(url: str):

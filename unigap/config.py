@@ -21,6 +21,7 @@ class TrainConfig:
     nll_weight: float = 1.0  # DPO: NLL on the chosen image (the paper uses one)
     kl_weight: float = 0.0  # SFT: KL anchor to the pre-round model
     modules: str = "lm"
+    lora_rank: int = 0  # > 0: the LM trains through LoRA adapters of this rank (peft), merged after
     seed: int = 0
 
 
@@ -38,7 +39,7 @@ class LoopConfig:
     temperature: float = 0.7
     canonical: bool = True  # train on decode -> re-encode tokens
     train: TrainConfig = field(default_factory=TrainConfig)
-    curriculum_epoch: int = 1  # C-SFT / C-DPO: replay the discard pool before this epoch
+    curriculum_epoch: int = 1  # C-SFT / C-DPO: replay the discard pool before this epoch (0-based)
     eval_n: int = 5
     eval_per_category: int = 0  # 0: every prompt of each evaluated split (tests use fewer)
     eval_seed: int = 12345  # fixed: every round is evaluated on the same seeds

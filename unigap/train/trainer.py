@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Callable
 
@@ -32,19 +33,47 @@ from unigap.model.adapter import UnifiedModel
 from unigap.train.losses import dpo_loss, kl_anchor, sft_loss
 
 
-def trainable_parameters(um: UnifiedModel, modules: str = "lm") -> list[torch.nn.Parameter]:
-    """The shared LM (default), or the LM plus the generation head and aligner; all else frozen."""
+LM = "model.language_model."
+HEAD = ("model.generation_head.", "model.generation_aligner.", "model.generation_embeddings.")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def trainable_parameters(um: UnifiedModel, modules: str = "lm", lora: bool = False) -> list[torch.nn.Parameter]:
+    """The shared LM (default), or the LM plus the generation head and aligner; all else frozen.
+    With `lora`, the LM trains through its LoRA adapters only (see `lora_adapters`)."""
     if modules not in MODULES:
         raise ValueError(f"modules must be one of {MODULES}, not {modules!r}")
-    prefixes = ["model.language_model."]
-    if modules == "lm+head":
-        prefixes += ["model.generation_head.", "model.generation_aligner.", "model.generation_embeddings."]
+
+    def trains(name: str) -> bool:
+        if name.startswith(LM):
+            return "lora_" in name if lora else True
+        return modules == "lm+head" and name.startswith(HEAD)
+
     params = []
     for name, p in um.model.named_parameters():
-        p.requires_grad_(any(name.startswith(x) for x in prefixes))
+        p.requires_grad_(trains(name))
         if p.requires_grad:
             params.append(p)
     return params
+
+
+@contextmanager
+def lora_adapters(um: UnifiedModel, rank: int):
+    """With rank > 0, LoRA adapters (peft) on the shared LM's projections while the block runs,
+    merged into the weights at its end, so what is saved afterwards is a plain Janus checkpoint.
+    The adapters' initialisation draws from torch's RNG: seeded runs stay reproducible."""
+    if rank <= 0:
+        yield
+        return
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraModel
+
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(LORA_TARGETS))
+    adapted = LoraModel(um.model.model.language_model, config, "default")
+    try:
+        yield
+    finally:
+        um.model.model.language_model = adapted.merge_and_unload()
 
 
 def _world() -> tuple[int, int]:
@@ -236,47 +265,48 @@ def train_sft(
     `resume_state` (one of those) continues that run where the state was taken."""
     if not samples:
         return []
-    rng = np.random.default_rng(cfg.seed)
-    params = trainable_parameters(um, cfg.modules)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    n0 = len(samples)
-    ckpt = _Checkpoints("sft", um, params, opt, rng, cfg, samples, checkpoint_every, save_state)
-    log, step, start, skip, losses = [], 0, 0, 0, []
-    if resume_state is not None:
-        st = ckpt.restore(resume_state)
-        samples = samples + _unpack(st["added"])
-        log, step, start, skip, losses = list(st["log"]), st["step"], st["epoch"], st["position"], list(st["running"]["losses"])
-    logprobs = _logprobs(um)  # after a restore: DDP starts every rank from rank 0's weights
-    um.model.train()
-    for epoch in range(start, cfg.epochs):
-        if on_epoch is not None and epoch > 0 and not (resume_state is not None and epoch == start):
-            samples = samples + on_epoch(epoch)
-            um.model.train()
-        # The schedule spans the epochs left at this epoch's size, so what the curriculum adds is
-        # trained at a live rate rather than past the end of a schedule fixed at the start.
-        total = step - skip + (cfg.epochs - epoch) * math.ceil(len(samples) / cfg.batch)
-        epoch_rng = copy.deepcopy(rng.bit_generator.state)
-        batches = list(_batches(len(samples), cfg.batch, rng))
-        for position, idx in enumerate(tqdm(batches[skip:], desc=f"SFT epoch {epoch + 1}", disable=not progress, leave=False,
-                                            initial=skip, total=len(batches)), start=skip + 1):
-            idx, weight = _share(idx)
-            prompts = [samples[i][0] for i in idx]
-            tokens = torch.as_tensor(np.stack([samples[i][1] for i in idx]))
-            logps = logprobs(prompts, tokens)
-            loss = sft_loss(logps)
-            if cfg.kl_weight and reference is not None:
-                with torch.no_grad():
-                    ref = reference.image_logprobs(prompts, tokens)
-                loss = loss + cfg.kl_weight * kl_anchor(logps, ref)
-            _update(loss * weight, opt, params, cfg.lr * lr_factor(step, total))
-            step += 1
-            losses.append(_mean(loss, weight))
-            if ckpt.due(step, epoch, position, len(batches)):
-                ckpt.take(step, epoch, position, epoch_rng, _pack(samples[n0:]), log, {"losses": losses})
-        log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "n": len(samples)})
-        skip, losses = 0, []
-    um.model.eval()
-    return log
+    with lora_adapters(um, cfg.lora_rank):
+        rng = np.random.default_rng(cfg.seed)
+        params = trainable_parameters(um, cfg.modules, lora=cfg.lora_rank > 0)
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        n0 = len(samples)
+        ckpt = _Checkpoints("sft", um, params, opt, rng, cfg, samples, checkpoint_every, save_state)
+        log, step, start, skip, losses = [], 0, 0, 0, []
+        if resume_state is not None:
+            st = ckpt.restore(resume_state)
+            samples = samples + _unpack(st["added"])
+            log, step, start, skip, losses = list(st["log"]), st["step"], st["epoch"], st["position"], list(st["running"]["losses"])
+        logprobs = _logprobs(um)  # after a restore: DDP starts every rank from rank 0's weights
+        um.model.train()
+        for epoch in range(start, cfg.epochs):
+            if on_epoch is not None and epoch > 0 and not (resume_state is not None and epoch == start):
+                samples = samples + on_epoch(epoch)
+                um.model.train()
+            # The schedule spans the epochs left at this epoch's size, so what the curriculum adds is
+            # trained at a live rate rather than past the end of a schedule fixed at the start.
+            total = step - skip + (cfg.epochs - epoch) * math.ceil(len(samples) / cfg.batch)
+            epoch_rng = copy.deepcopy(rng.bit_generator.state)
+            batches = list(_batches(len(samples), cfg.batch, rng))
+            for position, idx in enumerate(tqdm(batches[skip:], desc=f"SFT epoch {epoch + 1}", disable=not progress, leave=False,
+                                                initial=skip, total=len(batches)), start=skip + 1):
+                idx, weight = _share(idx)
+                prompts = [samples[i][0] for i in idx]
+                tokens = torch.as_tensor(np.stack([samples[i][1] for i in idx]))
+                logps = logprobs(prompts, tokens)
+                loss = sft_loss(logps)
+                if cfg.kl_weight and reference is not None:
+                    with torch.no_grad():
+                        ref = reference.image_logprobs(prompts, tokens)
+                    loss = loss + cfg.kl_weight * kl_anchor(logps, ref)
+                _update(loss * weight, opt, params, cfg.lr * lr_factor(step, total))
+                step += 1
+                losses.append(_mean(loss, weight))
+                if ckpt.due(step, epoch, position, len(batches)):
+                    ckpt.take(step, epoch, position, epoch_rng, _pack(samples[n0:]), log, {"losses": losses})
+            log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "n": len(samples)})
+            skip, losses = 0, []
+        um.model.eval()
+        return log
 
 
 def train_dpo(
@@ -296,49 +326,50 @@ def train_dpo(
     `checkpoint_every`, `save_state` and `resume_state` as in `train_sft`."""
     if not pairs:
         return []
-    rng = np.random.default_rng(cfg.seed)
-    params = trainable_parameters(um, cfg.modules)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    n0 = len(pairs)
-    ckpt = _Checkpoints("dpo", um, params, opt, rng, cfg, pairs, checkpoint_every, save_state)
-    log, step, start, skip, losses, margins = [], 0, 0, 0, [], []
-    if resume_state is not None:
-        st = ckpt.restore(resume_state)
-        added = st["added"]
-        pairs = pairs + _unpack(added["pairs"])
-        ref_chosen, ref_rejected = torch.cat([ref_chosen, added["ref_chosen"]]), torch.cat([ref_rejected, added["ref_rejected"]])
-        log, step, start, skip = list(st["log"]), st["step"], st["epoch"], st["position"]
-        losses, margins = list(st["running"]["losses"]), list(st["running"]["margins"])
-    logprobs = _logprobs(um)  # after a restore: DDP starts every rank from rank 0's weights
-    um.model.train()
-    for epoch in range(start, cfg.epochs):
-        if on_epoch is not None and epoch > 0 and not (resume_state is not None and epoch == start):
-            more, more_w, more_l = on_epoch(epoch)
-            pairs, ref_chosen, ref_rejected = pairs + more, torch.cat([ref_chosen, more_w]), torch.cat([ref_rejected, more_l])
-            um.model.train()
-        total = step - skip + (cfg.epochs - epoch) * math.ceil(len(pairs) / cfg.batch)
-        epoch_rng = copy.deepcopy(rng.bit_generator.state)
-        batches = list(_batches(len(pairs), cfg.batch, rng))
-        for position, idx in enumerate(tqdm(batches[skip:], desc=f"DPO epoch {epoch + 1}", disable=not progress, leave=False,
-                                            initial=skip, total=len(batches)), start=skip + 1):
-            idx, weight = _share(idx)
-            prompts = [pairs[i][0] for i in idx]
-            chosen = torch.as_tensor(np.stack([pairs[i][1] for i in idx]))
-            rejected = torch.as_tensor(np.stack([pairs[i][2] for i in idx]))
-            logp = logprobs(prompts + prompts, torch.cat([chosen, rejected]))
-            lw, ll = logp[: len(idx)], logp[len(idx) :]
-            ref_w, ref_l = ref_chosen[idx].to(lw.device), ref_rejected[idx].to(lw.device)
-            loss, margin = dpo_loss(lw.sum(-1), ll.sum(-1), ref_w, ref_l, cfg.beta)
-            if cfg.nll_weight:
-                loss = loss + cfg.nll_weight * sft_loss(lw)
-            _update(loss * weight, opt, params, cfg.lr * lr_factor(step, total))
-            step += 1
-            losses.append(_mean(loss, weight))
-            margins.append(_mean(margin.mean(), weight))
-            if ckpt.due(step, epoch, position, len(batches)):
-                added = {"pairs": _pack(pairs[n0:]), "ref_chosen": ref_chosen[n0:], "ref_rejected": ref_rejected[n0:]}
-                ckpt.take(step, epoch, position, epoch_rng, added, log, {"losses": losses, "margins": margins})
-        log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "margin": float(np.mean(margins)), "n": len(pairs)})
-        skip, losses, margins = 0, [], []
-    um.model.eval()
-    return log
+    with lora_adapters(um, cfg.lora_rank):
+        rng = np.random.default_rng(cfg.seed)
+        params = trainable_parameters(um, cfg.modules, lora=cfg.lora_rank > 0)
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        n0 = len(pairs)
+        ckpt = _Checkpoints("dpo", um, params, opt, rng, cfg, pairs, checkpoint_every, save_state)
+        log, step, start, skip, losses, margins = [], 0, 0, 0, [], []
+        if resume_state is not None:
+            st = ckpt.restore(resume_state)
+            added = st["added"]
+            pairs = pairs + _unpack(added["pairs"])
+            ref_chosen, ref_rejected = torch.cat([ref_chosen, added["ref_chosen"]]), torch.cat([ref_rejected, added["ref_rejected"]])
+            log, step, start, skip = list(st["log"]), st["step"], st["epoch"], st["position"]
+            losses, margins = list(st["running"]["losses"]), list(st["running"]["margins"])
+        logprobs = _logprobs(um)  # after a restore: DDP starts every rank from rank 0's weights
+        um.model.train()
+        for epoch in range(start, cfg.epochs):
+            if on_epoch is not None and epoch > 0 and not (resume_state is not None and epoch == start):
+                more, more_w, more_l = on_epoch(epoch)
+                pairs, ref_chosen, ref_rejected = pairs + more, torch.cat([ref_chosen, more_w]), torch.cat([ref_rejected, more_l])
+                um.model.train()
+            total = step - skip + (cfg.epochs - epoch) * math.ceil(len(pairs) / cfg.batch)
+            epoch_rng = copy.deepcopy(rng.bit_generator.state)
+            batches = list(_batches(len(pairs), cfg.batch, rng))
+            for position, idx in enumerate(tqdm(batches[skip:], desc=f"DPO epoch {epoch + 1}", disable=not progress, leave=False,
+                                                initial=skip, total=len(batches)), start=skip + 1):
+                idx, weight = _share(idx)
+                prompts = [pairs[i][0] for i in idx]
+                chosen = torch.as_tensor(np.stack([pairs[i][1] for i in idx]))
+                rejected = torch.as_tensor(np.stack([pairs[i][2] for i in idx]))
+                logp = logprobs(prompts + prompts, torch.cat([chosen, rejected]))
+                lw, ll = logp[: len(idx)], logp[len(idx) :]
+                ref_w, ref_l = ref_chosen[idx].to(lw.device), ref_rejected[idx].to(lw.device)
+                loss, margin = dpo_loss(lw.sum(-1), ll.sum(-1), ref_w, ref_l, cfg.beta)
+                if cfg.nll_weight:
+                    loss = loss + cfg.nll_weight * sft_loss(lw)
+                _update(loss * weight, opt, params, cfg.lr * lr_factor(step, total))
+                step += 1
+                losses.append(_mean(loss, weight))
+                margins.append(_mean(margin.mean(), weight))
+                if ckpt.due(step, epoch, position, len(batches)):
+                    added = {"pairs": _pack(pairs[n0:]), "ref_chosen": ref_chosen[n0:], "ref_rejected": ref_rejected[n0:]}
+                    ckpt.take(step, epoch, position, epoch_rng, added, log, {"losses": losses, "margins": margins})
+            log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "margin": float(np.mean(margins)), "n": len(pairs)})
+            skip, losses, margins = 0, [], []
+        um.model.eval()
+        return log

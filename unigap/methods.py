@@ -1,0 +1,134 @@
+"""`unigap table`: loop runs of several training seeds -> one row per recipe, in the shape of the
+paper's Table 1 (Gen / Und win rate / NU), with the mean over seeds and its 95% interval.
+
+Pure functions over the JSON that `unigap loop --json` writes; nothing here runs a model.
+
+A run's result is its SHIPPED model: the last round the gate promoted (round 0, the starting
+model, when none was). That is what the loop hands on, and it was chosen on `val`, so the
+held-out figures reported for it are not selected on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+# The issue's required outcome, after the rounds, on held-out prompts (mean over seeds).
+TARGET = {"nu_rel_drop": 0.30, "gen_gain": 0.10, "und_max_drop": 0.02}
+
+
+def recipe(config: dict) -> str:
+    """What distinguishes a recipe: the loop's settings except the training seed."""
+    c = dict(config)
+    train = {k: v for k, v in c.pop("train").items() if k != "seed"}
+    c.pop("seed")
+    defaults = _defaults()
+    flags = [f"--method {c['method']}"]
+    for k, v in sorted({**c, **{f"train.{k}": v for k, v in train.items()}}.items()):
+        if k == "method" or defaults.get(k) == v:
+            continue
+        name = FLAGS.get(k, k.split(".")[-1].replace("_", "-"))
+        flags.append((f"--{name}" if v else f"--no-{name}") if isinstance(v, bool) else f"--{name} {v}")
+    return " ".join(flags)
+
+
+FLAGS = {"judge_mode": "mode"}  # config fields whose `unigap loop` flag has another name
+
+
+def _defaults() -> dict:
+    from dataclasses import asdict
+
+    from unigap.config import LoopConfig
+
+    d = asdict(LoopConfig())
+    return {**{k: v for k, v in d.items() if k != "train"}, **{f"train.{k}": v for k, v in d["train"].items()}}
+
+
+def shipped(rounds: list[dict]) -> dict:
+    """The last promoted round (round 0 when the gate promoted none)."""
+    return [r for r in rounds if r["round"] == 0 or r["promoted"]][-1]
+
+
+def mean_ci(values, level: float = 0.95) -> dict:
+    """Mean and Student-t interval over seeds (a single seed has no interval)."""
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    if len(x) == 0:
+        return {"mean": None, "ci": [None, None], "n": 0}
+    m = float(x.mean())
+    if len(x) < 2:
+        return {"mean": m, "ci": [None, None], "n": 1}
+    half = float(stats.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return {"mean": m, "ci": [m - half, m + half], "n": int(len(x))}
+
+
+def run_figures(result: dict) -> dict:
+    """One run: start vs shipped model on held-out prompts, and what changed."""
+    rounds = result["rounds"]
+    start, final = rounds[0], shipped(rounds)
+    wins = [r["win_rate"] for r in rounds[1:] if r["promoted"] and r["win_rate"] is not None]
+    last = rounds[-1]
+    return {
+        "seed": result["config"]["seed"],
+        "rounds": len(rounds) - 1,
+        "shipped_round": final["round"],
+        "gen_start": start["gen_acc"], "gen": final["gen_acc"], "gen_gain": final["gen_acc"] - start["gen_acc"],
+        "nu_start": start["nu"], "nu": final["nu"], "nu_rel_drop": (start["nu"] - final["nu"]) / start["nu"] if start["nu"] else 0.0,
+        "und_start": start["und_acc"], "und": final["und_acc"], "und_drop": start["und_acc"] - final["und_acc"],
+        "win_rate": float(np.mean(wins)) if wins else None,
+        "diversity_ratio": final["diversity"] / start["diversity"] if start["diversity"] else None,
+        "novel_gen_start": (start.get("novel") or {}).get("gen_acc"),
+        "novel_gen_last": (last.get("novel") or {}).get("gen_acc"),
+        "by_category_start": start["by_category"], "by_category": final["by_category"],
+    }
+
+
+FIGURES = ("gen_start", "gen", "gen_gain", "nu_start", "nu", "nu_rel_drop", "und_start", "und", "und_drop",
+           "win_rate", "diversity_ratio", "novel_gen_start", "novel_gen_last")
+
+
+def method_table(results: list[dict]) -> list[dict]:
+    """Runs grouped by recipe; each figure's mean and 95% interval over the group's seeds."""
+    groups: dict[str, list[dict]] = {}
+    for res in results:
+        groups.setdefault(recipe(res["config"]), []).append(run_figures(res))
+    rows = []
+    for name, runs in groups.items():
+        seeds = sorted(r["seed"] for r in runs)
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"recipe {name!r} has the same seed twice ({seeds}): pass each run once")
+        row = {"recipe": name, "seeds": seeds, "runs": runs}
+        row |= {f: mean_ci([r[f] for r in runs]) for f in FIGURES}
+        cats = runs[0]["by_category"]
+        row["by_category"] = {c: {"start": mean_ci([r["by_category_start"][c] for r in runs]),
+                                  "shipped": mean_ci([r["by_category"][c] for r in runs])} for c in cats}
+        row["target_met"] = (row["nu_rel_drop"]["mean"] >= TARGET["nu_rel_drop"] and row["gen_gain"]["mean"] >= TARGET["gen_gain"]
+                             and row["und_drop"]["mean"] <= TARGET["und_max_drop"])
+        rows.append(row)
+    return rows
+
+
+def pct_ci(m: dict, signed: bool = False, interval: bool = True) -> str:
+    """A mean_ci as percent, e.g. "+3.2 [1.0, 5.4]" (the start model's figures need no interval:
+    every seed starts from the same model and is evaluated on the same seeds)."""
+    if m["mean"] is None:
+        return "-"
+    s = f"{100 * m['mean']:+.1f}" if signed else f"{100 * m['mean']:.1f}"
+    if interval and m["ci"][0] is not None:
+        s += f" [{100 * m['ci'][0]:.1f}, {100 * m['ci'][1]:.1f}]"
+    return s
+
+
+def markdown(rows: list[dict]) -> str:
+    """The table as Markdown, one line per recipe (means over seeds, 95% intervals in brackets)."""
+    head = ("| recipe | seeds | Gen % start -> shipped | Gen gain, points | NU % start -> shipped | NU relative drop % "
+            "| Und % (rendered) drop, points | Und win rate % | target met |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| `{r['recipe']}` | {len(r['seeds'])} | {pct_ci(r['gen_start'], interval=False)} -> {pct_ci(r['gen'])} | {pct_ci(r['gen_gain'], True)} "
+            f"| {pct_ci(r['nu_start'], interval=False)} -> {pct_ci(r['nu'])} | {pct_ci(r['nu_rel_drop'], True)} | {pct_ci(r['und_drop'], True)} "
+            f"| {pct_ci(r['win_rate'])} | {'yes' if r['target_met'] else 'no'} |"
+        )
+    return "\n".join(lines)
