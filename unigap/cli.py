@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from unigap.config import MODULES, LoopConfig, TrainConfig
+from unigap.config import CONTROL_ARMS, MODULES, LoopConfig, TrainConfig
 from unigap.paths import DEFAULT_MODEL
 
 LOOP, TRAIN = LoopConfig(), TrainConfig()  # the default recipe, in one place
@@ -304,6 +304,55 @@ def loop(
     if via_services:
         return run_loop_via_services(cfg, store, model, via_services, executor, trainer_procs, json_out, more_rounds)
     return run_loop(cfg, store, model, json_out, report, more_rounds)
+
+
+@app.command()
+def controls(
+    arms: str = typer.Option(",".join(CONTROL_ARMS), help="Comma-separated: render (ground-truth renders of the pool), oracle (own samples the exact evaluator accepts), judge (own samples the own judge accepts), all (every own sample)."),
+    rounds: int = typer.Option(1, help="SFT rounds per arm, each from the arm's previous model (no gate)."),
+    n: int = typer.Option(LOOP.n, help="Candidates (or renders) per pool prompt and round."),
+    seed: int = typer.Option(LOOP.seed, help="Training and sampling seed (evaluation seeds are fixed)."),
+    pool: str = typer.Option(LOOP.pool, help="Prompt TEXTS to train on: train+heldout, train, or a file."),
+    model: Path = typer.Option(DEFAULT_MODEL, help="Starting model folder."),
+    lr: float = typer.Option(TRAIN.lr, help="Learning rate of each round."),
+    epochs: int = typer.Option(TRAIN.epochs, help="Epochs over each round's data."),
+    modules: str = typer.Option(TRAIN.modules, help="What trains: lm or lm+head."),
+    eval_n: int = typer.Option(LOOP.eval_n, help="Images per held-out prompt in each evaluation."),
+    eval_per_category: int = typer.Option(LOOP.eval_per_category, help="Evaluate at most this many prompts per category (0: all)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every arm's figures per round to this JSON file."),
+):
+    """The ladder of controls (FINDINGS.md): the loop's SFT trained on ground-truth renders, on own
+    samples filtered by the EXACT evaluator, by the model's own judge, and unfiltered. A diagnostic
+    that names what limits the loop (the trainer, the samples, the judge); never a recipe, since two
+    arms train on what the loop must never see."""
+    from unigap.controls import run_controls
+    from unigap.loop import pool_texts
+
+    chosen = [a.strip() for a in arms.split(",") if a.strip()]
+    unknown = [a for a in chosen if a not in CONTROL_ARMS]
+    if not chosen or unknown:
+        fail(f"--arms must name some of {', '.join(CONTROL_ARMS)}; unknown: {', '.join(unknown) or '(none given)'}")
+    if rounds < 1 or n < 1 or epochs < 1 or eval_n < 1 or not lr > 0:
+        fail("--rounds, --n, --epochs and --eval-n must be at least 1, and --lr > 0")
+    if modules not in MODULES:
+        fail(f"--modules must be one of {', '.join(MODULES)}")
+    check_model(model)
+    try:
+        prompts = pool_texts(pool)
+    except ValueError as e:
+        fail(str(e))
+    cfg = LoopConfig(rounds=rounds, n=n, seed=seed, pool=pool, eval_n=eval_n, eval_per_category=eval_per_category,
+                     train=TrainConfig(lr=lr, epochs=epochs, modules=modules, seed=seed))
+    result = run_controls(load_model(model), chosen, prompts, cfg, log=console.print)
+    out = Table(title="Ladder of controls: held-out generation accuracy (external evaluator) and NU (own judge) per round")
+    for col in ("arm", "trained on, per round", "gen % per round", "NU % per round"):
+        out.add_column(col, justify="left" if col == "arm" else "right")
+    for arm, rows in result["arms"].items():
+        out.add_row(arm, ", ".join(str(r["n_train"]) for r in rows[1:]), " -> ".join(pct(r["gen_acc"]) for r in rows),
+                    " -> ".join(pct(r["nu"]) for r in rows))
+    console.print(out)
+    if json_out:
+        write_json(json_out, result)
 
 
 @app.command()

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 METHODS = ("sft", "dpo", "c-sft", "c-dpo")
 POOLS = ("train+heldout", "train")
 MODULES = ("lm", "lm+head")
+CONTROL_ARMS = ("render", "oracle", "judge", "all")  # `unigap controls` (unigap/controls.py)
 
 
 @dataclass

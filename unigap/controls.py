@@ -1,0 +1,78 @@
+"""`unigap controls`: the ladder of controls of FINDINGS.md, which tells what limits the loop.
+
+A diagnostic, never a recipe: two of its arms train on what the loop must never see (renders of
+the pool's prompts, the exact evaluator's verdicts). Every arm runs the loop's SFT trainer for
+the same rounds from the same starting model, and is evaluated like the loop (held-out prompts,
+fixed evaluation seeds, the external evaluator beside the model's own judge):
+
+- `render`: fresh ground-truth renders of the pool's prompts. Can the trainer move generation?
+- `oracle`: own samples the exact evaluator accepts. What rejection sampling can give at best.
+- `judge`:  own samples the model's own judge accepts. The loop's SFT, without its gate.
+- `all`:    every own sample, unfiltered. Does the filter matter at all?
+
+If `render` and `oracle` do not rise either, no judge or recipe on top of this model and
+trainer will: the limit is the model (or the trainer), not the self-judgment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Callable
+
+import numpy as np
+import torch
+
+from unigap import world
+from unigap.config import CONTROL_ARMS as ARMS
+from unigap.config import LoopConfig, TrainConfig
+from unigap.evaluate import make_judge
+from unigap.loop import evaluate_split, evaluated_specs
+from unigap.model.adapter import UnifiedModel
+from unigap.train.round import collect
+from unigap.train.trainer import train_sft
+
+def control_samples(arm: str, um: UnifiedModel, prompts: list[str], cfg: LoopConfig, seed: int, progress: bool) -> list:
+    """(prompt, image tokens) to train one round of `arm` on."""
+    if arm not in ARMS:
+        raise ValueError(f"unknown control {arm!r}; choose from {', '.join(ARMS)}")
+    if arm == "render":
+        specs = [world.parse(p) for p in prompts for _ in range(cfg.n)]
+        seeds = [int(s) for s in np.random.default_rng(seed).integers(0, 2**31, len(specs))]
+        tokens = np.asarray(um.encode(world.render_batch(specs, seeds, um.image_size)))
+        return [(s.text, t) for s, t in zip(specs, tokens)]
+    c = collect(um, make_judge(um, cfg.judge_mode, cfg.threshold), prompts, cfg, seed, progress)
+    if arm == "judge":
+        keep = c.accepted
+    elif arm == "oracle":  # judged on the very tokens that are trained on
+        images = um.decode(torch.as_tensor(c.tokens))
+        keep = world.evaluate_batch(images, [world.parse(p) for p in c.prompts])
+    else:
+        keep = np.ones(len(c.prompts), bool)
+    return [(p, t) for p, t, k in zip(c.prompts, c.tokens, keep) if k]
+
+
+def evaluate(um: UnifiedModel, cfg: LoopConfig, progress: bool) -> dict:
+    """The loop's held-out figures of a model (same prompts, seeds and judge as `unigap loop`)."""
+    specs = evaluated_specs("heldout", cfg.eval_per_category)
+    figures, _ = evaluate_split(um, make_judge(um, cfg.judge_mode, cfg.threshold), specs, cfg.eval_n, cfg.eval_seed, progress)
+    return {k: figures[k] for k in ("gen_acc", "nu", "und_acc", "diversity", "by_category")}
+
+
+def run_controls(start: UnifiedModel, arms: list[str], prompts: list[str], cfg: LoopConfig, progress: bool = True,
+                 log: Callable[[str], None] = print) -> dict:
+    """Each arm for `cfg.rounds` rounds from `start`; round 0 (the start) is evaluated once."""
+    torch.manual_seed(cfg.seed)
+    zero = evaluate(start, cfg, progress)
+    log(f"start: gen {zero['gen_acc']:.3f}  NU {zero['nu']:.3f}")
+    out = {"config": asdict(cfg), "arms": {}}
+    for arm in arms:
+        um = UnifiedModel.load(start.path)
+        rows = [{"round": 0, "n_train": 0, **zero}]
+        for r in range(1, cfg.rounds + 1):
+            samples = control_samples(arm, um, prompts, cfg, cfg.seed * 1000 + r, progress)
+            tcfg = TrainConfig(**{**asdict(cfg.train), "seed": cfg.seed * 1000 + r})
+            train_sft(um, samples, tcfg, progress=progress)
+            rows.append({"round": r, "n_train": len(samples), **evaluate(um, cfg, progress)})
+            log(f"{arm} round {r}: trained on {len(samples)}, gen {rows[-1]['gen_acc']:.3f}  NU {rows[-1]['nu']:.3f}")
+        out["arms"][arm] = rows
+    return out
