@@ -160,7 +160,7 @@ def _update(loss: torch.Tensor, opt, params, lr: float) -> None:
 
 
 # ---------------------------------------------------------------------- training state (resume)
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: one row list for both trainers (DPO rows carry their reference log-probs)
 
 
 def _detached(x):
@@ -248,6 +248,62 @@ class _Checkpoints:
         return state
 
 
+def _train(
+    kind: str,
+    um: UnifiedModel,
+    rows: list[tuple],
+    cfg: TrainConfig,
+    batch_loss: Callable[[Callable, list[tuple]], tuple[torch.Tensor, dict]],
+    on_epoch: Callable[[int], list[tuple]] | None,
+    progress: bool,
+    checkpoint_every: int,
+    save_state: Callable[[dict], None] | None,
+    resume_state: dict | None,
+) -> list[dict]:
+    """The one training loop of SFT and DPO: epochs of shuffled batches of `rows`, the curriculum's
+    rows added before an epoch, states taken and resumed. `batch_loss(logprobs, batch)` returns the
+    batch's loss and any further figures to log (their epoch means go in the log, as the loss's)."""
+    if not rows:
+        return []
+    with lora_adapters(um, cfg.lora_rank):
+        rng = np.random.default_rng(cfg.seed)
+        params = trainable_parameters(um, cfg.modules, lora=cfg.lora_rank > 0)
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        n0 = len(rows)
+        ckpt = _Checkpoints(kind, um, params, opt, rng, cfg, rows, checkpoint_every, save_state)
+        log, step, start, skip, running = [], 0, 0, 0, {}
+        if resume_state is not None:
+            st = ckpt.restore(resume_state)
+            rows = rows + _unpack(st["added"])
+            log, step, start, skip = list(st["log"]), st["step"], st["epoch"], st["position"]
+            running = {k: list(v) for k, v in st["running"].items()}
+        logprobs = _logprobs(um)  # after a restore: DDP starts every rank from rank 0's weights
+        um.model.train()
+        for epoch in range(start, cfg.epochs):
+            if on_epoch is not None and epoch > 0 and not (resume_state is not None and epoch == start):
+                rows = rows + on_epoch(epoch)
+                um.model.train()
+            # The schedule spans the epochs left at this epoch's size, so what the curriculum adds is
+            # trained at a live rate rather than past the end of a schedule fixed at the start.
+            total = step - skip + (cfg.epochs - epoch) * math.ceil(len(rows) / cfg.batch)
+            epoch_rng = copy.deepcopy(rng.bit_generator.state)
+            batches = list(_batches(len(rows), cfg.batch, rng))
+            for position, idx in enumerate(tqdm(batches[skip:], desc=f"{kind.upper()} epoch {epoch + 1}", disable=not progress,
+                                                leave=False, initial=skip, total=len(batches)), start=skip + 1):
+                idx, weight = _share(idx)
+                loss, figures = batch_loss(logprobs, [rows[i] for i in idx])
+                _update(loss * weight, opt, params, cfg.lr * lr_factor(step, total))
+                step += 1
+                for name, value in {"loss": loss, **figures}.items():
+                    running.setdefault(name, []).append(_mean(value, weight))
+                if ckpt.due(step, epoch, position, len(batches)):
+                    ckpt.take(step, epoch, position, epoch_rng, _pack(rows[n0:]), log, running)
+            log.append({"epoch": epoch + 1, **{name: float(np.mean(v)) for name, v in running.items()}, "n": len(rows)})
+            skip, running = 0, {}
+        um.model.eval()
+        return log
+
+
 def train_sft(
     um: UnifiedModel,
     samples: list[tuple[str, np.ndarray]],
@@ -259,54 +315,29 @@ def train_sft(
     save_state: Callable[[dict], None] | None = None,
     resume_state: dict | None = None,
 ) -> list[dict]:
-    """NLL on accepted images' tokens. `on_epoch(e)` may return new samples (the curriculum).
+    """NLL on accepted images' tokens (+ a KL anchor to `reference` when cfg.kl_weight is set).
+    `on_epoch(e)` may return new samples (the curriculum).
 
     `save_state` gets the run's state every `checkpoint_every` optimizer steps (0: never);
     `resume_state` (one of those) continues that run where the state was taken."""
-    if not samples:
-        return []
-    with lora_adapters(um, cfg.lora_rank):
-        rng = np.random.default_rng(cfg.seed)
-        params = trainable_parameters(um, cfg.modules, lora=cfg.lora_rank > 0)
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        n0 = len(samples)
-        ckpt = _Checkpoints("sft", um, params, opt, rng, cfg, samples, checkpoint_every, save_state)
-        log, step, start, skip, losses = [], 0, 0, 0, []
-        if resume_state is not None:
-            st = ckpt.restore(resume_state)
-            samples = samples + _unpack(st["added"])
-            log, step, start, skip, losses = list(st["log"]), st["step"], st["epoch"], st["position"], list(st["running"]["losses"])
-        logprobs = _logprobs(um)  # after a restore: DDP starts every rank from rank 0's weights
-        um.model.train()
-        for epoch in range(start, cfg.epochs):
-            if on_epoch is not None and epoch > 0 and not (resume_state is not None and epoch == start):
-                samples = samples + on_epoch(epoch)
-                um.model.train()
-            # The schedule spans the epochs left at this epoch's size, so what the curriculum adds is
-            # trained at a live rate rather than past the end of a schedule fixed at the start.
-            total = step - skip + (cfg.epochs - epoch) * math.ceil(len(samples) / cfg.batch)
-            epoch_rng = copy.deepcopy(rng.bit_generator.state)
-            batches = list(_batches(len(samples), cfg.batch, rng))
-            for position, idx in enumerate(tqdm(batches[skip:], desc=f"SFT epoch {epoch + 1}", disable=not progress, leave=False,
-                                                initial=skip, total=len(batches)), start=skip + 1):
-                idx, weight = _share(idx)
-                prompts = [samples[i][0] for i in idx]
-                tokens = torch.as_tensor(np.stack([samples[i][1] for i in idx]))
-                logps = logprobs(prompts, tokens)
-                loss = sft_loss(logps)
-                if cfg.kl_weight and reference is not None:
-                    with torch.no_grad():
-                        ref = reference.image_logprobs(prompts, tokens)
-                    loss = loss + cfg.kl_weight * kl_anchor(logps, ref)
-                _update(loss * weight, opt, params, cfg.lr * lr_factor(step, total))
-                step += 1
-                losses.append(_mean(loss, weight))
-                if ckpt.due(step, epoch, position, len(batches)):
-                    ckpt.take(step, epoch, position, epoch_rng, _pack(samples[n0:]), log, {"losses": losses})
-            log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "n": len(samples)})
-            skip, losses = 0, []
-        um.model.eval()
-        return log
+
+    def batch_loss(logprobs, batch):
+        prompts = [p for p, _ in batch]
+        tokens = torch.as_tensor(np.stack([t for _, t in batch]))
+        logps = logprobs(prompts, tokens)
+        loss = sft_loss(logps)
+        if cfg.kl_weight and reference is not None:
+            with torch.no_grad():
+                ref = reference.image_logprobs(prompts, tokens)
+            loss = loss + cfg.kl_weight * kl_anchor(logps, ref)
+        return loss, {}
+
+    return _train("sft", um, samples, cfg, batch_loss, on_epoch, progress, checkpoint_every, save_state, resume_state)
+
+
+def _with_references(pairs: list, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> list[tuple]:
+    """DPO rows: (prompt, chosen, rejected, reference log-prob of chosen, of rejected)."""
+    return [(p, w, l, a, b) for (p, w, l), a, b in zip(pairs, ref_chosen.tolist(), ref_rejected.tolist())]
 
 
 def train_dpo(
@@ -322,54 +353,23 @@ def train_dpo(
     resume_state: dict | None = None,
 ) -> list[dict]:
     """Sequence-level DPO over image tokens (+ NLL on the chosen image), reference log-probs given.
+    `on_epoch(e)` may return new pairs with their reference log-probs (the curriculum).
 
     `checkpoint_every`, `save_state` and `resume_state` as in `train_sft`."""
-    if not pairs:
-        return []
-    with lora_adapters(um, cfg.lora_rank):
-        rng = np.random.default_rng(cfg.seed)
-        params = trainable_parameters(um, cfg.modules, lora=cfg.lora_rank > 0)
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        n0 = len(pairs)
-        ckpt = _Checkpoints("dpo", um, params, opt, rng, cfg, pairs, checkpoint_every, save_state)
-        log, step, start, skip, losses, margins = [], 0, 0, 0, [], []
-        if resume_state is not None:
-            st = ckpt.restore(resume_state)
-            added = st["added"]
-            pairs = pairs + _unpack(added["pairs"])
-            ref_chosen, ref_rejected = torch.cat([ref_chosen, added["ref_chosen"]]), torch.cat([ref_rejected, added["ref_rejected"]])
-            log, step, start, skip = list(st["log"]), st["step"], st["epoch"], st["position"]
-            losses, margins = list(st["running"]["losses"]), list(st["running"]["margins"])
-        logprobs = _logprobs(um)  # after a restore: DDP starts every rank from rank 0's weights
-        um.model.train()
-        for epoch in range(start, cfg.epochs):
-            if on_epoch is not None and epoch > 0 and not (resume_state is not None and epoch == start):
-                more, more_w, more_l = on_epoch(epoch)
-                pairs, ref_chosen, ref_rejected = pairs + more, torch.cat([ref_chosen, more_w]), torch.cat([ref_rejected, more_l])
-                um.model.train()
-            total = step - skip + (cfg.epochs - epoch) * math.ceil(len(pairs) / cfg.batch)
-            epoch_rng = copy.deepcopy(rng.bit_generator.state)
-            batches = list(_batches(len(pairs), cfg.batch, rng))
-            for position, idx in enumerate(tqdm(batches[skip:], desc=f"DPO epoch {epoch + 1}", disable=not progress, leave=False,
-                                                initial=skip, total=len(batches)), start=skip + 1):
-                idx, weight = _share(idx)
-                prompts = [pairs[i][0] for i in idx]
-                chosen = torch.as_tensor(np.stack([pairs[i][1] for i in idx]))
-                rejected = torch.as_tensor(np.stack([pairs[i][2] for i in idx]))
-                logp = logprobs(prompts + prompts, torch.cat([chosen, rejected]))
-                lw, ll = logp[: len(idx)], logp[len(idx) :]
-                ref_w, ref_l = ref_chosen[idx].to(lw.device), ref_rejected[idx].to(lw.device)
-                loss, margin = dpo_loss(lw.sum(-1), ll.sum(-1), ref_w, ref_l, cfg.beta)
-                if cfg.nll_weight:
-                    loss = loss + cfg.nll_weight * sft_loss(lw)
-                _update(loss * weight, opt, params, cfg.lr * lr_factor(step, total))
-                step += 1
-                losses.append(_mean(loss, weight))
-                margins.append(_mean(margin.mean(), weight))
-                if ckpt.due(step, epoch, position, len(batches)):
-                    added = {"pairs": _pack(pairs[n0:]), "ref_chosen": ref_chosen[n0:], "ref_rejected": ref_rejected[n0:]}
-                    ckpt.take(step, epoch, position, epoch_rng, added, log, {"losses": losses, "margins": margins})
-            log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "margin": float(np.mean(margins)), "n": len(pairs)})
-            skip, losses, margins = 0, [], []
-        um.model.eval()
-        return log
+
+    def batch_loss(logprobs, batch):
+        prompts = [r[0] for r in batch]
+        chosen = torch.as_tensor(np.stack([r[1] for r in batch]))
+        rejected = torch.as_tensor(np.stack([r[2] for r in batch]))
+        logp = logprobs(prompts + prompts, torch.cat([chosen, rejected]))
+        lw, ll = logp[: len(batch)], logp[len(batch) :]
+        ref_w = torch.tensor([r[3] for r in batch], dtype=torch.float32, device=lw.device)
+        ref_l = torch.tensor([r[4] for r in batch], dtype=torch.float32, device=lw.device)
+        loss, margin = dpo_loss(lw.sum(-1), ll.sum(-1), ref_w, ref_l, cfg.beta)
+        if cfg.nll_weight:
+            loss = loss + cfg.nll_weight * sft_loss(lw)
+        return loss, {"margin": margin.mean()}
+
+    more = None if on_epoch is None else (lambda e: _with_references(*on_epoch(e)))
+    rows = _with_references(pairs, ref_chosen, ref_rejected)
+    return _train("dpo", um, rows, cfg, batch_loss, more, progress, checkpoint_every, save_state, resume_state)
