@@ -121,7 +121,8 @@ def pct_ci(m: dict, signed: bool = False, interval: bool = True) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    """The table as Markdown, one line per recipe (means over seeds, 95% intervals in brackets)."""
+    """The table as Markdown, one line per recipe (means over seeds, 95% intervals in brackets),
+    then each recipe's accuracy per category, on `novel` prompts, and the diversity it kept."""
     head = ("| recipe | seeds | Gen % start -> shipped | Gen gain, points | NU % start -> shipped | NU relative drop % "
             "| Und % (rendered) drop, points | Und win rate % | target met |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
@@ -131,4 +132,11 @@ def markdown(rows: list[dict]) -> str:
             f"| {pct_ci(r['nu_start'], interval=False)} -> {pct_ci(r['nu'])} | {pct_ci(r['nu_rel_drop'], True)} | {pct_ci(r['und_drop'], True)} "
             f"| {pct_ci(r['win_rate'])} | {'yes' if r['target_met'] else 'no'} |"
         )
+    cats = list(rows[0]["by_category"]) if rows else []
+    lines += ["", "| recipe | " + " | ".join(f"{c} gen %" for c in cats) + " | novel gen % (last round) | diversity kept % |",
+              "|---|" + "---|" * (len(cats) + 2)]
+    for r in rows:
+        per = [f"{pct_ci(r['by_category'][c]['start'], interval=False)} -> {pct_ci(r['by_category'][c]['shipped'])}" for c in cats]
+        novel = f"{pct_ci(r['novel_gen_start'], interval=False)} -> {pct_ci(r['novel_gen_last'])}"
+        lines.append(f"| `{r['recipe']}` | " + " | ".join(per) + f" | {novel} | {pct_ci(r['diversity_ratio'])} |")
     return "\n".join(lines)
