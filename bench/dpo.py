@@ -4,9 +4,8 @@ Both sides run the project's own `train_dpo` for one epoch on the same pairs, ba
 and starting weights (the shipped model, freshly loaded for each run):
 - candidate: the reference's sequence log-probs computed once (`sequence_logps`, as
   `unigap/train/round.py` does before `train_dpo`) and passed in;
-- baseline: `train_dpo` given stand-ins for those tensors that call the reference model's
-  `image_logprobs` when a step indexes them (chosen and rejected in one batched no-grad call, the
-  way the policy's own forward batches them), i.e. the reference recomputed inside every step.
+- baseline: `train_dpo` given the reference model instead, which then runs inside every step
+  (chosen and rejected in one batched no-grad call, the way the policy's own forward batches them).
 The epoch times compare the training loops; the one-off reference pass the candidate does before
 its epoch is reported apart (`reference_pass_s`), and a second row charges it to a round of
 `TrainConfig().epochs` epochs. Both runs must log the same losses (same training, only where the
@@ -28,40 +27,16 @@ from unigap.paths import DEFAULT_MODEL
 from unigap.train.trainer import sequence_logps, train_dpo
 
 
-class RecomputedReference:
-    """What `train_dpo` indexes as (ref_chosen, ref_rejected), computed by the reference model on
-    demand: `chosen[idx]` runs one forward over the step's chosen and rejected images and keeps the
-    rejected half for the `rejected[idx]` that follows."""
+class CountedReference:
+    """The reference model, counting its `image_logprobs` calls (one per step in the baseline)."""
 
-    def __init__(self, reference: UnifiedModel, pairs):
-        self.reference, self.pairs = reference, pairs
-        self.calls, self._kept = 0, None
+    def __init__(self, reference: UnifiedModel):
+        self.model, self.calls = reference, 0
+        self._logprobs = reference.image_logprobs
 
-    def _both(self, idx) -> None:
-        idx = np.asarray(idx)
-        prompts = [self.pairs[i][0] for i in idx]
-        tokens = np.concatenate([np.stack([self.pairs[i][1] for i in idx]), np.stack([self.pairs[i][2] for i in idx])])
-        logps = sequence_logps(self.reference, prompts + prompts, tokens, batch=2 * len(idx))
+    def image_logprobs(self, *args, **kw):
         self.calls += 1
-        self._kept = (idx.tobytes(), logps[len(idx):])
-        return logps[: len(idx)]
-
-    class _Side:
-        def __init__(self, parent, chosen: bool):
-            self.parent, self.chosen = parent, chosen
-
-        def __getitem__(self, idx):
-            p = self.parent
-            if self.chosen:
-                return p._both(idx)
-            key, rejected = p._kept
-            if key != np.asarray(idx).tobytes():
-                raise RuntimeError("rejected asked for other rows than chosen")
-            return rejected
-
-    @property
-    def tensors(self):
-        return self._Side(self, True), self._Side(self, False)
+        return self._logprobs(*args, **kw)
 
 
 def make_pairs(um: UnifiedModel, n_pairs: int, seed: int = 0):
@@ -90,9 +65,9 @@ def run(um, quick: bool = False, log=print) -> list[Result]:
     logs: dict[str, list] = {}
     for r in range(reps):
         policy = UnifiedModel.load(um.path or DEFAULT_MODEL)
-        rec = RecomputedReference(reference, pairs)
+        rec = CountedReference(reference)
         t = time.perf_counter()
-        logs["recomputed"] = train_dpo(policy, pairs, *rec.tensors, cfg, progress=False)
+        logs["recomputed"] = train_dpo(policy, pairs, None, None, cfg, progress=False, reference=rec)
         times["recomputed every step"].append(time.perf_counter() - t)
         if rec.calls != steps:
             raise AssertionError(f"baseline recomputed the reference {rec.calls} times for {steps} steps")

@@ -140,3 +140,24 @@ def test_lora_trains_a_low_rank_change_of_the_lm_and_merges_it(tiny_random, tmp_
     um.save(tmp_path / "m")
     back = UnifiedModel.load(tmp_path / "m")
     assert all(torch.equal(back.model.state_dict()[k], after[k]) for k in after)
+
+
+def test_dpo_with_the_reference_run_in_each_step_trains_as_with_precomputed_log_probs(tiny_random):
+    import copy
+
+    from unigap.config import TrainConfig
+    from unigap.model.adapter import UnifiedModel
+    from unigap.train.trainer import sequence_logps, train_dpo
+
+    rng = np.random.default_rng(0)
+    pairs = [("a red circle", rng.integers(0, 64, 64), rng.integers(0, 64, 64)) for _ in range(6)]
+    prompts = [p for p, _, _ in pairs]
+    ref = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
+    cfg = TrainConfig(epochs=2, batch=3, lr=1e-3)
+    a, b = (UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor) for _ in range(2))
+    log_a = train_dpo(a, pairs, sequence_logps(ref, prompts, np.array([w for _, w, _ in pairs])),
+                      sequence_logps(ref, prompts, np.array([x for _, _, x in pairs])), cfg, progress=False)
+    log_b = train_dpo(b, pairs, None, None, cfg, progress=False, reference=ref)
+    assert [round(x["loss"], 5) for x in log_a] == [round(x["loss"], 5) for x in log_b]
+    with pytest.raises(ValueError, match="reference"):
+        train_dpo(b, pairs, None, None, cfg, progress=False)

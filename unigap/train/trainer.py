@@ -335,24 +335,30 @@ def train_sft(
     return _train("sft", um, samples, cfg, batch_loss, on_epoch, progress, checkpoint_every, save_state, resume_state)
 
 
-def _with_references(pairs: list, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> list[tuple]:
-    """DPO rows: (prompt, chosen, rejected, reference log-prob of chosen, of rejected)."""
+def _with_references(pairs: list, ref_chosen: torch.Tensor | None, ref_rejected: torch.Tensor | None) -> list[tuple]:
+    """DPO rows: (prompt, chosen, rejected, reference log-prob of chosen, of rejected), the last
+    two None when the reference model is to compute them in the step."""
+    if ref_chosen is None or ref_rejected is None:
+        return [(p, w, l, None, None) for p, w, l in pairs]
     return [(p, w, l, a, b) for (p, w, l), a, b in zip(pairs, ref_chosen.tolist(), ref_rejected.tolist())]
 
 
 def train_dpo(
     um: UnifiedModel,
     pairs: list[tuple[str, np.ndarray, np.ndarray]],
-    ref_chosen: torch.Tensor,
-    ref_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor | None,
+    ref_rejected: torch.Tensor | None,
     cfg: TrainConfig,
     on_epoch: Callable[[int], tuple[list, torch.Tensor, torch.Tensor]] | None = None,
     progress: bool = True,
     checkpoint_every: int = 0,
     save_state: Callable[[dict], None] | None = None,
     resume_state: dict | None = None,
+    reference: UnifiedModel | None = None,
 ) -> list[dict]:
-    """Sequence-level DPO over image tokens (+ NLL on the chosen image), reference log-probs given.
+    """Sequence-level DPO over image tokens (+ NLL on the chosen image). The reference log-probs
+    are given (computed once per round, the default of the loop), or, when they are None, the
+    `reference` model computes them in every step (no pass up front, twice the forwards).
     `on_epoch(e)` may return new pairs with their reference log-probs (the curriculum).
 
     `checkpoint_every`, `save_state` and `resume_state` as in `train_sft`."""
@@ -363,13 +369,20 @@ def train_dpo(
         rejected = torch.as_tensor(np.stack([r[2] for r in batch]))
         logp = logprobs(prompts + prompts, torch.cat([chosen, rejected]))
         lw, ll = logp[: len(batch)], logp[len(batch) :]
-        ref_w = torch.tensor([r[3] for r in batch], dtype=torch.float32, device=lw.device)
-        ref_l = torch.tensor([r[4] for r in batch], dtype=torch.float32, device=lw.device)
+        if batch[0][3] is None:  # no reference log-probs given: the reference model runs now
+            with torch.no_grad():
+                ref = reference.image_logprobs(prompts + prompts, torch.cat([chosen, rejected])).sum(-1)
+            ref_w, ref_l = ref[: len(batch)], ref[len(batch) :]
+        else:
+            ref_w = torch.tensor([r[3] for r in batch], dtype=torch.float32, device=lw.device)
+            ref_l = torch.tensor([r[4] for r in batch], dtype=torch.float32, device=lw.device)
         loss, margin = dpo_loss(lw.sum(-1), ll.sum(-1), ref_w, ref_l, cfg.beta)
         if cfg.nll_weight:
             loss = loss + cfg.nll_weight * sft_loss(lw)
         return loss, {"margin": margin.mean()}
 
+    if (ref_chosen is None or ref_rejected is None) and reference is None:
+        raise ValueError("train_dpo needs the reference log-probs or the reference model")
     more = None if on_epoch is None else (lambda e: _with_references(*on_epoch(e)))
     rows = _with_references(pairs, ref_chosen, ref_rejected)
     return _train("dpo", um, rows, cfg, batch_loss, more, progress, checkpoint_every, save_state, resume_state)
