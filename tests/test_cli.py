@@ -42,6 +42,8 @@ def test_help_explains_itself():
         (["loop", "--via-services", "localhost"], ["--via-services", "host:port,host:port"]),
         (["loop", "--via-services", "a:1,b:2", "--executor", "slurm"], ["executor", "slurm"]),
         (["loop", "--lora-rank", "-1"], ["--lora-rank"]),
+        (["loop", "--und-anchor", "-1"], ["--und-anchor"]),
+        (["loop", "--via-services", "a:1,b:2", "--und-anchor", "1", "--trainer-procs", "2"], ["--und-anchor", "--trainer-procs 1"]),
         (["loop", "--cfg", "0"], ["--cfg"]),
         (["loop", "--method", "c-sft", "--epochs", "4", "--curriculum-epoch", "4"], ["--curriculum-epoch", "between 1 and"]),
         (["controls", "--arms", "render,vibes"], ["--arms", "vibes"]),

@@ -161,3 +161,40 @@ def test_dpo_with_the_reference_run_in_each_step_trains_as_with_precomputed_log_
     assert [round(x["loss"], 5) for x in log_a] == [round(x["loss"], 5) for x in log_b]
     with pytest.raises(ValueError, match="reference"):
         train_dpo(b, pairs, None, None, cfg, progress=False)
+
+
+def test_understanding_anchor_is_a_kl_between_caption_distributions():
+    from unigap.train.losses import understanding_anchor
+
+    a = [torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([-5.0, -5.0])]
+    assert understanding_anchor(a, a).item() == pytest.approx(0.0, abs=1e-7)
+    shifted = [x + 3.0 for x in a]  # the same distributions: only the normaliser differs
+    assert understanding_anchor(shifted, a).item() == pytest.approx(0.0, abs=1e-6)
+    other = [torch.tensor([-3.0, -2.0, -1.0]), torch.tensor([-5.0, -5.0])]
+    p, q = torch.softmax(a[0], 0), torch.softmax(other[0], 0)
+    assert understanding_anchor(other, a).item() == pytest.approx(((p * (p / q).log()).sum() / 2).item(), rel=1e-5)
+
+
+def test_the_understanding_anchor_holds_the_judge_while_generation_trains(tiny_random):
+    """The same hard SFT moves the judge's caption distributions on the trained images far less
+    with the anchor on."""
+    import copy
+
+    from unigap.config import TrainConfig
+    from unigap.model.adapter import UnifiedModel
+    from unigap.train.round import understanding_anchor_loss
+    from unigap.train.trainer import train_sft
+
+    rng = np.random.default_rng(0)
+    prompts = ["a red circle", "two blue squares", "a green circle left of a red square", "a blue triangle"]
+    samples = [(p, rng.integers(0, 64, 64)) for p in prompts for _ in range(2)]
+    reference = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
+    drift = {}
+    for weight in (0.0, 10.0):
+        um = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
+        anchor = understanding_anchor_loss(um, reference)
+        train_sft(um, samples, TrainConfig(epochs=4, batch=4, lr=3e-3, und_anchor=weight), progress=False, anchor=anchor)
+        tokens = torch.as_tensor(np.stack([t for _, t in samples]))
+        with torch.no_grad():
+            drift[weight] = anchor([p for p, _ in samples], tokens).item()
+    assert drift[10.0] < 0.5 * drift[0.0], drift

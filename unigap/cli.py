@@ -261,6 +261,7 @@ def loop(
     beta: float = typer.Option(TRAIN.beta, help="DPO beta."),
     nll_weight: float = typer.Option(TRAIN.nll_weight, help="DPO: weight of the NLL on the chosen image."),
     kl_weight: float = typer.Option(TRAIN.kl_weight, help="SFT: weight of the KL anchor to the pre-round model."),
+    und_anchor: float = typer.Option(TRAIN.und_anchor, help="Weight of the understanding anchor: KL of the judge's caption distributions on each batch's images to the pre-round model's (keeps understanding while generation trains hard)."),
     modules: str = typer.Option(TRAIN.modules, help="What trains: lm (the shared language model) or lm+head."),
     lora_rank: int = typer.Option(TRAIN.lora_rank, help="Train the language model through LoRA adapters of this rank (peft; merged into the checkpoint). 0: full weights."),
     sample_cfg: float = typer.Option(LOOP.cfg, "--cfg", help="Guidance scale of the candidates (low for a weak generator: FINDINGS.md)."),
@@ -283,8 +284,8 @@ def loop(
         fail(f"--rounds must be at least 1 and --more-rounds at least 0, got {rounds} and {more_rounds}")
     if n < 1 or eval_n < 1 or epochs < 1:
         fail("--n, --eval-n and --epochs must be at least 1")
-    if not (lr > 0 and beta > 0 and nll_weight >= 0 and kl_weight >= 0):
-        fail("--lr and --beta must be > 0, --nll-weight and --kl-weight >= 0")
+    if not (lr > 0 and beta > 0 and nll_weight >= 0 and kl_weight >= 0 and und_anchor >= 0):
+        fail("--lr and --beta must be > 0, --nll-weight, --kl-weight and --und-anchor >= 0")
     if modules not in MODULES:
         fail(f"--modules must be one of {', '.join(MODULES)}")
     if lora_rank < 0 or sample_cfg <= 0 or temperature < 0:
@@ -294,7 +295,7 @@ def loop(
     check_mode(mode)
     check_model(model)
     train = TrainConfig(epochs=epochs, lr=lr, beta=beta, nll_weight=nll_weight, kl_weight=kl_weight, modules=modules,
-                        lora_rank=lora_rank, seed=seed)
+                        lora_rank=lora_rank, und_anchor=und_anchor, seed=seed)
     if not 0 < threshold < 1 or max_per_prompt < 0:
         fail("--threshold must be in (0, 1) and --max-per-prompt >= 0")
     cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
@@ -302,6 +303,8 @@ def loop(
                      eval_n=eval_n, eval_per_category=eval_per_category, cfg=sample_cfg, temperature=temperature,
                      canonical=canonical, curriculum_epoch=curriculum_epoch)
     if via_services:
+        if und_anchor and trainer_procs > 1:
+            fail("--und-anchor runs in a single trainer process: use --trainer-procs 1")
         return run_loop_via_services(cfg, store, model, via_services, executor, trainer_procs, json_out, more_rounds)
     return run_loop(cfg, store, model, json_out, report, more_rounds)
 

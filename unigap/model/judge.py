@@ -104,14 +104,17 @@ class Judge:
         two = logits[:, [self.yes_id, self.no_id]].float()
         return torch.softmax(two, -1)[:, 0].cpu().numpy()
 
-    def _caption_p(self, images, prompts) -> np.ndarray:
+    def caption_logprobs(self, images, prompts: list[str]) -> list[torch.Tensor]:
+        """Per image, the summed log-likelihoods of its prompt as a caption (first) and of the
+        prompt's competitors; differentiable (the trainer's understanding anchor uses them)."""
         groups = [[x] + [c for c in self.competitors(x) if c != x] for x in prompts]
         captions = [c for g in groups for c in g]
         lp = self.model.answer_logprobs(images, [CAPTION_QUESTION] * len(groups), captions, counts=[len(g) for g in groups])
-        out, start = [], 0
-        for g in groups:
-            own, rest = lp[start], lp[start + 1 : start + len(g)]
-            start += len(g)
-            best = rest.max() if len(rest) else torch.tensor(float("-inf"))
-            out.append(torch.sigmoid(own - best).item())
+        return list(lp.split([len(g) for g in groups]))
+
+    def _caption_p(self, images, prompts) -> np.ndarray:
+        out = []
+        for lp in self.caption_logprobs(images, prompts):
+            best = lp[1:].max() if len(lp) > 1 else torch.tensor(float("-inf"))
+            out.append(torch.sigmoid(lp[0] - best).item())
         return np.array(out)

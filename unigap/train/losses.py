@@ -37,3 +37,15 @@ def kl_anchor(token_logps: torch.Tensor, ref_token_logps: torch.Tensor) -> torch
     """
     log_ratio = ref_token_logps - token_logps
     return (log_ratio.exp() - 1 - log_ratio).mean()
+
+
+def understanding_anchor(caption_logps: list[torch.Tensor], ref_caption_logps: list[torch.Tensor]) -> torch.Tensor:
+    """Mean KL(reference || policy) between the understanding branch's distributions over each
+    image's captions (its prompt and the competing ones), each list item one image's summed caption
+    log-likelihoods. Pins the judge's view of the round's images to the pre-round model's while
+    generation trains: without it, hard generation training wrecked understanding (shared LM drift)."""
+    kls = []
+    for cur, ref in zip(caption_logps, ref_caption_logps):
+        cur, ref = F.log_softmax(cur, -1), F.log_softmax(ref, -1)
+        kls.append((ref.exp() * (ref - cur)).sum())
+    return torch.stack(kls).mean()

@@ -22,12 +22,14 @@ import torch
 
 from unigap.candidates import Sampling, sample_and_judge
 from unigap.config import LoopConfig, TrainConfig
-from unigap.evaluate import make_judge
+from unigap.evaluate import competitors, make_judge
 from unigap.model.adapter import UnifiedModel
 from unigap.store import records as rec
 from unigap.store.base import Store
 from unigap.train.data import Candidates, RoundData, get_round_data, split_candidates
-from unigap.train.trainer import sequence_logps, train_dpo, train_sft
+from unigap.model.judge import Judge
+from unigap.train.losses import understanding_anchor
+from unigap.train.trainer import Anchor, sequence_logps, train_dpo, train_sft
 
 
 @dataclass
@@ -75,6 +77,25 @@ def load_model(store: Store, ref: str, cache: Path, device: str = "cpu") -> Unif
     return UnifiedModel.load(rec.fetch_checkpoint(store, ref, cache), device=device)
 
 
+ANCHOR_IMAGES = 8  # images of each batch the understanding anchor looks at (its cost grows with them)
+
+
+def understanding_anchor_loss(um: UnifiedModel, reference: UnifiedModel) -> Anchor:
+    """The anchor the trainer adds: the likelihood judge's caption distributions on (up to
+    ANCHOR_IMAGES of) the batch's images, the policy's against the frozen pre-round model's."""
+    policy = Judge(um, "likelihood", competitors=competitors)
+    frozen = Judge(reference, "likelihood", competitors=competitors)
+
+    def anchor(prompts: list[str], tokens: torch.Tensor) -> torch.Tensor:
+        prompts, tokens = prompts[:ANCHOR_IMAGES], tokens[:ANCHOR_IMAGES]
+        images = reference.decode(tokens)
+        with torch.no_grad():
+            ref = frozen.caption_logprobs(images, prompts)
+        return understanding_anchor(policy.caption_logprobs(images, prompts), ref)
+
+    return anchor
+
+
 def train_round(
     store: Store, job: TrainJob, cache: str | Path, progress: bool = True, log: Callable[[str], None] = print, device: str = "cpu",
     state_record: str | None = None, checkpoint_every: int = 0,
@@ -89,7 +110,7 @@ def train_round(
     data = get_round_data(store, job.data)
     torch.manual_seed(cfg.seed * 1000 + r)
     um = load_model(store, job.base, cache, device)
-    needs_reference = cfg.method.endswith("dpo") or cfg.train.kl_weight > 0
+    needs_reference = cfg.method.endswith("dpo") or cfg.train.kl_weight > 0 or cfg.train.und_anchor > 0
     reference = load_model(store, job.base, cache, device) if needs_reference else None  # the frozen pre-round model
     tcfg = TrainConfig(**{**asdict(cfg.train), "seed": cfg.seed * 1000 + r})
     curriculum = cfg.method.startswith("c-")
@@ -104,7 +125,8 @@ def train_round(
         sha = put_state(store, state_record, state)
         log(f"  training state at step {state['step']} saved, {sha[:12]}")
 
-    resumable = dict(checkpoint_every=checkpoint_every if state_record else 0, save_state=save_state, resume_state=resume)
+    options = dict(checkpoint_every=checkpoint_every if state_record else 0, save_state=save_state, resume_state=resume,
+                     anchor=understanding_anchor_loss(um, reference) if cfg.train.und_anchor > 0 else None)
 
     def replay() -> RoundData:
         """Regenerate the discard pool with the CURRENT model and judge; keep what it now accepts."""
@@ -118,7 +140,7 @@ def train_round(
 
     if cfg.method in ("sft", "c-sft"):
         on_epoch = (lambda e: replay().sft if e == cfg.curriculum_epoch else []) if curriculum else None
-        train_log = train_sft(um, data.sft, tcfg, reference, on_epoch, progress, **resumable)
+        train_log = train_sft(um, data.sft, tcfg, reference, on_epoch, progress, **options)
     else:
         def ref_logps(pairs):
             prompts = [p for p, _, _ in pairs]
@@ -131,7 +153,7 @@ def train_round(
             fresh = replay().pairs
             return (fresh, *ref_logps(fresh)) if fresh else ([], torch.zeros(0), torch.zeros(0))
 
-        train_log = (train_dpo(um, data.pairs, *ref_logps(data.pairs), tcfg, on_epoch if curriculum else None, progress, **resumable)
+        train_log = (train_dpo(um, data.pairs, *ref_logps(data.pairs), tcfg, on_epoch if curriculum else None, progress, **options)
                      if data.pairs else [])
     if not train_log:
         return job.base, []

@@ -248,6 +248,10 @@ class _Checkpoints:
         return state
 
 
+# The understanding anchor: (prompts, image tokens) of a batch -> a loss (see unigap/train/round.py).
+Anchor = Callable[[list[str], torch.Tensor], torch.Tensor]
+
+
 def _train(
     kind: str,
     um: UnifiedModel,
@@ -265,6 +269,9 @@ def _train(
     batch's loss and any further figures to log (their epoch means go in the log, as the loss's)."""
     if not rows:
         return []
+    if cfg.und_anchor and _world()[1] > 1:
+        # Its forward runs outside the DDP-wrapped one, so DDP would not reduce its gradients.
+        raise ValueError("the understanding anchor runs in a single trainer process only (--trainer-procs 1)")
     with lora_adapters(um, cfg.lora_rank):
         rng = np.random.default_rng(cfg.seed)
         params = trainable_parameters(um, cfg.modules, lora=cfg.lora_rank > 0)
@@ -314,8 +321,10 @@ def train_sft(
     checkpoint_every: int = 0,
     save_state: Callable[[dict], None] | None = None,
     resume_state: dict | None = None,
+    anchor: Anchor | None = None,
 ) -> list[dict]:
-    """NLL on accepted images' tokens (+ a KL anchor to `reference` when cfg.kl_weight is set).
+    """NLL on accepted images' tokens (+ a KL anchor to `reference` when cfg.kl_weight is set,
+    + `anchor(prompts, tokens)`, the understanding anchor, weighted by cfg.und_anchor).
     `on_epoch(e)` may return new samples (the curriculum).
 
     `save_state` gets the run's state every `checkpoint_every` optimizer steps (0: never);
@@ -330,6 +339,8 @@ def train_sft(
             with torch.no_grad():
                 ref = reference.image_logprobs(prompts, tokens)
             loss = loss + cfg.kl_weight * kl_anchor(logps, ref)
+        if cfg.und_anchor and anchor is not None:
+            loss = loss + cfg.und_anchor * anchor(prompts, tokens)
         return loss, {}
 
     return _train("sft", um, samples, cfg, batch_loss, on_epoch, progress, checkpoint_every, save_state, resume_state)
@@ -355,8 +366,10 @@ def train_dpo(
     save_state: Callable[[dict], None] | None = None,
     resume_state: dict | None = None,
     reference: UnifiedModel | None = None,
+    anchor: Anchor | None = None,
 ) -> list[dict]:
-    """Sequence-level DPO over image tokens (+ NLL on the chosen image). The reference log-probs
+    """Sequence-level DPO over image tokens (+ NLL on the chosen image, + the understanding
+    anchor on the chosen images as in `train_sft`). The reference log-probs
     are given (computed once per round, the default of the loop), or, when they are None, the
     `reference` model computes them in every step (no pass up front, twice the forwards).
     `on_epoch(e)` may return new pairs with their reference log-probs (the curriculum).
@@ -379,6 +392,8 @@ def train_dpo(
         loss, margin = dpo_loss(lw.sum(-1), ll.sum(-1), ref_w, ref_l, cfg.beta)
         if cfg.nll_weight:
             loss = loss + cfg.nll_weight * sft_loss(lw)
+        if cfg.und_anchor and anchor is not None:
+            loss = loss + cfg.und_anchor * anchor(prompts, chosen)
         return loss, {"margin": margin.mean()}
 
     if (ref_chosen is None or ref_rejected is None) and reference is None:
