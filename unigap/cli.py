@@ -320,6 +320,7 @@ def controls(
     lr: float = typer.Option(TRAIN.lr, help="Learning rate of each round."),
     epochs: int = typer.Option(TRAIN.epochs, help="Epochs over each round's data."),
     modules: str = typer.Option(TRAIN.modules, help="What trains: lm or lm+head."),
+    und_anchor: float = typer.Option(TRAIN.und_anchor, help="Weight of the understanding anchor (as in `unigap loop`)."),
     eval_n: int = typer.Option(LOOP.eval_n, help="Images per held-out prompt in each evaluation."),
     eval_per_category: int = typer.Option(LOOP.eval_per_category, help="Evaluate at most this many prompts per category (0: all)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every arm's figures per round to this JSON file."),
@@ -335,8 +336,8 @@ def controls(
     unknown = [a for a in chosen if a not in CONTROL_ARMS]
     if not chosen or unknown:
         fail(f"--arms must name some of {', '.join(CONTROL_ARMS)}; unknown: {', '.join(unknown) or '(none given)'}")
-    if rounds < 1 or n < 1 or epochs < 1 or eval_n < 1 or not lr > 0:
-        fail("--rounds, --n, --epochs and --eval-n must be at least 1, and --lr > 0")
+    if rounds < 1 or n < 1 or epochs < 1 or eval_n < 1 or not lr > 0 or und_anchor < 0:
+        fail("--rounds, --n, --epochs and --eval-n must be at least 1, --lr > 0 and --und-anchor >= 0")
     if modules not in MODULES:
         fail(f"--modules must be one of {', '.join(MODULES)}")
     check_model(model)
@@ -345,7 +346,7 @@ def controls(
     except ValueError as e:
         fail(str(e))
     cfg = LoopConfig(rounds=rounds, n=n, seed=seed, pool=pool, eval_n=eval_n, eval_per_category=eval_per_category,
-                     train=TrainConfig(lr=lr, epochs=epochs, modules=modules, seed=seed))
+                     train=TrainConfig(lr=lr, epochs=epochs, modules=modules, und_anchor=und_anchor, seed=seed))
     result = run_controls(load_model(model), chosen, prompts, cfg, log=console.print)
     out = Table(title="Ladder of controls: held-out generation accuracy (external evaluator) and NU (own judge) per round")
     for col in ("arm", "trained on, per round", "gen % per round", "NU % per round"):
