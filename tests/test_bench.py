@@ -57,20 +57,19 @@ def test_bad_arguments_exit_2():
     assert r.returncode == 2 and "unknown benchmark" in r.stderr
 
 
-def test_recomputed_reference_matches_precomputed(tiny_model):
-    """The DPO baseline's stand-in gives the reference numbers the candidate precomputes."""
-    from bench.dpo import RecomputedReference, make_pairs
-    from unigap.train.trainer import sequence_logps
+def test_counted_reference_counts_and_delegates(tiny_model):
+    """The DPO baseline's reference: the model's own log-probs, each call counted (that the
+    in-step reference trains exactly as the precomputed one is tests/test_train_units.py's)."""
+    import numpy as np
 
-    pairs = make_pairs(tiny_model, 6)
-    chosen, rejected = RecomputedReference(tiny_model, pairs).tensors
-    idx = [4, 1, 3]
-    prompts = [pairs[i][0] for i in idx]
-    expect_w = sequence_logps(tiny_model, prompts, [pairs[i][1] for i in idx])
-    expect_l = sequence_logps(tiny_model, prompts, [pairs[i][2] for i in idx])
-    assert torch.allclose(chosen[idx], expect_w, atol=1e-4) and torch.allclose(rejected[idx], expect_l, atol=1e-4)
-    with pytest.raises(RuntimeError, match="other rows"):
-        rejected[[0]]
+    from bench.dpo import CountedReference, make_pairs
+
+    pairs = make_pairs(tiny_model, 3)
+    prompts, tokens = [p for p, _, _ in pairs], torch.as_tensor(np.stack([w for _, w, _ in pairs]))
+    ref = CountedReference(tiny_model)
+    with torch.no_grad():
+        assert torch.equal(ref.image_logprobs(prompts, tokens), tiny_model.image_logprobs(prompts, tokens))
+    assert ref.calls == 1
 
 
 @pytest.fixture(scope="module")
