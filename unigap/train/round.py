@@ -24,10 +24,10 @@ from unigap.candidates import Sampling, sample_and_judge
 from unigap.config import LoopConfig, TrainConfig
 from unigap.evaluate import competitors, make_judge
 from unigap.model.adapter import UnifiedModel
+from unigap.model.judge import Judge
 from unigap.store import records as rec
 from unigap.store.base import Store
 from unigap.train.data import Candidates, RoundData, get_round_data, split_candidates
-from unigap.model.judge import Judge
 from unigap.train.losses import understanding_anchor
 from unigap.train.trainer import Anchor, sequence_logps, train_dpo, train_sft
 
@@ -126,7 +126,7 @@ def train_round(
         log(f"  training state at step {state['step']} saved, {sha[:12]}")
 
     options = dict(checkpoint_every=checkpoint_every if state_record else 0, save_state=save_state, resume_state=resume,
-                     anchor=understanding_anchor_loss(um, reference) if cfg.train.und_anchor > 0 else None)
+                   anchor=understanding_anchor_loss(um, reference) if cfg.train.und_anchor > 0 else None)
 
     def replay() -> RoundData:
         """Regenerate the discard pool with the CURRENT model and judge; keep what it now accepts."""
