@@ -28,6 +28,7 @@ def test_mean_ci_is_the_student_t_interval():
     half = stats.t.ppf(0.975, 2) * 0.1 / 3 ** 0.5
     assert m["mean"] == pytest.approx(0.2) and m["ci"] == pytest.approx([0.2 - half, 0.2 + half]) and m["n"] == 3
     assert mean_ci([0.5]) == {"mean": 0.5, "ci": [None, None], "n": 1}
+    assert mean_ci([0.9, 1.0, 1.0], bounds=(0.0, 1.0))["ci"][1] == 1.0  # a share's interval stays within [0, 1]
     assert mean_ci([None])["mean"] is None
 
 

@@ -51,8 +51,9 @@ def shipped(rounds: list[dict]) -> dict:
     return [r for r in rounds if r["round"] == 0 or r["promoted"]][-1]
 
 
-def mean_ci(values, level: float = 0.95) -> dict:
-    """Mean and Student-t interval over seeds (a single seed has no interval)."""
+def mean_ci(values, level: float = 0.95, bounds: tuple[float, float] | None = None) -> dict:
+    """Mean and Student-t interval over seeds (a single seed has no interval), clipped to
+    `bounds` for a figure that cannot leave them (a share stays within [0, 1])."""
     x = np.asarray([v for v in values if v is not None], dtype=float)
     if len(x) == 0:
         return {"mean": None, "ci": [None, None], "n": 0}
@@ -60,7 +61,8 @@ def mean_ci(values, level: float = 0.95) -> dict:
     if len(x) < 2:
         return {"mean": m, "ci": [None, None], "n": 1}
     half = float(stats.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return {"mean": m, "ci": [m - half, m + half], "n": int(len(x))}
+    lo, hi = (m - half, m + half) if bounds is None else (max(bounds[0], m - half), min(bounds[1], m + half))
+    return {"mean": m, "ci": [lo, hi], "n": int(len(x))}
 
 
 def run_figures(result: dict) -> dict:
@@ -86,6 +88,7 @@ def run_figures(result: dict) -> dict:
 
 FIGURES = ("gen_start", "gen", "gen_gain", "nu_start", "nu", "nu_rel_drop", "und_start", "und", "und_drop",
            "win_rate", "diversity_ratio", "novel_gen_start", "novel_gen_last")
+SHARES = {"gen_start", "gen", "nu_start", "nu", "und_start", "und", "win_rate", "novel_gen_start", "novel_gen_last"}
 
 
 def method_table(results: list[dict]) -> list[dict]:
@@ -99,10 +102,10 @@ def method_table(results: list[dict]) -> list[dict]:
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"recipe {name!r} has the same seed twice ({seeds}): pass each run once")
         row = {"recipe": name, "seeds": seeds, "runs": runs}
-        row |= {f: mean_ci([r[f] for r in runs]) for f in FIGURES}
+        row |= {f: mean_ci([r[f] for r in runs], bounds=(0.0, 1.0) if f in SHARES else None) for f in FIGURES}
         cats = runs[0]["by_category"]
-        row["by_category"] = {c: {"start": mean_ci([r["by_category_start"][c] for r in runs]),
-                                  "shipped": mean_ci([r["by_category"][c] for r in runs])} for c in cats}
+        row["by_category"] = {c: {"start": mean_ci([r["by_category_start"][c] for r in runs], bounds=(0.0, 1.0)),
+                                  "shipped": mean_ci([r["by_category"][c] for r in runs], bounds=(0.0, 1.0))} for c in cats}
         row["target_met"] = (row["nu_rel_drop"]["mean"] >= TARGET["nu_rel_drop"] and row["gen_gain"]["mean"] >= TARGET["gen_gain"]
                              and row["und_drop"]["mean"] <= TARGET["und_max_drop"])
         rows.append(row)
