@@ -31,8 +31,7 @@ class CountedReference:
     """The reference model, counting its `image_logprobs` calls (one per step in the baseline)."""
 
     def __init__(self, reference: UnifiedModel):
-        self.model, self.calls = reference, 0
-        self._logprobs = reference.image_logprobs
+        self.calls, self._logprobs = 0, reference.image_logprobs
 
     def image_logprobs(self, *args, **kw):
         self.calls += 1

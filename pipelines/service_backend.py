@@ -33,12 +33,11 @@ def with_retries(call: Callable, attempts: int = 8, first_wait_s: float = 0.5, m
     for attempt in range(attempts):
         try:
             return call()
-        except (ServiceError, grpc.RpcError) as e:  # the clients raise ServiceError; raw stubs grpc.RpcError
-            code, details = (e.code, e.details) if isinstance(e, ServiceError) else (e.code(), e.details())
-            if code not in RETRIED or attempt == attempts - 1:
+        except ServiceError as e:  # what the clients raise for a failed RPC
+            if e.code not in RETRIED or attempt == attempts - 1:
                 raise
             wait = min(first_wait_s * 2**attempt, max_wait_s)
-            log(f"  {code.name.lower()}: {details}; retrying in {wait:.1f} s (attempt {attempt + 2} of {attempts})")
+            log(f"  {e.code.name.lower()}: {e.details}; retrying in {wait:.1f} s (attempt {attempt + 2} of {attempts})")
             time.sleep(wait)
 
 

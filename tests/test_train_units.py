@@ -190,11 +190,13 @@ def test_the_understanding_anchor_holds_the_judge_while_generation_trains(tiny_r
     samples = [(p, rng.integers(0, 64, 64)) for p in prompts for _ in range(2)]
     reference = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
     drift = {}
+    tokens = torch.as_tensor(np.stack([t for _, t in samples]))
     for weight in (0.0, 10.0):
         um = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
-        anchor = understanding_anchor_loss(um, reference)
+        anchor = understanding_anchor_loss(um, reference) if weight else None
         train_sft(um, samples, TrainConfig(epochs=4, batch=4, lr=3e-3, und_anchor=weight), progress=False, anchor=anchor)
-        tokens = torch.as_tensor(np.stack([t for _, t in samples]))
         with torch.no_grad():
-            drift[weight] = anchor([p for p, _ in samples], tokens).item()
+            drift[weight] = understanding_anchor_loss(um, reference)([p for p, _ in samples], tokens).item()
     assert drift[10.0] < 0.5 * drift[0.0], drift
+    with pytest.raises(ValueError, match="needs an anchor"):  # a weight with nothing to weigh is refused, not ignored
+        train_sft(um, samples, TrainConfig(und_anchor=1.0), progress=False)

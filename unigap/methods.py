@@ -11,39 +11,36 @@ held-out figures reported for it are not selected on.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import numpy as np
 from scipy import stats
+
+from unigap.config import LoopConfig
 
 # The issue's required outcome, after the rounds, on held-out prompts (mean over seeds).
 TARGET = {"nu_rel_drop": 0.30, "gen_gain": 0.10, "und_max_drop": 0.02}
 
 
+FLAGS = {"judge_mode": "mode"}  # config fields whose `unigap loop` flag has another name
+
+
+def _flat(config: dict) -> dict:
+    """A loop's settings in one level, the trainer's under `train.`."""
+    return {**{k: v for k, v in config.items() if k != "train"}, **{f"train.{k}": v for k, v in config["train"].items()}}
+
+
 def recipe(config: dict) -> str:
-    """What distinguishes a recipe: the loop's settings except the training seed."""
-    c = dict(config)
-    train = {k: v for k, v in c.pop("train").items() if k != "seed"}
-    c.pop("seed")
-    defaults = _defaults()
-    flags = [f"--method {c['method']}"]
-    for k, v in sorted({**c, **{f"train.{k}": v for k, v in train.items()}}.items()):
-        if k == "method" or defaults.get(k) == v:
+    """What distinguishes a recipe: the `unigap loop` flags of its settings that differ from the
+    defaults, the training seed left out."""
+    defaults = _flat(asdict(LoopConfig()))
+    flags = [f"--method {config['method']}"]
+    for k, v in sorted(_flat(config).items()):
+        if k in ("method", "seed", "train.seed") or defaults.get(k) == v:
             continue
         name = FLAGS.get(k, k.split(".")[-1].replace("_", "-"))
         flags.append((f"--{name}" if v else f"--no-{name}") if isinstance(v, bool) else f"--{name} {v}")
     return " ".join(flags)
-
-
-FLAGS = {"judge_mode": "mode"}  # config fields whose `unigap loop` flag has another name
-
-
-def _defaults() -> dict:
-    from dataclasses import asdict
-
-    from unigap.config import LoopConfig
-
-    d = asdict(LoopConfig())
-    return {**{k: v for k, v in d.items() if k != "train"}, **{f"train.{k}": v for k, v in d["train"].items()}}
 
 
 def shipped(rounds: list[dict]) -> dict:

@@ -18,8 +18,8 @@ from services.common.server import log_event
 from services.common.validation import Invalid, NotFound
 from unigap.model.adapter import UnifiedModel
 from unigap.store import StoreError
-from unigap.store.base import is_ref
 from unigap.store import open_store as _open_store
+from unigap.store.base import is_ref
 from unigap.store.records import fetch_checkpoint, get_serving
 
 

@@ -82,16 +82,24 @@ ANCHOR_IMAGES = 8  # images of each batch the understanding anchor looks at (its
 
 def understanding_anchor_loss(um: UnifiedModel, reference: UnifiedModel) -> Anchor:
     """The anchor the trainer adds: the likelihood judge's caption distributions on (up to
-    ANCHOR_IMAGES of) the batch's images, the policy's against the frozen pre-round model's."""
+    ANCHOR_IMAGES of) the batch's images, the policy's against the frozen pre-round model's.
+    A sample's image and frozen distribution never change, so each is computed once, the first
+    time the sample is seen, not again in every epoch."""
     policy = Judge(um, "likelihood", competitors=competitors)
     frozen = Judge(reference, "likelihood", competitors=competitors)
+    seen: dict[tuple[str, bytes], tuple[np.ndarray, torch.Tensor]] = {}  # (prompt, tokens) -> (image, frozen log-probs)
 
     def anchor(prompts: list[str], tokens: torch.Tensor) -> torch.Tensor:
         prompts, tokens = prompts[:ANCHOR_IMAGES], tokens[:ANCHOR_IMAGES]
-        images = reference.decode(tokens)
-        with torch.no_grad():
-            ref = frozen.caption_logprobs(images, prompts)
-        return understanding_anchor(policy.caption_logprobs(images, prompts), ref)
+        keys = [(p, t.cpu().numpy().tobytes()) for p, t in zip(prompts, tokens)]
+        new = [i for i, k in enumerate(keys) if k not in seen]
+        if new:
+            images = reference.decode(tokens[new])
+            with torch.no_grad():
+                ref = frozen.caption_logprobs(images, [prompts[i] for i in new])
+            seen.update((keys[i], (image, r)) for i, image, r in zip(new, images, ref))
+        images = np.stack([seen[k][0] for k in keys])
+        return understanding_anchor(policy.caption_logprobs(images, prompts), [seen[k][1] for k in keys])
 
     return anchor
 

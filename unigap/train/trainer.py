@@ -263,12 +263,16 @@ def _train(
     checkpoint_every: int,
     save_state: Callable[[dict], None] | None,
     resume_state: dict | None,
+    anchor: Anchor | None,
 ) -> list[dict]:
     """The one training loop of SFT and DPO: epochs of shuffled batches of `rows`, the curriculum's
     rows added before an epoch, states taken and resumed. `batch_loss(logprobs, batch)` returns the
-    batch's loss and any further figures to log (their epoch means go in the log, as the loss's)."""
+    batch's loss and any further figures to log (their epoch means go in the log, as the loss's);
+    it adds `anchor`'s loss, which is given exactly when cfg.und_anchor weighs it."""
     if not rows:
         return []
+    if bool(cfg.und_anchor) != (anchor is not None):
+        raise ValueError(f"und_anchor {cfg.und_anchor} needs an anchor, and an anchor needs und_anchor > 0")
     if cfg.und_anchor and _world()[1] > 1:
         # Its forward runs outside the DDP-wrapped one, so DDP would not reduce its gradients.
         raise ValueError("the understanding anchor runs in a single trainer process only (--trainer-procs 1)")
@@ -339,11 +343,11 @@ def train_sft(
             with torch.no_grad():
                 ref = reference.image_logprobs(prompts, tokens)
             loss = loss + cfg.kl_weight * kl_anchor(logps, ref)
-        if cfg.und_anchor and anchor is not None:
+        if anchor is not None:
             loss = loss + cfg.und_anchor * anchor(prompts, tokens)
         return loss, {}
 
-    return _train("sft", um, samples, cfg, batch_loss, on_epoch, progress, checkpoint_every, save_state, resume_state)
+    return _train("sft", um, samples, cfg, batch_loss, on_epoch, progress, checkpoint_every, save_state, resume_state, anchor)
 
 
 def _with_references(pairs: list, ref_chosen: torch.Tensor | None, ref_rejected: torch.Tensor | None) -> list[tuple]:
@@ -392,7 +396,7 @@ def train_dpo(
         loss, margin = dpo_loss(lw.sum(-1), ll.sum(-1), ref_w, ref_l, cfg.beta)
         if cfg.nll_weight:
             loss = loss + cfg.nll_weight * sft_loss(lw)
-        if cfg.und_anchor and anchor is not None:
+        if anchor is not None:
             loss = loss + cfg.und_anchor * anchor(prompts, chosen)
         return loss, {"margin": margin.mean()}
 
@@ -400,4 +404,4 @@ def train_dpo(
         raise ValueError("train_dpo needs the reference log-probs or the reference model")
     more = None if on_epoch is None else (lambda e: _with_references(*on_epoch(e)))
     rows = _with_references(pairs, ref_chosen, ref_rejected)
-    return _train("dpo", um, rows, cfg, batch_loss, more, progress, checkpoint_every, save_state, resume_state)
+    return _train("dpo", um, rows, cfg, batch_loss, more, progress, checkpoint_every, save_state, resume_state, anchor)
