@@ -48,6 +48,8 @@ def test_help_explains_itself():
         (["loop", "--method", "c-sft", "--epochs", "4", "--curriculum-epoch", "4"], ["--curriculum-epoch", "between 1 and"]),
         (["controls", "--arms", "render,vibes"], ["--arms", "vibes"]),
         (["controls", "--rounds", "0"], ["--rounds"]),
+        (["loop", "--balance"], ["--balance", "--max-per-prompt >= 1"]),
+        (["controls", "--balance", "--max-per-prompt", "0"], ["--balance", "--max-per-prompt >= 1"]),
         (["table", "/nonexistent/loop.json"], ["/nonexistent/loop.json", "cannot be read"]),
         (["promote", "abc", "--store", "/tmp/unused-store"], ["not a checkpoint reference"]),
         (["serve", "--generation-port", "50051", "--judge-port", "50051"], ["ports must be distinct"]),

@@ -16,6 +16,25 @@ def test_gap_summary_hand_computed():
     assert s["n_images"] == 4 and s["n_prompts"] == 2
     lo, hi = s["nu_ci"]
     assert 0 <= lo <= 0.5 <= hi <= 1
+    assert s["judge_precision"] == 0.5  # accepted: 1 (right) and 2 (wrong)
+    assert "coverage" not in s  # needs each image's prompt
+
+
+def test_coverage_counts_prompts_with_a_correct_and_an_accepted_correct_image():
+    # Prompts a, b, c with 2 images each: a has a correct image the judge rejects, b one it
+    # accepts, c none.
+    prompt_of = ["a", "a", "b", "b", "c", "c"]
+    correct = [False, True, True, False, False, False]
+    accepted = [True, False, True, True, True, False]
+    s = gap_summary(accepted, correct, prompt_of=prompt_of)
+    assert s["coverage"] == pytest.approx(2 / 3)
+    assert s["judge_coverage"] == pytest.approx(1 / 3)
+    assert s["judge_precision"] == pytest.approx(1 / 4)
+
+
+def test_nothing_accepted_has_no_precision():
+    s = gap_summary([False, False], [True, False], prompt_of=[0, 0])
+    assert s["judge_precision"] is None and s["coverage"] == 1.0 and s["judge_coverage"] == 0.0
 
 
 def test_no_rejections_has_no_agreement():

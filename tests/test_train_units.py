@@ -86,6 +86,19 @@ def test_split_candidates_caps_accepted_per_prompt():
     assert [(int(w[0]), int(l[0])) for _, w, l in d.pairs] == [(1, 3)]
 
 
+def test_split_candidates_balances_prompts():
+    # "easy": 4 of 4 accepted; "hard": 1 of 4; "none": 0 of 4. Balanced to 3 rows per prompt.
+    prompts = ["easy"] * 4 + ["hard"] * 4 + ["none"] * 4
+    p_yes = np.array([0.9, 0.8, 0.7, 0.6, 0.1, 0.7, 0.2, 0.3, 0.1, 0.1, 0.2, 0.3])
+    d = split_candidates(Candidates(prompts, np.arange(12)[:, None], p_yes, p_yes >= 0.5), max_per_prompt=3, balance=True)
+    assert [(p, int(t[0])) for p, t in d.sft] == [("easy", 0), ("easy", 1), ("easy", 2), ("hard", 5), ("hard", 5), ("hard", 5)]
+    assert d.discard == ["none"]
+    two = split_candidates(Candidates(prompts[:8], np.arange(8)[:, None], p_yes[:8], np.array([0, 1, 1, 0, 1, 1, 0, 0], bool)), 3, True)
+    assert [int(t[0]) for _, t in two.sft] == [1, 2, 1, 5, 4, 5]  # cycles best first
+    with pytest.raises(ValueError, match="max_per_prompt"):
+        split_candidates(Candidates(prompts, np.arange(12)[:, None], p_yes, p_yes >= 0.5), balance=True)
+
+
 def test_lr_schedule():
     from unigap.train.trainer import lr_factor
 

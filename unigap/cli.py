@@ -83,18 +83,26 @@ def check_mode(mode: str) -> None:
         fail(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
 
 
+def check_balance(balance: bool, max_per_prompt: int) -> None:
+    if balance and max_per_prompt < 1:
+        fail("--balance needs --max-per-prompt >= 1 (the rows each prompt gives)")
+
+
 def pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
 def print_report(report: dict) -> None:
     table = Table(title="Non-unification score (own judge) and external accuracy", show_lines=False)
-    for col in ("group", "prompts", "images", "NU % [95% CI]", "gen acc %", "und acc % (own imgs)", "und acc % (rendered)", "ext agree %"):
-        table.add_column(col, justify="left" if col == "group" else "right")
+    # und: judge accuracy on own images / on rendered pairs; precision: the judge's among what it
+    # accepts; cover: prompts with a right image among N / with one the judge accepts too.
+    for col in ("group", "prompts", "images", "NU % [95% CI]", "gen %", "und own %", "und rendered %", "ext agree %", "precision %", "cover %", "judge cover %"):
+        table.add_column(col, justify="left" if col == "group" else "right", no_wrap=col.startswith("NU"))
 
     def row(name, r, style=None):
         ci = f"{pct(r['nu'])} [{pct(r['nu_ci'][0])}, {pct(r['nu_ci'][1])}]"
-        table.add_row(name, str(r.get("n_prompts", "")), str(r["n_images"]), ci, pct(r["gen_acc"]), pct(r["und_acc"]), pct(r["und_acc_rendered"]), pct(r["ext_agreement"]), style=style)
+        table.add_row(name, str(r.get("n_prompts", "")), str(r["n_images"]), ci, pct(r["gen_acc"]), pct(r["und_acc"]), pct(r["und_acc_rendered"]), pct(r["ext_agreement"]),
+                      pct(r["judge_precision"]), pct(r["coverage"]), pct(r["judge_coverage"]), style=style)
 
     for name, r in report["by_category"].items():
         row(name, r)
@@ -256,6 +264,7 @@ def loop(
     mode: str = typer.Option(LOOP.judge_mode, help="The model's own judge: likelihood, probability or decision."),
     threshold: float = typer.Option(LOOP.threshold, help="The judge accepts a candidate when p_yes >= threshold."),
     max_per_prompt: int = typer.Option(LOOP.max_per_prompt, help="SFT: at most this many accepted candidates per prompt (0: all)."),
+    balance: bool = typer.Option(LOOP.balance, help="SFT: every prompt with an accepted candidate gives exactly --max-per-prompt rows (its accepted ones repeated), so rare successes weigh as much as easy ones."),
     lr: float = typer.Option(TRAIN.lr, help="Learning rate of each round."),
     epochs: int = typer.Option(TRAIN.epochs, help="Epochs over each round's data."),
     beta: float = typer.Option(TRAIN.beta, help="DPO beta."),
@@ -298,8 +307,9 @@ def loop(
                         lora_rank=lora_rank, und_anchor=und_anchor, seed=seed)
     if not 0 < threshold < 1 or max_per_prompt < 0:
         fail("--threshold must be in (0, 1) and --max-per-prompt >= 0")
+    check_balance(balance, max_per_prompt)
     cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
-                     threshold=threshold, max_per_prompt=max_per_prompt, gate_external=gate_external,
+                     threshold=threshold, max_per_prompt=max_per_prompt, balance=balance, gate_external=gate_external,
                      eval_n=eval_n, eval_per_category=eval_per_category, cfg=sample_cfg, temperature=temperature,
                      canonical=canonical, curriculum_epoch=curriculum_epoch)
     if via_services:
@@ -321,6 +331,8 @@ def controls(
     epochs: int = typer.Option(TRAIN.epochs, help="Epochs over each round's data."),
     modules: str = typer.Option(TRAIN.modules, help="What trains: lm or lm+head."),
     und_anchor: float = typer.Option(TRAIN.und_anchor, help="Weight of the understanding anchor (as in `unigap loop`)."),
+    max_per_prompt: int = typer.Option(LOOP.max_per_prompt, help="Own-sample arms: at most this many kept candidates per prompt (0: all), as in `unigap loop`."),
+    balance: bool = typer.Option(LOOP.balance, help="Own-sample arms: every prompt with a kept candidate gives exactly --max-per-prompt rows, as in `unigap loop`."),
     eval_n: int = typer.Option(LOOP.eval_n, help="Images per held-out prompt in each evaluation."),
     eval_per_category: int = typer.Option(LOOP.eval_per_category, help="Evaluate at most this many prompts per category (0: all)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every arm's figures per round to this JSON file."),
@@ -340,13 +352,16 @@ def controls(
         fail("--rounds, --n, --epochs and --eval-n must be at least 1, --lr > 0 and --und-anchor >= 0")
     if modules not in MODULES:
         fail(f"--modules must be one of {', '.join(MODULES)}")
+    if max_per_prompt < 0:
+        fail("--max-per-prompt must be >= 0")
+    check_balance(balance, max_per_prompt)
     check_model(model)
     try:
         prompts = pool_texts(pool)
     except ValueError as e:
         fail(str(e))
     cfg = LoopConfig(rounds=rounds, n=n, seed=seed, pool=pool, eval_n=eval_n, eval_per_category=eval_per_category,
-                     train=TrainConfig(lr=lr, epochs=epochs, modules=modules, und_anchor=und_anchor, seed=seed))
+                     max_per_prompt=max_per_prompt, balance=balance, train=TrainConfig(lr=lr, epochs=epochs, modules=modules, und_anchor=und_anchor, seed=seed))
     result = run_controls(load_model(model), chosen, prompts, cfg, log=console.print)
     out = Table(title="Ladder of controls: held-out generation accuracy (external evaluator) and NU (own judge) per round")
     for col in ("arm", "trained on, per round", "gen % per round", "NU % per round"):

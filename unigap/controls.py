@@ -17,7 +17,7 @@ trainer will: the limit is the model (or the trainer), not the self-judgment.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Callable
 
 import numpy as np
@@ -29,6 +29,7 @@ from unigap.config import LoopConfig, TrainConfig
 from unigap.evaluate import make_judge
 from unigap.loop import evaluate_split, evaluated_specs
 from unigap.model.adapter import UnifiedModel
+from unigap.train.data import split_candidates
 from unigap.train.round import collect, understanding_anchor_loss
 from unigap.train.trainer import train_sft
 
@@ -49,7 +50,7 @@ def control_samples(arm: str, um: UnifiedModel, prompts: list[str], cfg: LoopCon
         keep = world.evaluate_batch(images, [world.parse(p) for p in c.prompts])
     else:
         keep = np.ones(len(c.prompts), bool)
-    return [(p, t) for p, t, k in zip(c.prompts, c.tokens, keep) if k]
+    return split_candidates(replace(c, accepted=keep), cfg.max_per_prompt, cfg.balance).sft  # the loop's SFT rule
 
 
 def evaluate(um: UnifiedModel, cfg: LoopConfig, progress: bool) -> dict:

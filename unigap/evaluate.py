@@ -77,9 +77,10 @@ def gap_report(specs: list, rows: list, accepted, correct, extra=None) -> dict:
     `unigap score` and the judge service, so both report the same numbers.
     """
     accepted, correct = np.asarray(accepted, bool), np.asarray(correct, bool)
+    prompt_of = np.array([s.text for s in rows])
 
     def summary(img_mask, spec_mask) -> dict:
-        out = gap_summary(accepted[img_mask], correct[img_mask], int(spec_mask.sum()))
+        out = gap_summary(accepted[img_mask], correct[img_mask], int(spec_mask.sum()), prompt_of[img_mask])
         return {**out, **extra(img_mask, spec_mask)} if extra else out
 
     all_imgs, all_specs = np.ones(len(rows), bool), np.ones(len(specs), bool)

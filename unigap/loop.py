@@ -71,7 +71,7 @@ def evaluate_split(generator, judge, specs: list, n: int, seed: int, progress: b
     res = generate_and_judge(generator, judge, specs, Sampling(n=n, seed=seed), progress)
     rows = res["specs"]
     judged = res["judged"]
-    summary = gap_summary(judged.accepted, res["correct"], len(specs))
+    summary = gap_summary(judged.accepted, res["correct"], len(specs), judged.prompt_index)
     summary["und_acc_own"] = summary.pop("und_acc")
     summary["und_acc"] = float(rendered_understanding(judge, specs, seed).mean())
     summary["diversity"] = diversity(judged.tokens, judged.prompt_index)
@@ -192,7 +192,7 @@ class Loop:
         base_ref = progress["base"]
         self.log(f"round {r}: from the model of round {base_round}")
         cand = self._step(r, progress, "candidates", lambda: self._candidates_ref(base_ref, r))
-        data_ref = self._step(r, progress, "data", lambda: put_round_data(self.store, split_candidates(self._load_candidates(cand), cfg.max_per_prompt)))
+        data_ref = self._step(r, progress, "data", lambda: put_round_data(self.store, split_candidates(self._load_candidates(cand), cfg.max_per_prompt, cfg.balance)))
         data = get_round_data(self.store, data_ref)
         if not data.sft and not data.pairs:
             self.log(f"  round {r}: no accepted sample and no pair: nothing to train on; the round keeps the model")

@@ -24,7 +24,7 @@ def _mean(x) -> float | None:
     return float(x.mean()) if len(x) else None
 
 
-def gap_summary(accepted, correct, n_prompts: int | None = None) -> dict:
+def gap_summary(accepted, correct, n_prompts: int | None = None, prompt_of=None) -> dict:
     """NU and friends for one group of generated images.
 
     accepted: the model's own judge accepted the image; correct: the external evaluator did.
@@ -32,7 +32,13 @@ def gap_summary(accepted, correct, n_prompts: int | None = None) -> dict:
     - gen_acc: share the external evaluator accepts;
     - und_acc: share where the judge agrees with the external evaluator;
     - ext_agreement: among images the judge rejects, the share the evaluator also rejects
-      (above 0.5: the gap is weak generation, not misunderstanding).
+      (above 0.5: the gap is weak generation, not misunderstanding);
+    - judge_precision: among images the judge accepts, the share the evaluator accepts: how
+      clean the self-improvement loop's training set would be.
+    With `prompt_of` (each image's prompt), what rejection sampling can reach at this N:
+    - coverage: share of prompts with at least one correct image;
+    - judge_coverage: share of prompts with at least one image both the judge and the evaluator
+      accept (the prompts the loop can learn from).
     """
     a = np.asarray(accepted, dtype=bool)
     c = np.asarray(correct, dtype=bool)
@@ -43,8 +49,14 @@ def gap_summary(accepted, correct, n_prompts: int | None = None) -> dict:
         "gen_acc": _mean(c),
         "und_acc": _mean(a == c),
         "ext_agreement": _mean(~c[rejected]),
+        "judge_precision": _mean(c[a]),
         "n_images": int(len(a)),
     }
+    if prompt_of is not None:
+        _, prompt = np.unique(np.asarray(prompt_of), return_inverse=True)
+        n = prompt.max() + 1 if len(prompt) else 0
+        out["coverage"] = _mean(np.bincount(prompt, c, n) > 0)
+        out["judge_coverage"] = _mean(np.bincount(prompt, a & c, n) > 0)
     if n_prompts is not None:
         out["n_prompts"] = n_prompts
     return out

@@ -69,7 +69,7 @@ class Progress(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
 
 class GapFigures(_message.Message):
-    __slots__ = ("nu", "nu_low", "nu_high", "gen_acc", "und_acc", "ext_agreement", "n_images", "n_prompts")
+    __slots__ = ("nu", "nu_low", "nu_high", "gen_acc", "und_acc", "ext_agreement", "n_images", "n_prompts", "judge_precision", "coverage", "judge_coverage")
     NU_FIELD_NUMBER: _ClassVar[int]
     NU_LOW_FIELD_NUMBER: _ClassVar[int]
     NU_HIGH_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,9 @@ class GapFigures(_message.Message):
     EXT_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     N_IMAGES_FIELD_NUMBER: _ClassVar[int]
     N_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_COVERAGE_FIELD_NUMBER: _ClassVar[int]
     nu: float
     nu_low: float
     nu_high: float
@@ -86,7 +89,10 @@ class GapFigures(_message.Message):
     ext_agreement: float
     n_images: int
     n_prompts: int
-    def __init__(self, nu: _Optional[float] = ..., nu_low: _Optional[float] = ..., nu_high: _Optional[float] = ..., gen_acc: _Optional[float] = ..., und_acc: _Optional[float] = ..., ext_agreement: _Optional[float] = ..., n_images: _Optional[int] = ..., n_prompts: _Optional[int] = ...) -> None: ...
+    judge_precision: float
+    coverage: float
+    judge_coverage: float
+    def __init__(self, nu: _Optional[float] = ..., nu_low: _Optional[float] = ..., nu_high: _Optional[float] = ..., gen_acc: _Optional[float] = ..., und_acc: _Optional[float] = ..., ext_agreement: _Optional[float] = ..., n_images: _Optional[int] = ..., n_prompts: _Optional[int] = ..., judge_precision: _Optional[float] = ..., coverage: _Optional[float] = ..., judge_coverage: _Optional[float] = ...) -> None: ...
 
 class NonUnificationResult(_message.Message):
     __slots__ = ("overall", "by_category", "by_tier", "checkpoint")

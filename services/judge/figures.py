@@ -31,6 +31,9 @@ def to_figures(summary: dict) -> pb.GapFigures:
         ext_agreement=_wire(summary["ext_agreement"]),
         n_images=summary["n_images"],
         n_prompts=summary["n_prompts"],
+        judge_precision=_wire(summary["judge_precision"]),
+        coverage=_wire(summary["coverage"]),
+        judge_coverage=_wire(summary["judge_coverage"]),
     )
 
 
@@ -43,6 +46,9 @@ def from_figures(f: pb.GapFigures) -> dict:
         "ext_agreement": _dict(f.ext_agreement),
         "n_images": f.n_images,
         "n_prompts": f.n_prompts,
+        "judge_precision": _dict(f.judge_precision),
+        "coverage": _dict(f.coverage),
+        "judge_coverage": _dict(f.judge_coverage),
     }
 
 

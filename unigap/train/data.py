@@ -33,10 +33,15 @@ class RoundData:
         self.discard += other.discard
 
 
-def split_candidates(c: Candidates, max_per_prompt: int = 0) -> RoundData:
+def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = False) -> RoundData:
     """SFT: every accepted candidate (the best `max_per_prompt` by p_yes when set, so easy prompts
-    do not dominate). DPO: per prompt, the best accepted against the worst rejected (by p_yes);
-    prompts lacking either give no pair. Discard: prompts with none accepted."""
+    do not dominate). With `balance`, every prompt with an accepted candidate gives exactly
+    `max_per_prompt` rows, its accepted ones repeated best first: a composition the model gets
+    right once in N then weighs as much as a single object it always gets right.
+    DPO: per prompt, the best accepted against the worst rejected (by p_yes); prompts lacking
+    either give no pair. Discard: prompts with none accepted."""
+    if balance and max_per_prompt < 1:
+        raise ValueError("balance needs max_per_prompt >= 1 (the rows each prompt gives)")
     out = RoundData()
     order: dict[str, list[int]] = {}
     for i, p in enumerate(c.prompts):
@@ -46,6 +51,8 @@ def split_candidates(c: Candidates, max_per_prompt: int = 0) -> RoundData:
         acc = rows[c.accepted[rows]]
         rej = rows[~c.accepted[rows]]
         keep = acc[np.argsort(-c.p_yes[acc], kind="stable")][:max_per_prompt] if max_per_prompt else acc
+        if balance and len(keep):
+            keep = np.resize(keep, max_per_prompt)  # cycles through them: best, second, ..., best, ...
         out.sft += [(prompt, c.tokens[i]) for i in keep]
         if len(acc) and len(rej):
             best = acc[np.argmax(c.p_yes[acc])]

@@ -142,7 +142,7 @@ def train_round(
         fresh = RoundData()
         if discard:
             judge = make_judge(um, cfg.judge_mode, cfg.threshold)
-            fresh = split_candidates(collect(um, judge, discard, cfg, cfg.seed * 1000 + r + 500, progress), cfg.max_per_prompt)
+            fresh = split_candidates(collect(um, judge, discard, cfg, cfg.seed * 1000 + r + 500, progress), cfg.max_per_prompt, cfg.balance)
         log(f"  curriculum: {len(discard)} discarded prompts replayed, {len(fresh.sft)} samples now accepted")
         return fresh
 
