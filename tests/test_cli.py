@@ -35,6 +35,8 @@ def test_help_explains_itself():
         (["score", "--split", "nope"], ["--split", "nope"]),
         (["score", "--mode", "vibes"], ["--mode", "vibes"]),
         (["generate", "a red circle", "--n", "0"], ["--n"]),
+        (["generate", "a red circle", "--best-of", "0"], ["--best-of", "at least 1"]),
+        (["score", "--best-of", "0"], ["--best-of", "at least 1"]),
         (["generate", " "], ["empty"]),
         (["judge", "--image", "/nonexistent.png", "--prompt", "a red circle"], ["--image", "not a readable image"]),
         (["pretrain", "--vq-steps", "-1"], ["--vq-steps"]),

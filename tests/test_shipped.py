@@ -56,6 +56,19 @@ def test_judge_understands_rendered_images(shipped):
     assert acc.mean() >= 0.9
 
 
+def test_best_of_keeps_the_judges_pick_of_each_group(shipped):
+    from unigap.candidates import Sampling, sample_and_judge
+
+    prompts = ["a red circle above a blue square", "two green circles"]
+    judge = make_judge(shipped, "likelihood")
+    picked = sample_and_judge(shipped, judge, prompts, Sampling(n=2, seed=3, best_of=3), progress=False)
+    every = sample_and_judge(shipped, judge, prompts, Sampling(n=6, seed=3), progress=False)
+    best = every.p_yes.reshape(4, 3).argmax(1) + np.arange(0, 12, 3)  # rows: 2 prompts x 2 groups of 3
+    assert np.array_equal(picked.tokens, every.tokens[best])
+    assert np.array_equal(picked.p_yes, every.p_yes[best]) and picked.prompts == [every.prompts[i] for i in best]
+    assert list(picked.prompt_index) == [0, 0, 1, 1]
+
+
 def test_save_load_round_trip(shipped, tmp_path):
     shipped.save(tmp_path / "copy")
     loaded = UnifiedModel.load(tmp_path / "copy")

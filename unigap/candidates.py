@@ -21,6 +21,7 @@ class Sampling:
     cfg: float = 1.5
     temperature: float = 0.7
     batch_prompts: int = 32
+    best_of: int = 1  # > 1: each of the N is the own judge's pick among this many samples
 
 
 @dataclass
@@ -35,17 +36,26 @@ class Judged:
 
 def sample_and_judge(um: UnifiedModel, judge: Judge, prompts: list[str], s: Sampling, progress: bool = True) -> Judged:
     """`um` may be the model itself or anything with its `sample` (a generation service client);
-    `judge` anything with `score` (the Triton-served judge's client)."""
+    `judge` anything with `score` (the Triton-served judge's client).
+
+    With `best_of` M, N * M samples are drawn per prompt and each consecutive M keeps the one the
+    judge scores highest: generation with the model's own understanding as a verifier.
+    """
+    if s.n < 1 or s.best_of < 1:
+        raise ValueError(f"n and best_of must be >= 1, got {s.n} and {s.best_of}")
     index, images, tokens, p_yes, accepted = [], [], [], [], []
     for i in tqdm(range(0, len(prompts), s.batch_prompts), desc="sample and judge", disable=not progress, leave=False):
         chunk = prompts[i : i + s.batch_prompts]
-        out = um.sample(chunk, s.n, s.cfg, s.temperature, s.seed)
+        out = um.sample(chunk, s.n * s.best_of, s.cfg, s.temperature, s.seed)
         j = judge.score(out.images, [chunk[k] for k in out.prompt_index])
-        index += [i + k for k in out.prompt_index]
-        images.append(out.images)
-        tokens.append(np.asarray(out.tokens))
-        p_yes.append(j.p_yes)
-        accepted.append(j.decision)
+        pick = np.arange(len(out.prompt_index))  # rows are prompt-major, so groups of M are consecutive
+        if s.best_of > 1:
+            pick = pick.reshape(-1, s.best_of)[np.arange(len(pick) // s.best_of), j.p_yes.reshape(-1, s.best_of).argmax(1)]
+        index += [i + out.prompt_index[r] for r in pick]
+        images.append(out.images[pick])
+        tokens.append(np.asarray(out.tokens)[pick])
+        p_yes.append(j.p_yes[pick])
+        accepted.append(j.decision[pick])
     return Judged(
         prompts=[prompts[k] for k in index],
         prompt_index=np.array(index),

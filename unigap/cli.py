@@ -113,7 +113,8 @@ def print_report(report: dict) -> None:
     row("overall", report["overall"], style="bold")
     console.print(table)
     s = report["settings"]
-    console.print(f"judge mode {s['judge_mode']}, N {s['n']} per prompt, CFG {s['cfg']}, T {s['temperature']}, seed {s['seed']}")
+    best = f" (each the judge's best of {s['best_of']})" if s["best_of"] > 1 else ""
+    console.print(f"judge mode {s['judge_mode']}, N {s['n']} per prompt{best}, CFG {s['cfg']}, T {s['temperature']}, seed {s['seed']}")
 
 
 @app.command()
@@ -126,6 +127,7 @@ def score(
     per_category: int = typer.Option(16, help="At most this many prompts per category (0: all), chosen reproducibly."),
     cfg: float = typer.Option(1.5, help="Classifier-free guidance scale."),
     temperature: float = typer.Option(0.7, help="Sampling temperature (0: greedy)."),
+    best_of: int = typer.Option(1, help="Each image is the model's own judge's pick among this many samples (its understanding as a verifier at generation time)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures to this JSON file."),
     plot: Optional[Path] = typer.Option(None, help="Write a PNG chart of NU and accuracies per category and tier."),
 ):
@@ -134,14 +136,14 @@ def score(
     from unigap.candidates import Sampling
     from unigap.evaluate import make_judge, score_report, select_prompts
 
-    if n < 1:
-        fail(f"--n must be at least 1, got {n}")
+    if n < 1 or best_of < 1:
+        fail(f"--n and --best-of must be at least 1, got {n} and {best_of}")
     if cfg <= 0 or temperature < 0:
         fail("--cfg must be > 0 and --temperature >= 0")
     check_mode(mode)
     specs = select_prompts(load_prompts(split), per_category, seed)
     um = load_model(model)
-    report = score_report(um, make_judge(um, mode), specs, Sampling(n=n, seed=seed, cfg=cfg, temperature=temperature))
+    report = score_report(um, make_judge(um, mode), specs, Sampling(n=n, seed=seed, cfg=cfg, temperature=temperature, best_of=best_of))
     samples = report.pop("_samples")
     report["settings"]["split"] = split
     print_report(report)
@@ -165,6 +167,7 @@ def generate(
     cfg: float = typer.Option(1.5, help="Classifier-free guidance scale."),
     temperature: float = typer.Option(0.7, help="Sampling temperature (0: greedy)."),
     mode: str = typer.Option(LOOP.judge_mode, help="Judge mode for the p_yes written beside each image (probability for prompts outside the shapes world)."),
+    best_of: int = typer.Option(1, help="Write, for each image, the judge's pick among this many samples."),
 ):
     """Generate images with the model and write PNGs plus a JSON of token ids and the model's own p_yes."""
     from PIL import Image
@@ -172,14 +175,14 @@ def generate(
     from unigap.candidates import Sampling, sample_and_judge
     from unigap.evaluate import make_judge
 
-    if n < 1:
-        fail(f"--n must be at least 1, got {n}")
+    if n < 1 or best_of < 1:
+        fail(f"--n and --best-of must be at least 1, got {n} and {best_of}")
     if any(not p.strip() for p in prompts):
         fail("a prompt is empty")
     check_mode(mode)
     um = load_model(model)
     try:
-        res = sample_and_judge(um, make_judge(um, mode), prompts, Sampling(n, seed, cfg, temperature))
+        res = sample_and_judge(um, make_judge(um, mode), prompts, Sampling(n, seed, cfg, temperature, best_of=best_of))
     except ValueError as e:
         fail(f"cannot judge in {mode} mode: {e}")
     out.mkdir(parents=True, exist_ok=True)
