@@ -40,6 +40,7 @@ def test_help_explains_itself():
         (["generate", " "], ["empty"]),
         (["judge", "--image", "/nonexistent.png", "--prompt", "a red circle"], ["--image", "not a readable image"]),
         (["pretrain", "--vq-steps", "-1"], ["--vq-steps"]),
+        (["grow", "--out", "/tmp/unused-grown", "--layers", "3"], ["--layers", "multiple of the model's 2"]),
         (["loop", "--more-rounds", "-1"], ["--more-rounds"]),
         (["loop", "--via-services", "localhost"], ["--via-services", "host:port,host:port"]),
         (["loop", "--via-services", "a:1,b:2", "--executor", "slurm"], ["executor", "slurm"]),

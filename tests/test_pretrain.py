@@ -2,6 +2,7 @@
 
 import shutil
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -26,3 +27,30 @@ def test_pretrain_saves_a_loadable_model_and_resumes_identically(tmp_path):
     pretrain(tmp_path / "b", CFG, SIZE)
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_growing_depth_keeps_what_the_model_computes(tmp_path):
+    from unigap.model.build import build_tiny
+    from unigap.pretrain import grow, grow_depth, vocabulary
+
+    model, processor = build_tiny(vocabulary(), SIZE, seed=0)
+    um = UnifiedModel(model.eval(), processor)
+    for p in um.model.parameters():  # away from the initialisation's zeros, so zeroed outputs are what is checked
+        p.data.add_(0.01 * torch.randn_like(p))
+    deep = grow_depth(um, 3)
+    assert deep.model.config.text_config.num_hidden_layers == 3
+    prompts = ["a red circle", "two blue squares"]
+    tokens = um.sample(prompts, n=2, seed=1, decode=False).tokens
+    rows = [prompts[i] for i in (0, 0, 1, 1)]
+    assert torch.allclose(um.image_logprobs(rows, tokens), deep.image_logprobs(rows, tokens), atol=1e-5)
+    q = ["Describe the image."] * 4
+    images = um.decode(tokens)
+    assert torch.allclose(um.answer_logprobs(images, q, rows), deep.answer_logprobs(images, q, rows), atol=1e-5)
+    with pytest.raises(ValueError, match="multiple"):
+        grow_depth(um, 1)
+
+    um.save(tmp_path / "start")
+    grow(tmp_path / "start", tmp_path / "grown", 2, 2, cfg=CFG)
+    grown = UnifiedModel.load(tmp_path / "grown")
+    assert grown.model.config.text_config.num_hidden_layers == 2
+    assert (tmp_path / "grown" / "grow.json").is_file()

@@ -250,6 +250,30 @@ def pretrain(
 
 
 @app.command()
+def grow(
+    out: Path = typer.Option(..., help="Folder for the grown model."),
+    model: Path = typer.Option(DEFAULT_MODEL, help="The trained model to grow."),
+    layers: int = typer.Option(4, help="Depth of the grown language model (a multiple of the model's)."),
+    steps: int = typer.Option(800, help="Joint understanding + generation steps after growing."),
+    lr: float = typer.Option(5e-4, help="Peak learning rate of those steps."),
+    seed: int = typer.Option(11, help="Seed of the data and order."),
+):
+    """Deepen a trained model's language model (each layer followed by copies of itself whose
+    outputs start at zero, so nothing it could do is lost) and continue joint training: a
+    larger generator from the shipped one without training from scratch."""
+    from unigap.pretrain import grow as run
+
+    if steps < 0 or not lr > 0:
+        fail("--steps must be >= 0 and --lr > 0")
+    check_model(model)
+    try:
+        run(model, out, layers, steps, lr, seed)
+    except ValueError as e:
+        fail(f"--layers: {e}")
+    console.print(f"model written to {out}")
+
+
+@app.command()
 def loop(
     rounds: int = typer.Option(LOOP.rounds, help="Self-improvement rounds: the run's target (rerunning resumes the same run)."),
     more_rounds: int = typer.Option(0, help="Instead of --rounds: this many rounds beyond those the run has finished (what a scheduled job asks for)."),

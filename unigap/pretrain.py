@@ -11,6 +11,7 @@ the external evaluator is never called here.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from tqdm import tqdm
+from transformers import JanusForConditionalGeneration
 
 from unigap import world
 from unigap.model.adapter import UnifiedModel, gen_text, und_text
@@ -247,4 +249,48 @@ def pretrain(out: Path, cfg: PretrainConfig = PretrainConfig(), size: TinySize =
     (out / "pretrain.json").write_text(
         json.dumps({"config": asdict(cfg), "size": asdict(size), "seconds": round(time.time() - t0), "log": log}, indent=1)
     )
+    return um
+
+
+# ---------------------------------------------------------------------- growing the language model
+NEW_LAYER_OUTPUTS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+
+
+def grow_depth(um: UnifiedModel, layers: int) -> UnifiedModel:
+    """The same model with a language model `layers` deep (a multiple of its depth): each layer
+    is followed by copies of itself whose output projections start at zero, so the grown model
+    computes exactly what the original did and training finds a use for the new depth."""
+    config = copy.deepcopy(um.model.config)
+    old = config.text_config.num_hidden_layers
+    if layers <= old or layers % old:
+        raise ValueError(f"layers must be a multiple of the model's {old} larger than it, not {layers}")
+    config.text_config.num_hidden_layers = layers
+    k = layers // old
+    grown = {}
+    for name, value in um.model.state_dict().items():
+        head, sep, rest = name.partition(".language_model.layers.")
+        if not sep:
+            grown[name] = value
+            continue
+        i, tail = rest.split(".", 1)
+        for j in range(k):
+            copied = value.clone() if j else value
+            grown[f"{head}{sep}{int(i) * k + j}.{tail}"] = torch.zeros_like(value) if j and tail in NEW_LAYER_OUTPUTS else copied
+    model = JanusForConditionalGeneration(config)
+    model.load_state_dict(grown, strict=True)
+    return UnifiedModel(model.eval(), um.processor)
+
+
+def grow(start: Path, out: Path, layers: int, steps: int, lr: float = 5e-4, seed: int = 11,
+         cfg: PretrainConfig = PretrainConfig()) -> UnifiedModel:
+    """Grow a trained model's language model and continue joint training (the final stage's data)."""
+    torch.set_num_threads(cfg.threads)
+    t0 = time.time()
+    um = grow_depth(UnifiedModel.load(start), layers)
+    torch.manual_seed(seed)
+    log: list = []
+    train_stage(um, _streams(seed, um.image_size), cfg, steps, JOINT, f"grown to {layers} layers", log, lr)
+    um.save(out)
+    record = {"start": str(start), "layers": layers, "steps": steps, "lr": lr, "seed": seed, "seconds": round(time.time() - t0), "log": log}
+    (Path(out) / "grow.json").write_text(json.dumps(record, indent=1))
     return um
