@@ -261,15 +261,18 @@ def grow(
     """Deepen a trained model's language model (each layer followed by copies of itself whose
     outputs start at zero, so nothing it could do is lost) and continue joint training: a
     larger generator from the shipped one without training from scratch."""
-    from unigap.pretrain import grow as run
+    from transformers import JanusConfig
+
+    from unigap.pretrain import check_growth, grow as run
 
     if steps < 0 or not lr > 0:
         fail("--steps must be >= 0 and --lr > 0")
     check_model(model)
-    try:
-        run(model, out, layers, steps, lr, seed)
+    try:  # checked on the config, before minutes of loading and training
+        check_growth(JanusConfig.from_pretrained(model).text_config.num_hidden_layers, layers)
     except ValueError as e:
         fail(f"--layers: {e}")
+    run(model, out, layers, steps, lr, seed)
     console.print(f"model written to {out}")
 
 

@@ -256,14 +256,18 @@ def pretrain(out: Path, cfg: PretrainConfig = PretrainConfig(), size: TinySize =
 NEW_LAYER_OUTPUTS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
 
 
+def check_growth(depth: int, layers: int) -> None:
+    if layers <= depth or layers % depth:
+        raise ValueError(f"layers must be a multiple of the model's {depth} larger than it, not {layers}")
+
+
 def grow_depth(um: UnifiedModel, layers: int) -> UnifiedModel:
     """The same model with a language model `layers` deep (a multiple of its depth): each layer
     is followed by copies of itself whose output projections start at zero, so the grown model
     computes exactly what the original did and training finds a use for the new depth."""
     config = copy.deepcopy(um.model.config)
     old = config.text_config.num_hidden_layers
-    if layers <= old or layers % old:
-        raise ValueError(f"layers must be a multiple of the model's {old} larger than it, not {layers}")
+    check_growth(old, layers)
     config.text_config.num_hidden_layers = layers
     k = layers // old
     grown = {}
