@@ -41,16 +41,15 @@ def sample_and_judge(um: UnifiedModel, judge: Judge, prompts: list[str], s: Samp
     With `best_of` M, N * M samples are drawn per prompt and each consecutive M keeps the one the
     judge scores highest: generation with the model's own understanding as a verifier.
     """
-    if s.n < 1 or s.best_of < 1:
-        raise ValueError(f"n and best_of must be >= 1, got {s.n} and {s.best_of}")
+    if s.best_of < 1:
+        raise ValueError(f"best_of must be >= 1, got {s.best_of}")
     index, images, tokens, p_yes, accepted = [], [], [], [], []
     for i in tqdm(range(0, len(prompts), s.batch_prompts), desc="sample and judge", disable=not progress, leave=False):
         chunk = prompts[i : i + s.batch_prompts]
         out = um.sample(chunk, s.n * s.best_of, s.cfg, s.temperature, s.seed)
         j = judge.score(out.images, [chunk[k] for k in out.prompt_index])
-        pick = np.arange(len(out.prompt_index))  # rows are prompt-major, so groups of M are consecutive
-        if s.best_of > 1:
-            pick = pick.reshape(-1, s.best_of)[np.arange(len(pick) // s.best_of), j.p_yes.reshape(-1, s.best_of).argmax(1)]
+        groups = j.p_yes.reshape(-1, s.best_of)  # rows are prompt-major, so each prompt's M are consecutive
+        pick = np.arange(len(groups)) * s.best_of + groups.argmax(1)
         index += [i + out.prompt_index[r] for r in pick]
         images.append(out.images[pick])
         tokens.append(np.asarray(out.tokens)[pick])

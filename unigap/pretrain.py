@@ -277,9 +277,9 @@ def grow_depth(um: UnifiedModel, layers: int) -> UnifiedModel:
             grown[name] = value
             continue
         i, tail = rest.split(".", 1)
-        for j in range(k):
-            copied = value.clone() if j else value
-            grown[f"{head}{sep}{int(i) * k + j}.{tail}"] = torch.zeros_like(value) if j and tail in NEW_LAYER_OUTPUTS else copied
+        grown[f"{head}{sep}{int(i) * k}.{tail}"] = value
+        for j in range(1, k):
+            grown[f"{head}{sep}{int(i) * k + j}.{tail}"] = torch.zeros_like(value) if tail in NEW_LAYER_OUTPUTS else value.clone()
     model = JanusForConditionalGeneration(config)
     model.load_state_dict(grown, strict=True)
     return UnifiedModel(model.eval(), um.processor)

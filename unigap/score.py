@@ -53,10 +53,9 @@ def gap_summary(accepted, correct, n_prompts: int | None = None, prompt_of=None)
         "n_images": int(len(a)),
     }
     if prompt_of is not None:
-        _, prompt = np.unique(np.asarray(prompt_of), return_inverse=True)
-        n = prompt.max() + 1 if len(prompt) else 0
-        out["coverage"] = _mean(np.bincount(prompt, c, n) > 0)
-        out["judge_coverage"] = _mean(np.bincount(prompt, a & c, n) > 0)
+        names, prompt = np.unique(np.asarray(prompt_of), return_inverse=True)
+        out["coverage"] = _mean(np.bincount(prompt, c, len(names)) > 0)
+        out["judge_coverage"] = _mean(np.bincount(prompt, a & c, len(names)) > 0)
     if n_prompts is not None:
         out["n_prompts"] = n_prompts
     return out
