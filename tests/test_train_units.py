@@ -195,7 +195,7 @@ def test_the_understanding_anchor_holds_the_judge_while_generation_trains(tiny_r
 
     from unigap.config import TrainConfig
     from unigap.model.adapter import UnifiedModel
-    from unigap.train.round import understanding_anchor_loss
+    from unigap.train.round import understanding_anchor_loss, understanding_regulariser
     from unigap.train.trainer import train_sft
 
     rng = np.random.default_rng(0)
@@ -206,10 +206,39 @@ def test_the_understanding_anchor_holds_the_judge_while_generation_trains(tiny_r
     tokens = torch.as_tensor(np.stack([t for _, t in samples]))
     for weight in (0.0, 10.0):
         um = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
-        anchor = understanding_anchor_loss(um, reference) if weight else None
-        train_sft(um, samples, TrainConfig(epochs=4, batch=4, lr=3e-3, und_anchor=weight), progress=False, anchor=anchor)
+        cfg = TrainConfig(epochs=4, batch=4, lr=3e-3, und_anchor=weight)
+        train_sft(um, samples, cfg, progress=False, anchor=understanding_regulariser(um, reference, cfg))
         with torch.no_grad():
             drift[weight] = understanding_anchor_loss(um, reference)([p for p, _ in samples], tokens).item()
     assert drift[10.0] < 0.5 * drift[0.0], drift
-    with pytest.raises(ValueError, match="needs an anchor"):  # a weight with nothing to weigh is refused, not ignored
+    with pytest.raises(ValueError, match="need an anchor"):  # a weight with nothing to weigh is refused, not ignored
         train_sft(um, samples, TrainConfig(und_anchor=1.0), progress=False)
+    with pytest.raises(ValueError, match="need an anchor"):
+        train_sft(um, samples, TrainConfig(und_replay=1.0), progress=False)
+
+
+def test_the_understanding_replay_trains_the_pretraining_understanding_loss(tiny_random):
+    """The replay is the pretraining understanding loss on renders drawn from the trained batch:
+    the same batch replays the same renders, another batch others; with it on, the same hard SFT
+    leaves that loss (on a fixed batch of renders) lower than without it."""
+    import copy
+
+    from unigap.config import TrainConfig
+    from unigap.model.adapter import UnifiedModel
+    from unigap.train.round import understanding_regulariser, understanding_replay_loss
+    from unigap.train.trainer import train_sft
+
+    rng = np.random.default_rng(0)
+    samples = [(p, rng.integers(0, 64, 64)) for p in ["a red circle", "two blue squares"] for _ in range(4)]
+    a, b = (torch.as_tensor(np.stack([t for _, t in samples[i : i + 2]])) for i in (0, 4))
+    with torch.no_grad():
+        replay = understanding_replay_loss(tiny_random, seed=3)
+        assert replay(["x"], a).item() == replay(["y"], a).item() != replay(["x"], b).item()
+    after = {}
+    for weight in (0.0, 1.0):
+        um = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
+        cfg = TrainConfig(epochs=4, batch=4, lr=3e-3, und_replay=weight)
+        train_sft(um, samples, cfg, progress=False, anchor=understanding_regulariser(um, None, cfg))
+        with torch.no_grad():
+            after[weight] = understanding_replay_loss(um, seed=99)(["x"], a).item()
+    assert after[1.0] < 0.8 * after[0.0], after

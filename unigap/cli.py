@@ -301,6 +301,7 @@ def loop(
     nll_weight: float = typer.Option(TRAIN.nll_weight, help="DPO: weight of the NLL on the chosen image."),
     kl_weight: float = typer.Option(TRAIN.kl_weight, help="SFT: weight of the KL anchor to the pre-round model."),
     und_anchor: float = typer.Option(TRAIN.und_anchor, help="Weight of the understanding anchor: KL of the judge's caption distributions on each batch's images to the pre-round model's (keeps understanding while generation trains hard)."),
+    und_replay: float = typer.Option(TRAIN.und_replay, help="Weight of the understanding replay: each training step adds the pretraining understanding loss (captions and yes/no) on fresh renders, so the judge keeps what it knew while generation trains hard."),
     modules: str = typer.Option(TRAIN.modules, help="What trains: lm (the shared language model) or lm+head."),
     lora_rank: int = typer.Option(TRAIN.lora_rank, help="Train the language model through LoRA adapters of this rank (peft; merged into the checkpoint). 0: full weights."),
     sample_cfg: float = typer.Option(LOOP.cfg, "--cfg", help="Guidance scale of the candidates (low for a weak generator: FINDINGS.md)."),
@@ -323,8 +324,8 @@ def loop(
         fail(f"--rounds must be at least 1 and --more-rounds at least 0, got {rounds} and {more_rounds}")
     if n < 1 or eval_n < 1 or epochs < 1:
         fail("--n, --eval-n and --epochs must be at least 1")
-    if not (lr > 0 and beta > 0 and nll_weight >= 0 and kl_weight >= 0 and und_anchor >= 0):
-        fail("--lr and --beta must be > 0, --nll-weight, --kl-weight and --und-anchor >= 0")
+    if not (lr > 0 and beta > 0 and min(nll_weight, kl_weight, und_anchor, und_replay) >= 0):
+        fail("--lr and --beta must be > 0, --nll-weight, --kl-weight, --und-anchor and --und-replay >= 0")
     if modules not in MODULES:
         fail(f"--modules must be one of {', '.join(MODULES)}")
     if lora_rank < 0 or sample_cfg <= 0 or temperature < 0:
@@ -334,7 +335,7 @@ def loop(
     check_mode(mode)
     check_model(model)
     train = TrainConfig(epochs=epochs, lr=lr, beta=beta, nll_weight=nll_weight, kl_weight=kl_weight, modules=modules,
-                        lora_rank=lora_rank, und_anchor=und_anchor, seed=seed)
+                        lora_rank=lora_rank, und_anchor=und_anchor, und_replay=und_replay, seed=seed)
     if not 0 < threshold < 1 or max_per_prompt < 0:
         fail("--threshold must be in (0, 1) and --max-per-prompt >= 0")
     check_balance(balance, max_per_prompt)
@@ -343,8 +344,8 @@ def loop(
                      eval_n=eval_n, eval_per_category=eval_per_category, cfg=sample_cfg, temperature=temperature,
                      canonical=canonical, curriculum_epoch=curriculum_epoch)
     if via_services:
-        if und_anchor and trainer_procs > 1:
-            fail("--und-anchor runs in a single trainer process: use --trainer-procs 1")
+        if (und_anchor or und_replay) and trainer_procs > 1:
+            fail("--und-anchor and --und-replay run in a single trainer process: use --trainer-procs 1")
         return run_loop_via_services(cfg, store, model, via_services, executor, trainer_procs, json_out, more_rounds)
     return run_loop(cfg, store, model, json_out, report, more_rounds)
 
@@ -361,6 +362,7 @@ def controls(
     epochs: int = typer.Option(TRAIN.epochs, help="Epochs over each round's data."),
     modules: str = typer.Option(TRAIN.modules, help="What trains: lm or lm+head."),
     und_anchor: float = typer.Option(TRAIN.und_anchor, help="Weight of the understanding anchor (as in `unigap loop`)."),
+    und_replay: float = typer.Option(TRAIN.und_replay, help="Weight of the understanding replay (as in `unigap loop`)."),
     max_per_prompt: int = typer.Option(LOOP.max_per_prompt, help="Own-sample arms: at most this many kept candidates per prompt (0: all), as in `unigap loop`."),
     balance: bool = typer.Option(LOOP.balance, help="Own-sample arms: every prompt with a kept candidate gives exactly --max-per-prompt rows, as in `unigap loop`."),
     eval_n: int = typer.Option(LOOP.eval_n, help="Images per held-out prompt in each evaluation."),
@@ -378,8 +380,8 @@ def controls(
     unknown = [a for a in chosen if a not in CONTROL_ARMS]
     if not chosen or unknown:
         fail(f"--arms must name some of {', '.join(CONTROL_ARMS)}; unknown: {', '.join(unknown) or '(none given)'}")
-    if rounds < 1 or n < 1 or epochs < 1 or eval_n < 1 or not lr > 0 or und_anchor < 0:
-        fail("--rounds, --n, --epochs and --eval-n must be at least 1, --lr > 0 and --und-anchor >= 0")
+    if rounds < 1 or n < 1 or epochs < 1 or eval_n < 1 or not lr > 0 or min(und_anchor, und_replay) < 0:
+        fail("--rounds, --n, --epochs and --eval-n must be at least 1, --lr > 0, --und-anchor and --und-replay >= 0")
     if modules not in MODULES:
         fail(f"--modules must be one of {', '.join(MODULES)}")
     if max_per_prompt < 0:
@@ -391,7 +393,7 @@ def controls(
     except ValueError as e:
         fail(str(e))
     cfg = LoopConfig(rounds=rounds, n=n, seed=seed, pool=pool, eval_n=eval_n, eval_per_category=eval_per_category,
-                     max_per_prompt=max_per_prompt, balance=balance, train=TrainConfig(lr=lr, epochs=epochs, modules=modules, und_anchor=und_anchor, seed=seed))
+                     max_per_prompt=max_per_prompt, balance=balance, train=TrainConfig(lr=lr, epochs=epochs, modules=modules, und_anchor=und_anchor, und_replay=und_replay, seed=seed))
     result = run_controls(load_model(model), chosen, prompts, cfg, log=console.print)
     out = Table(title="Ladder of controls: held-out generation accuracy (external evaluator) and NU (own judge) per round")
     for col in ("arm", "trained on, per round", "gen % per round", "NU % per round"):

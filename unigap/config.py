@@ -22,6 +22,7 @@ class TrainConfig:
     nll_weight: float = 1.0  # DPO: NLL on the chosen image (the paper uses one)
     kl_weight: float = 0.0  # SFT: KL anchor to the pre-round model
     und_anchor: float = 0.0  # weight of the understanding anchor (caption ranking of the batch's images vs the pre-round model)
+    und_replay: float = 0.0  # weight of the understanding replay (the pretraining captioning and yes/no loss on fresh renders)
     modules: str = "lm"
     lora_rank: int = 0  # > 0: the LM trains through LoRA adapters of this rank (peft), merged after
     seed: int = 0

@@ -198,9 +198,12 @@ UNDERSTANDING = {"und": understanding_loss}
 JOINT = {"und": understanding_loss, "gen": generation_loss}
 
 
+UNDERSTANDING_SPLITS = ("train", "val", "heldout")  # every prompt outside `novel`
+
+
 def _streams(seed: int, size: int) -> SimpleNamespace:
     """Understanding batches over every non-novel prompt, generation batches over `train` only."""
-    return SimpleNamespace(und=Data(seed, size, ("train", "val", "heldout")), gen=Data(seed + 1, size, ("train",)))
+    return SimpleNamespace(und=Data(seed, size, UNDERSTANDING_SPLITS), gen=Data(seed + 1, size, ("train",)))
 
 
 def _resume(model, folder: Path, log: list, prefix: str = "") -> bool:

@@ -248,7 +248,8 @@ class _Checkpoints:
         return state
 
 
-# The understanding anchor: (prompts, image tokens) of a batch -> a loss (see unigap/train/round.py).
+# The understanding regulariser: (prompts, image tokens) of a batch -> a loss, already weighted
+# (the anchor and the replay of unigap/train/round.py).
 Anchor = Callable[[list[str], torch.Tensor], torch.Tensor]
 
 
@@ -268,14 +269,14 @@ def _train(
     """The one training loop of SFT and DPO: epochs of shuffled batches of `rows`, the curriculum's
     rows added before an epoch, states taken and resumed. `batch_loss(logprobs, batch)` returns the
     batch's loss and any further figures to log (their epoch means go in the log, as the loss's);
-    it adds `anchor`'s loss, which is given exactly when cfg.und_anchor weighs it."""
+    it adds `anchor`'s loss, which is given exactly when cfg.und_anchor or cfg.und_replay weighs one."""
     if not rows:
         return []
-    if bool(cfg.und_anchor) != (anchor is not None):
-        raise ValueError(f"und_anchor {cfg.und_anchor} needs an anchor, and an anchor needs und_anchor > 0")
-    if cfg.und_anchor and _world()[1] > 1:
+    if bool(cfg.und_anchor or cfg.und_replay) != (anchor is not None):
+        raise ValueError(f"und_anchor {cfg.und_anchor} and und_replay {cfg.und_replay} need an anchor, and an anchor needs one of them > 0")
+    if anchor is not None and _world()[1] > 1:
         # Its forward runs outside the DDP-wrapped one, so DDP would not reduce its gradients.
-        raise ValueError("the understanding anchor runs in a single trainer process only (--trainer-procs 1)")
+        raise ValueError("the understanding anchor and replay run in a single trainer process only (--trainer-procs 1)")
     with lora_adapters(um, cfg.lora_rank):
         rng = np.random.default_rng(cfg.seed)
         params = trainable_parameters(um, cfg.modules, lora=cfg.lora_rank > 0)
@@ -328,7 +329,7 @@ def train_sft(
     anchor: Anchor | None = None,
 ) -> list[dict]:
     """NLL on accepted images' tokens (+ a KL anchor to `reference` when cfg.kl_weight is set,
-    + `anchor(prompts, tokens)`, the understanding anchor, weighted by cfg.und_anchor).
+    + `anchor(prompts, tokens)`, the understanding anchor and replay, weighted by cfg.und_anchor and cfg.und_replay).
     `on_epoch(e)` may return new samples (the curriculum).
 
     `save_state` gets the run's state every `checkpoint_every` optimizer steps (0: never);
@@ -344,7 +345,7 @@ def train_sft(
                 ref = reference.image_logprobs(prompts, tokens)
             loss = loss + cfg.kl_weight * kl_anchor(logps, ref)
         if anchor is not None:
-            loss = loss + cfg.und_anchor * anchor(prompts, tokens)
+            loss = loss + anchor(prompts, tokens)
         return loss, {}
 
     return _train("sft", um, samples, cfg, batch_loss, on_epoch, progress, checkpoint_every, save_state, resume_state, anchor)
@@ -373,7 +374,7 @@ def train_dpo(
     anchor: Anchor | None = None,
 ) -> list[dict]:
     """Sequence-level DPO over image tokens (+ NLL on the chosen image, + the understanding
-    anchor on the chosen images as in `train_sft`). The reference log-probs
+    anchor and replay on the chosen images as in `train_sft`). The reference log-probs
     are given (computed once per round, the default of the loop), or, when they are None, the
     `reference` model computes them in every step (no pass up front, twice the forwards).
     `on_epoch(e)` may return new pairs with their reference log-probs (the curriculum).
@@ -397,7 +398,7 @@ def train_dpo(
         if cfg.nll_weight:
             loss = loss + cfg.nll_weight * sft_loss(lw)
         if anchor is not None:
-            loss = loss + cfg.und_anchor * anchor(prompts, chosen)
+            loss = loss + anchor(prompts, chosen)
         return loss, {"margin": margin.mean()}
 
     if (ref_chosen is None or ref_rejected is None) and reference is None:
