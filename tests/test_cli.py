@@ -48,6 +48,7 @@ def test_help_explains_itself():
         (["loop", "--und-anchor", "-1"], ["--und-anchor"]),
         (["loop", "--und-replay", "-1"], ["--und-replay"]),
         (["controls", "--und-replay", "-1"], ["--und-replay"]),
+        (["controls", "--threshold", "1"], ["--threshold"]),
         (["loop", "--via-services", "a:1,b:2", "--und-anchor", "1", "--trainer-procs", "2"], ["--und-anchor", "--trainer-procs 1"]),
         (["loop", "--via-services", "a:1,b:2", "--und-replay", "1", "--trainer-procs", "2"], ["--und-replay", "--trainer-procs 1"]),
         (["loop", "--cfg", "0"], ["--cfg"]),

@@ -365,6 +365,7 @@ def controls(
     und_replay: float = typer.Option(TRAIN.und_replay, help="Weight of the understanding replay (as in `unigap loop`)."),
     max_per_prompt: int = typer.Option(LOOP.max_per_prompt, help="Own-sample arms: at most this many kept candidates per prompt (0: all), as in `unigap loop`."),
     balance: bool = typer.Option(LOOP.balance, help="Own-sample arms: every prompt with a kept candidate gives exactly --max-per-prompt rows, as in `unigap loop`."),
+    threshold: float = typer.Option(LOOP.threshold, help="The judge arm: accept when the judge's p_yes >= this, as in `unigap loop`."),
     eval_n: int = typer.Option(LOOP.eval_n, help="Images per held-out prompt in each evaluation."),
     eval_per_category: int = typer.Option(LOOP.eval_per_category, help="Evaluate at most this many prompts per category (0: all)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every arm's figures per round to this JSON file."),
@@ -384,8 +385,8 @@ def controls(
         fail("--rounds, --n, --epochs and --eval-n must be at least 1, --lr > 0, --und-anchor and --und-replay >= 0")
     if modules not in MODULES:
         fail(f"--modules must be one of {', '.join(MODULES)}")
-    if max_per_prompt < 0:
-        fail("--max-per-prompt must be >= 0")
+    if max_per_prompt < 0 or not 0 < threshold < 1:
+        fail("--max-per-prompt must be >= 0 and --threshold in (0, 1)")
     check_balance(balance, max_per_prompt)
     check_model(model)
     try:
@@ -393,7 +394,8 @@ def controls(
     except ValueError as e:
         fail(str(e))
     cfg = LoopConfig(rounds=rounds, n=n, seed=seed, pool=pool, eval_n=eval_n, eval_per_category=eval_per_category,
-                     max_per_prompt=max_per_prompt, balance=balance, train=TrainConfig(lr=lr, epochs=epochs, modules=modules, und_anchor=und_anchor, und_replay=und_replay, seed=seed))
+                     max_per_prompt=max_per_prompt, balance=balance, threshold=threshold,
+                     train=TrainConfig(lr=lr, epochs=epochs, modules=modules, und_anchor=und_anchor, und_replay=und_replay, seed=seed))
     result = run_controls(load_model(model), chosen, prompts, cfg, log=console.print)
     out = Table(title="Ladder of controls: held-out generation accuracy (external evaluator) and NU (own judge) per round")
     for col in ("arm", "trained on, per round", "gen % per round", "NU % per round"):
