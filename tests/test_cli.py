@@ -57,6 +57,8 @@ def test_help_explains_itself():
         (["controls", "--rounds", "0"], ["--rounds"]),
         (["loop", "--balance"], ["--balance", "--max-per-prompt >= 1"]),
         (["controls", "--balance", "--max-per-prompt", "0"], ["--balance", "--max-per-prompt >= 1"]),
+        (["loop", "--focus", "0"], ["--focus", "(0, 1]"]),
+        (["controls", "--focus", "1.5"], ["--focus", "(0, 1]"]),
         (["table", "/nonexistent/loop.json"], ["/nonexistent/loop.json", "cannot be read"]),
         (["promote", "abc", "--store", "/tmp/unused-store"], ["not a checkpoint reference"]),
         (["serve", "--generation-port", "50051", "--judge-port", "50051"], ["ports must be distinct"]),

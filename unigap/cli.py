@@ -83,9 +83,11 @@ def check_mode(mode: str) -> None:
         fail(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
 
 
-def check_balance(balance: bool, max_per_prompt: int) -> None:
+def check_sft_rule(balance: bool, max_per_prompt: int, focus: float) -> None:
     if balance and max_per_prompt < 1:
         fail("--balance needs --max-per-prompt >= 1 (the rows each prompt gives)")
+    if not 0 < focus <= 1:
+        fail(f"--focus is an acceptance rate in (0, 1], not {focus}")
 
 
 def pct(x) -> str:
@@ -295,6 +297,7 @@ def loop(
     threshold: float = typer.Option(LOOP.threshold, help="The judge accepts a candidate when p_yes >= threshold."),
     max_per_prompt: int = typer.Option(LOOP.max_per_prompt, help="SFT: at most this many accepted candidates per prompt (0: all)."),
     balance: bool = typer.Option(LOOP.balance, help="SFT: every prompt with an accepted candidate gives exactly --max-per-prompt rows (its accepted ones repeated), so rare successes weigh as much as easy ones."),
+    focus: float = typer.Option(LOOP.focus, help="SFT: only prompts whose share of accepted candidates is at most this give rows (1: all), so training goes where the model still fails."),
     lr: float = typer.Option(TRAIN.lr, help="Learning rate of each round."),
     epochs: int = typer.Option(TRAIN.epochs, help="Epochs over each round's data."),
     beta: float = typer.Option(TRAIN.beta, help="DPO beta."),
@@ -338,9 +341,9 @@ def loop(
                         lora_rank=lora_rank, und_anchor=und_anchor, und_replay=und_replay, seed=seed)
     if not 0 < threshold < 1 or max_per_prompt < 0:
         fail("--threshold must be in (0, 1) and --max-per-prompt >= 0")
-    check_balance(balance, max_per_prompt)
+    check_sft_rule(balance, max_per_prompt, focus)
     cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
-                     threshold=threshold, max_per_prompt=max_per_prompt, balance=balance, gate_external=gate_external,
+                     threshold=threshold, max_per_prompt=max_per_prompt, balance=balance, focus=focus, gate_external=gate_external,
                      eval_n=eval_n, eval_per_category=eval_per_category, cfg=sample_cfg, temperature=temperature,
                      canonical=canonical, curriculum_epoch=curriculum_epoch)
     if via_services:
@@ -365,6 +368,7 @@ def controls(
     und_replay: float = typer.Option(TRAIN.und_replay, help="Weight of the understanding replay (as in `unigap loop`)."),
     max_per_prompt: int = typer.Option(LOOP.max_per_prompt, help="Own-sample arms: at most this many kept candidates per prompt (0: all), as in `unigap loop`."),
     balance: bool = typer.Option(LOOP.balance, help="Own-sample arms: every prompt with a kept candidate gives exactly --max-per-prompt rows, as in `unigap loop`."),
+    focus: float = typer.Option(LOOP.focus, help="Own-sample arms: only prompts whose share of kept candidates is at most this give rows, as in `unigap loop`."),
     threshold: float = typer.Option(LOOP.threshold, help="The judge arm: accept when the judge's p_yes >= this, as in `unigap loop`."),
     eval_n: int = typer.Option(LOOP.eval_n, help="Images per held-out prompt in each evaluation."),
     eval_per_category: int = typer.Option(LOOP.eval_per_category, help="Evaluate at most this many prompts per category (0: all)."),
@@ -387,14 +391,14 @@ def controls(
         fail(f"--modules must be one of {', '.join(MODULES)}")
     if max_per_prompt < 0 or not 0 < threshold < 1:
         fail("--max-per-prompt must be >= 0 and --threshold in (0, 1)")
-    check_balance(balance, max_per_prompt)
+    check_sft_rule(balance, max_per_prompt, focus)
     check_model(model)
     try:
         prompts = pool_texts(pool)
     except ValueError as e:
         fail(str(e))
     cfg = LoopConfig(rounds=rounds, n=n, seed=seed, pool=pool, eval_n=eval_n, eval_per_category=eval_per_category,
-                     max_per_prompt=max_per_prompt, balance=balance, threshold=threshold,
+                     max_per_prompt=max_per_prompt, balance=balance, focus=focus, threshold=threshold,
                      train=TrainConfig(lr=lr, epochs=epochs, modules=modules, und_anchor=und_anchor, und_replay=und_replay, seed=seed))
     result = run_controls(load_model(model), chosen, prompts, cfg, log=console.print)
     out = Table(title="Ladder of controls: held-out generation accuracy (external evaluator) and NU (own judge) per round")

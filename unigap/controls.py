@@ -29,7 +29,7 @@ from unigap.config import LoopConfig, TrainConfig
 from unigap.evaluate import make_judge
 from unigap.loop import evaluate_split, evaluated_specs
 from unigap.model.adapter import UnifiedModel
-from unigap.train.data import split_candidates
+from unigap.train.data import split_for
 from unigap.train.round import collect, understanding_regulariser
 from unigap.train.trainer import train_sft
 
@@ -50,7 +50,7 @@ def control_samples(arm: str, um: UnifiedModel, prompts: list[str], cfg: LoopCon
         keep = world.evaluate_batch(images, [world.parse(p) for p in c.prompts])
     else:
         keep = np.ones(len(c.prompts), bool)
-    return split_candidates(replace(c, accepted=keep), cfg.max_per_prompt, cfg.balance).sft  # the loop's SFT rule
+    return split_for(replace(c, accepted=keep), cfg).sft  # the loop's SFT rule
 
 
 def evaluate(um: UnifiedModel, cfg: LoopConfig, progress: bool) -> dict:

@@ -27,7 +27,7 @@ from unigap.evaluate import generate_and_judge, rendered_understanding, select_p
 from unigap.score import gap_summary, win_rate
 from unigap.store import records as rec
 from unigap.store.base import Store
-from unigap.train.data import Candidates, get_round_data, put_round_data, split_candidates
+from unigap.train.data import Candidates, get_round_data, put_round_data, split_for
 from unigap.train.round import TrainJob, collect
 
 
@@ -192,7 +192,7 @@ class Loop:
         base_ref = progress["base"]
         self.log(f"round {r}: from the model of round {base_round}")
         cand = self._step(r, progress, "candidates", lambda: self._candidates_ref(base_ref, r))
-        data_ref = self._step(r, progress, "data", lambda: put_round_data(self.store, split_candidates(self._load_candidates(cand), cfg.max_per_prompt, cfg.balance)))
+        data_ref = self._step(r, progress, "data", lambda: put_round_data(self.store, split_for(self._load_candidates(cand), cfg)))
         data = get_round_data(self.store, data_ref)
         if not data.sft and not data.pairs:
             self.log(f"  round {r}: no accepted sample and no pair: nothing to train on; the round keeps the model")

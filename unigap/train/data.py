@@ -33,15 +33,19 @@ class RoundData:
         self.discard += other.discard
 
 
-def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = False) -> RoundData:
+def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = False, focus: float = 1.0) -> RoundData:
     """SFT: every accepted candidate (the best `max_per_prompt` by p_yes when set, so easy prompts
     do not dominate). With `balance`, every prompt with an accepted candidate gives exactly
     `max_per_prompt` rows, its accepted ones repeated best first: a composition the model gets
-    right once in N then weighs as much as a single object it always gets right.
+    right once in N then weighs as much as a single object it always gets right. With `focus`
+    below 1, only prompts whose acceptance rate is at most `focus` give SFT rows: what the model
+    already does, it has little to learn from, and those rows crowd out its rare successes.
     DPO: per prompt, the best accepted against the worst rejected (by p_yes); prompts lacking
     either give no pair. Discard: prompts with none accepted."""
     if balance and max_per_prompt < 1:
         raise ValueError("balance needs max_per_prompt >= 1 (the rows each prompt gives)")
+    if not 0 < focus <= 1:
+        raise ValueError(f"focus is an acceptance rate in (0, 1], not {focus}")
     out = RoundData()
     order: dict[str, list[int]] = {}
     for i, p in enumerate(c.prompts):
@@ -51,6 +55,8 @@ def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = Fal
         acc = rows[c.accepted[rows]]
         rej = rows[~c.accepted[rows]]
         keep = acc[np.argsort(-c.p_yes[acc], kind="stable")][:max_per_prompt] if max_per_prompt else acc
+        if len(acc) > focus * len(rows):
+            keep = keep[:0]
         if balance and len(keep):
             keep = np.resize(keep, max_per_prompt)  # cycles through them: best, second, ..., best, ...
         out.sft += [(prompt, c.tokens[i]) for i in keep]
@@ -61,6 +67,11 @@ def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = Fal
         if not len(acc):
             out.discard.append(prompt)
     return out
+
+
+def split_for(c: Candidates, cfg) -> RoundData:
+    """`split_candidates` with the SFT rule of a `LoopConfig`."""
+    return split_candidates(c, cfg.max_per_prompt, cfg.balance, cfg.focus)
 
 
 def put_round_data(store, data: RoundData) -> str:

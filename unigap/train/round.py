@@ -30,7 +30,7 @@ from unigap.model.judge import Judge
 from unigap.pretrain import UNDERSTANDING_SPLITS, Data, PretrainConfig, understanding_loss
 from unigap.store import records as rec
 from unigap.store.base import Store
-from unigap.train.data import Candidates, RoundData, get_round_data, split_candidates
+from unigap.train.data import Candidates, RoundData, get_round_data, split_for
 from unigap.train.losses import understanding_anchor
 from unigap.train.trainer import Anchor, sequence_logps, train_dpo, train_sft
 
@@ -177,7 +177,7 @@ def train_round(
         fresh = RoundData()
         if discard:
             judge = make_judge(um, cfg.judge_mode, cfg.threshold)
-            fresh = split_candidates(collect(um, judge, discard, cfg, cfg.seed * 1000 + r + 500, progress), cfg.max_per_prompt, cfg.balance)
+            fresh = split_for(collect(um, judge, discard, cfg, cfg.seed * 1000 + r + 500, progress), cfg)
         log(f"  curriculum: {len(discard)} discarded prompts replayed, {len(fresh.sft)} samples now accepted")
         return fresh
 
