@@ -100,14 +100,14 @@ def test_split_candidates_balances_prompts():
 
 
 def test_split_candidates_focuses_on_failing_prompts():
-    # Acceptance rates: "easy" 4/4, "half" 2/4, "hard" 1/4. focus 0.5 keeps "half" and "hard" only.
+    # Acceptance rates: "easy" 4/4, "half" 2/4, "hard" 1/4. With focus 0.5, "easy" gives its best only.
     prompts = ["easy"] * 4 + ["half"] * 4 + ["hard"] * 4
     p_yes = np.array([0.9, 0.8, 0.7, 0.6, 0.9, 0.8, 0.2, 0.1, 0.6, 0.1, 0.2, 0.3])
     c = Candidates(prompts, np.arange(12)[:, None], p_yes, p_yes >= 0.5)
     d = split_candidates(c, max_per_prompt=2, balance=True, focus=0.5)
-    assert [(p, int(t[0])) for p, t in d.sft] == [("half", 4), ("half", 5), ("hard", 8), ("hard", 8)]
+    assert [(p, int(t[0])) for p, t in d.sft] == [("easy", 0), ("half", 4), ("half", 5), ("hard", 8), ("hard", 8)]
     assert len(d.pairs) == 2 and d.discard == []  # DPO pairs and the discard pool are not focused
-    assert len(split_candidates(c, focus=0.25).sft) == 1
+    assert [int(t[0]) for _, t in split_candidates(c, focus=0.25).sft] == [0, 4, 8]
     with pytest.raises(ValueError, match="focus"):
         split_candidates(c, focus=0)
 

@@ -39,7 +39,7 @@ class LoopConfig:
     threshold: float = 0.5  # accept when the judge's p_yes >= threshold
     max_per_prompt: int = 0  # SFT: keep at most this many accepted candidates per prompt (0: all)
     balance: bool = False  # SFT: every prompt with an accepted candidate gives exactly max_per_prompt rows
-    focus: float = 1.0  # SFT: only prompts whose acceptance rate is at most this give rows (1: all)
+    focus: float = 1.0  # SFT: a prompt accepted more often than this gives one row only (1: off)
     cfg: float = 1.5  # candidate sampling: low guidance and temperature (FINDINGS.md)
     temperature: float = 0.7
     canonical: bool = True  # train on decode -> re-encode tokens

@@ -38,8 +38,9 @@ def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = Fal
     do not dominate). With `balance`, every prompt with an accepted candidate gives exactly
     `max_per_prompt` rows, its accepted ones repeated best first: a composition the model gets
     right once in N then weighs as much as a single object it always gets right. With `focus`
-    below 1, only prompts whose acceptance rate is at most `focus` give SFT rows: what the model
-    already does, it has little to learn from, and those rows crowd out its rare successes.
+    below 1, a prompt whose acceptance rate is above `focus` gives one row only: what the model
+    mostly does already it has little to learn from, but dropping it altogether makes the model
+    forget it (measured: single objects fell from 87% to 40% when only hard prompts trained).
     DPO: per prompt, the best accepted against the worst rejected (by p_yes); prompts lacking
     either give no pair. Discard: prompts with none accepted."""
     if balance and max_per_prompt < 1:
@@ -55,9 +56,9 @@ def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = Fal
         acc = rows[c.accepted[rows]]
         rej = rows[~c.accepted[rows]]
         keep = acc[np.argsort(-c.p_yes[acc], kind="stable")][:max_per_prompt] if max_per_prompt else acc
-        if len(acc) > focus * len(rows):
-            keep = keep[:0]
-        if balance and len(keep):
+        if len(acc) > focus * len(rows):  # mostly done already: one row, so it is kept, not forgotten
+            keep = keep[:1]
+        elif balance and len(keep):
             keep = np.resize(keep, max_per_prompt)  # cycles through them: best, second, ..., best, ...
         out.sft += [(prompt, c.tokens[i]) for i in keep]
         if len(acc) and len(rej):
