@@ -83,7 +83,10 @@ def check_mode(mode: str) -> None:
         fail(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
 
 
-def check_sft_rule(balance: bool, max_per_prompt: int, focus: float) -> None:
+def check_sft_rule(threshold: float, max_per_prompt: int, balance: bool, focus: float) -> None:
+    """The SFT set's rule, as `unigap loop` and `unigap controls` share it."""
+    if not 0 < threshold < 1 or max_per_prompt < 0:
+        fail("--threshold must be in (0, 1) and --max-per-prompt >= 0")
     if balance and max_per_prompt < 1:
         fail("--balance needs --max-per-prompt >= 1 (the rows each prompt gives)")
     if not 0 < focus <= 1:
@@ -339,9 +342,7 @@ def loop(
     check_model(model)
     train = TrainConfig(epochs=epochs, lr=lr, beta=beta, nll_weight=nll_weight, kl_weight=kl_weight, modules=modules,
                         lora_rank=lora_rank, und_anchor=und_anchor, und_replay=und_replay, seed=seed)
-    if not 0 < threshold < 1 or max_per_prompt < 0:
-        fail("--threshold must be in (0, 1) and --max-per-prompt >= 0")
-    check_sft_rule(balance, max_per_prompt, focus)
+    check_sft_rule(threshold, max_per_prompt, balance, focus)
     cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
                      threshold=threshold, max_per_prompt=max_per_prompt, balance=balance, focus=focus, gate_external=gate_external,
                      eval_n=eval_n, eval_per_category=eval_per_category, cfg=sample_cfg, temperature=temperature,
@@ -389,9 +390,7 @@ def controls(
         fail("--rounds, --n, --epochs and --eval-n must be at least 1, --lr > 0, --und-anchor and --und-replay >= 0")
     if modules not in MODULES:
         fail(f"--modules must be one of {', '.join(MODULES)}")
-    if max_per_prompt < 0 or not 0 < threshold < 1:
-        fail("--max-per-prompt must be >= 0 and --threshold in (0, 1)")
-    check_sft_rule(balance, max_per_prompt, focus)
+    check_sft_rule(threshold, max_per_prompt, balance, focus)
     check_model(model)
     try:
         prompts = pool_texts(pool)
