@@ -59,6 +59,8 @@ def test_help_explains_itself():
         (["controls", "--balance", "--max-per-prompt", "0"], ["--balance", "--max-per-prompt >= 1"]),
         (["loop", "--focus", "0"], ["--focus", "(0, 1]"]),
         (["controls", "--focus", "1.5"], ["--focus", "(0, 1]"]),
+        (["loop", "--und-flawed", "4"], ["--und-flawed", "--und-replay > 0"]),
+        (["controls", "--und-flawed", "-1", "--und-replay", "1"], ["--und-flawed", ">= 0"]),
         (["table", "/nonexistent/loop.json"], ["/nonexistent/loop.json", "cannot be read"]),
         (["promote", "abc", "--store", "/tmp/unused-store"], ["not a checkpoint reference"]),
         (["serve", "--generation-port", "50051", "--judge-port", "50051"], ["ports must be distinct"]),

@@ -108,8 +108,14 @@ def test_split_candidates_focuses_on_failing_prompts():
     assert [(p, int(t[0])) for p, t in d.sft] == [("easy", 0), ("half", 4), ("half", 5), ("hard", 8), ("hard", 8)]
     assert len(d.pairs) == 2 and d.discard == []  # DPO pairs and the discard pool are not focused
     assert [int(t[0]) for _, t in split_candidates(c, focus=0.25).sft] == [0, 4, 8]
+    # solved_rows: what a prompt above focus gives; 0 drops it (the generation replay holds it).
+    dropped = split_candidates(c, max_per_prompt=2, balance=True, focus=0.5, solved_rows=0)
+    assert [(p, int(t[0])) for p, t in dropped.sft] == [("half", 4), ("half", 5), ("hard", 8), ("hard", 8)]
+    assert [int(t[0]) for _, t in split_candidates(c, max_per_prompt=2, focus=0.5, solved_rows=2).sft] == [0, 1, 4, 5, 8]
     with pytest.raises(ValueError, match="focus"):
         split_candidates(c, focus=0)
+    with pytest.raises(ValueError, match="solved_rows"):
+        split_candidates(c, focus=0.5, solved_rows=-1)
 
 
 def test_lr_schedule():
@@ -208,7 +214,7 @@ def test_the_understanding_anchor_holds_the_judge_while_generation_trains(tiny_r
 
     from unigap.config import TrainConfig
     from unigap.model.adapter import UnifiedModel
-    from unigap.train.round import understanding_anchor_loss, understanding_regulariser
+    from unigap.train.round import understanding_anchor_loss, regulariser
     from unigap.train.trainer import train_sft
 
     rng = np.random.default_rng(0)
@@ -220,7 +226,7 @@ def test_the_understanding_anchor_holds_the_judge_while_generation_trains(tiny_r
     for weight in (0.0, 10.0):
         um = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
         cfg = TrainConfig(epochs=4, batch=4, lr=3e-3, und_anchor=weight)
-        train_sft(um, samples, cfg, progress=False, anchor=understanding_regulariser(um, reference, cfg))
+        train_sft(um, samples, cfg, progress=False, anchor=regulariser(um, reference, cfg))
         with torch.no_grad():
             drift[weight] = understanding_anchor_loss(um, reference)([p for p, _ in samples], tokens).item()
     assert drift[10.0] < 0.5 * drift[0.0], drift
@@ -228,6 +234,61 @@ def test_the_understanding_anchor_holds_the_judge_while_generation_trains(tiny_r
         train_sft(um, samples, TrainConfig(und_anchor=1.0), progress=False)
     with pytest.raises(ValueError, match="need an anchor"):
         train_sft(um, samples, TrainConfig(und_replay=1.0), progress=False)
+
+
+def test_the_generation_replay_trains_the_pretraining_generation_loss(tiny_random):
+    """The generation replay is the pretraining generation loss on renders of `train` prompts drawn
+    from the trained batch; with it on, the same hard SFT on other images leaves that loss (on a
+    fixed batch of renders) lower than without it. A weight with no regulariser is refused."""
+    import copy
+
+    from unigap.config import TrainConfig
+    from unigap.model.adapter import UnifiedModel
+    from unigap.train.round import generation_replay_loss, regulariser
+    from unigap.train.trainer import train_sft
+
+    rng = np.random.default_rng(0)
+    samples = [(p, rng.integers(0, 64, 64)) for p in ["a red circle", "two blue squares"] for _ in range(4)]
+    a, b = (torch.as_tensor(np.stack([t for _, t in samples[i : i + 2]])) for i in (0, 4))
+    with torch.no_grad():
+        replay = generation_replay_loss(tiny_random, seed=3, batch=4)
+        assert replay(["x"], a).item() == replay(["y"], a).item() != replay(["x"], b).item()
+    after = {}
+    for weight in (0.0, 1.0):
+        um = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
+        cfg = TrainConfig(epochs=4, batch=4, lr=1e-2, modules="lm+head", gen_replay=weight)
+        train_sft(um, samples, cfg, progress=False, anchor=regulariser(um, None, cfg))
+        with torch.no_grad():
+            after[weight] = generation_replay_loss(um, seed=99, batch=8)(["x"], a).item()
+    assert after[1.0] < after[0.0] - 0.3, after  # nats per image token; uniform over the codebook is 4.16
+    with pytest.raises(ValueError, match="need an anchor"):
+        train_sft(um, samples, TrainConfig(gen_replay=1.0), progress=False)
+
+
+def test_the_understanding_replay_teaches_the_reject_caption_on_flawed_renders(tiny_random):
+    """With und_flawed, the replay captions flawed renders as showing no prompt: after the same
+    SFT, the reject caption is likelier on flawed renders than without it."""
+    import copy
+
+    from unigap import world
+    from unigap.config import TrainConfig
+    from unigap.model.adapter import UnifiedModel
+    from unigap.model.judge import CAPTION_QUESTION, REJECT_CAPTION
+    from unigap.train.round import regulariser
+    from unigap.train.trainer import train_sft
+
+    rng = np.random.default_rng(0)
+    samples = [(p, rng.integers(0, 64, 64)) for p in ["a red circle", "two blue squares"] for _ in range(4)]
+    specs = [world.parse(t) for t in ("a red circle left of a blue square", "a green triangle", "two yellow circles")]
+    flawed = np.stack([world.render_flawed(s, k, tiny_random.image_size)[0] for s in specs for k in range(2)])
+    reject = {}
+    for n in (0, 8):
+        um = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
+        cfg = TrainConfig(epochs=4, batch=4, lr=3e-3, und_replay=1.0, und_flawed=n)
+        train_sft(um, samples, cfg, progress=False, anchor=regulariser(um, None, cfg))
+        with torch.no_grad():
+            reject[n] = um.answer_logprobs(flawed, [CAPTION_QUESTION] * len(flawed), [REJECT_CAPTION] * len(flawed)).mean().item()
+    assert reject[8] > reject[0] + 1.0, reject
 
 
 def test_the_understanding_replay_trains_the_pretraining_understanding_loss(tiny_random):
@@ -238,7 +299,7 @@ def test_the_understanding_replay_trains_the_pretraining_understanding_loss(tiny
 
     from unigap.config import TrainConfig
     from unigap.model.adapter import UnifiedModel
-    from unigap.train.round import understanding_regulariser, understanding_replay_loss
+    from unigap.train.round import regulariser, understanding_replay_loss
     from unigap.train.trainer import train_sft
 
     rng = np.random.default_rng(0)
@@ -251,7 +312,7 @@ def test_the_understanding_replay_trains_the_pretraining_understanding_loss(tiny
     for weight in (0.0, 1.0):
         um = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
         cfg = TrainConfig(epochs=4, batch=4, lr=3e-3, und_replay=weight)
-        train_sft(um, samples, cfg, progress=False, anchor=understanding_regulariser(um, None, cfg))
+        train_sft(um, samples, cfg, progress=False, anchor=regulariser(um, None, cfg))
         with torch.no_grad():
             after[weight] = understanding_replay_loss(um, seed=99)(["x"], a).item()
     assert after[1.0] < 0.8 * after[0.0], after

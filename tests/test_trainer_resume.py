@@ -39,7 +39,7 @@ from unigap.store import open_store
 from unigap.store import records as rec
 from unigap.train import trainer
 from unigap.train.data import RoundData, put_round_data
-from unigap.train.round import TrainJob, get_state, train_round, understanding_regulariser
+from unigap.train.round import TrainJob, get_state, train_round, regulariser
 
 DDP_TOL = 2e-5  # tests/test_trainer_job.py: 2 gloo ranks vs 1 process, float rounding only
 ROOT = str(Path(__file__).resolve().parents[1])
@@ -84,7 +84,7 @@ def _run(method: str, um: UnifiedModel, data, calls: list | None = None, **kw):
     method, _, extra = method.partition("+")
     cfg = TrainConfig(epochs=3, batch=3, lora_rank=2 if extra == "lora" else 0, und_replay=1.0 if extra == "replay" else 0.0)
     if extra == "replay":  # its batches are drawn from the trained batch's tokens: a resume replays the same
-        kw["anchor"] = understanding_regulariser(um, None, cfg)
+        kw["anchor"] = regulariser(um, None, cfg)
     torch.manual_seed(0)  # the LoRA adapters' initialisation
     calls = [] if calls is None else calls
     if method == "sft":

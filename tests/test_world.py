@@ -25,6 +25,7 @@ from unigap.world import (
     parse,
     render,
     render_batch,
+    render_flawed,
     split,
 )
 from unigap.world import splits as splits_module
@@ -176,6 +177,19 @@ def test_render_keeps_margin_and_palette():
         assert (border == 255).all(), s.text
         colours = {tuple(p) for p in img.reshape(-1, 3)}
         assert len(colours) == 1 + len({o.colour for o in s.objects}), s.text
+
+
+def test_flawed_renders_never_show_their_spec():
+    # Wrong by construction: the exact evaluator refuses every one, and each flaw occurs.
+    flaws = Counter()
+    for i, s in enumerate(_sample(12, seed=3)):
+        for k in range(6):
+            img, flaw = render_flawed(s, 10 * i + k)
+            assert not evaluate(img, s), (s.text, flaw, explain(img, s))
+            flaws[flaw] += 1
+    assert set(flaws) == {"extra", "squashed", "bitten"}, flaws
+    img, _ = render_flawed(parse("a red circle"), 5)
+    assert np.array_equal(img, render_flawed(parse("a red circle"), 5)[0])
 
 
 # --- evaluator ---------------------------------------------------------------

@@ -83,7 +83,7 @@ def check_mode(mode: str) -> None:
         fail(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
 
 
-def check_sft_rule(threshold: float, max_per_prompt: int, balance: bool, focus: float) -> None:
+def check_sft_rule(threshold: float, max_per_prompt: int, balance: bool, focus: float, solved_rows: int) -> None:
     """The SFT set's rule, as `unigap loop` and `unigap controls` share it."""
     if not 0 < threshold < 1 or max_per_prompt < 0:
         fail("--threshold must be in (0, 1) and --max-per-prompt >= 0")
@@ -91,6 +91,13 @@ def check_sft_rule(threshold: float, max_per_prompt: int, balance: bool, focus: 
         fail("--balance needs --max-per-prompt >= 1 (the rows each prompt gives)")
     if not 0 < focus <= 1:
         fail(f"--focus is an acceptance rate in (0, 1], not {focus}")
+    if solved_rows < 0:
+        fail(f"--solved-rows must be >= 0, not {solved_rows}")
+
+
+def check_flawed(und_flawed: int, und_replay: float) -> None:
+    if und_flawed < 0 or (und_flawed and not und_replay):
+        fail(f"--und-flawed must be >= 0 and needs --und-replay > 0 (it adds to the replayed batch), got {und_flawed} with --und-replay {und_replay}")
 
 
 def pct(x) -> str:
@@ -300,7 +307,8 @@ def loop(
     threshold: float = typer.Option(LOOP.threshold, help="The judge accepts a candidate when p_yes >= threshold."),
     max_per_prompt: int = typer.Option(LOOP.max_per_prompt, help="SFT: at most this many accepted candidates per prompt (0: all)."),
     balance: bool = typer.Option(LOOP.balance, help="SFT: every prompt with an accepted candidate gives exactly --max-per-prompt rows (its accepted ones repeated), so rare successes weigh as much as easy ones."),
-    focus: float = typer.Option(LOOP.focus, help="SFT: a prompt whose share of accepted candidates is above this gives one row only (1: off), so training goes where the model still fails without forgetting the rest."),
+    focus: float = typer.Option(LOOP.focus, help="SFT: a prompt whose share of accepted candidates is above this gives --solved-rows rows only (1: off), so training goes where the model still fails."),
+    solved_rows: int = typer.Option(LOOP.solved_rows, help="SFT: rows a prompt above --focus gives (0: none; then hold the rest with --gen-replay)."),
     lr: float = typer.Option(TRAIN.lr, help="Learning rate of each round."),
     epochs: int = typer.Option(TRAIN.epochs, help="Epochs over each round's data."),
     beta: float = typer.Option(TRAIN.beta, help="DPO beta."),
@@ -308,6 +316,8 @@ def loop(
     kl_weight: float = typer.Option(TRAIN.kl_weight, help="SFT: weight of the KL anchor to the pre-round model."),
     und_anchor: float = typer.Option(TRAIN.und_anchor, help="Weight of the understanding anchor: KL of the judge's caption distributions on each batch's images to the pre-round model's (keeps understanding while generation trains hard)."),
     und_replay: float = typer.Option(TRAIN.und_replay, help="Weight of the understanding replay: each training step adds the pretraining understanding loss (captions and yes/no) on fresh renders, so the judge keeps what it knew while generation trains hard."),
+    gen_replay: float = typer.Option(TRAIN.gen_replay, help="Weight of the generation replay: each training step adds the pretraining generation loss on fresh renders of `train` prompts (never an evaluated one), so a round that trains only where the model fails does not make it forget the rest."),
+    und_flawed: int = typer.Option(TRAIN.und_flawed, help="With --und-replay: flawed renders (an extra object, a squashed or bitten shape) per replayed batch, captioned as showing no prompt; the judge's reject caption competes with every prompt, so the judge learns to refuse the errors its clean-scene negatives never showed it."),
     modules: str = typer.Option(TRAIN.modules, help="What trains: lm (the shared language model) or lm+head."),
     lora_rank: int = typer.Option(TRAIN.lora_rank, help="Train the language model through LoRA adapters of this rank (peft; merged into the checkpoint). 0: full weights."),
     sample_cfg: float = typer.Option(LOOP.cfg, "--cfg", help="Guidance scale of the candidates (low for a weak generator: FINDINGS.md)."),
@@ -330,8 +340,8 @@ def loop(
         fail(f"--rounds must be at least 1 and --more-rounds at least 0, got {rounds} and {more_rounds}")
     if n < 1 or eval_n < 1 or epochs < 1:
         fail("--n, --eval-n and --epochs must be at least 1")
-    if not (lr > 0 and beta > 0 and min(nll_weight, kl_weight, und_anchor, und_replay) >= 0):
-        fail("--lr and --beta must be > 0, --nll-weight, --kl-weight, --und-anchor and --und-replay >= 0")
+    if not (lr > 0 and beta > 0 and min(nll_weight, kl_weight, und_anchor, und_replay, gen_replay) >= 0):
+        fail("--lr and --beta must be > 0, --nll-weight, --kl-weight, --und-anchor, --und-replay and --gen-replay >= 0")
     if modules not in MODULES:
         fail(f"--modules must be one of {', '.join(MODULES)}")
     if lora_rank < 0 or sample_cfg <= 0 or temperature < 0:
@@ -341,15 +351,17 @@ def loop(
     check_mode(mode)
     check_model(model)
     train = TrainConfig(epochs=epochs, lr=lr, beta=beta, nll_weight=nll_weight, kl_weight=kl_weight, modules=modules,
-                        lora_rank=lora_rank, und_anchor=und_anchor, und_replay=und_replay, seed=seed)
-    check_sft_rule(threshold, max_per_prompt, balance, focus)
+                        lora_rank=lora_rank, und_anchor=und_anchor, und_replay=und_replay, gen_replay=gen_replay, und_flawed=und_flawed,
+                        seed=seed)
+    check_sft_rule(threshold, max_per_prompt, balance, focus, solved_rows)
+    check_flawed(und_flawed, und_replay)
     cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
-                     threshold=threshold, max_per_prompt=max_per_prompt, balance=balance, focus=focus, gate_external=gate_external,
+                     threshold=threshold, max_per_prompt=max_per_prompt, balance=balance, focus=focus, solved_rows=solved_rows, gate_external=gate_external,
                      eval_n=eval_n, eval_per_category=eval_per_category, cfg=sample_cfg, temperature=temperature,
                      canonical=canonical, curriculum_epoch=curriculum_epoch)
     if via_services:
-        if (und_anchor or und_replay) and trainer_procs > 1:
-            fail("--und-anchor and --und-replay run in a single trainer process: use --trainer-procs 1")
+        if (und_anchor or und_replay or gen_replay) and trainer_procs > 1:
+            fail("--und-anchor, --und-replay and --gen-replay run in a single trainer process: use --trainer-procs 1")
         return run_loop_via_services(cfg, store, model, via_services, executor, trainer_procs, json_out, more_rounds)
     return run_loop(cfg, store, model, json_out, report, more_rounds)
 
@@ -367,9 +379,12 @@ def controls(
     modules: str = typer.Option(TRAIN.modules, help="What trains: lm or lm+head."),
     und_anchor: float = typer.Option(TRAIN.und_anchor, help="Weight of the understanding anchor (as in `unigap loop`)."),
     und_replay: float = typer.Option(TRAIN.und_replay, help="Weight of the understanding replay (as in `unigap loop`)."),
+    gen_replay: float = typer.Option(TRAIN.gen_replay, help="Weight of the generation replay (as in `unigap loop`)."),
+    und_flawed: int = typer.Option(TRAIN.und_flawed, help="Flawed renders per replayed batch (as in `unigap loop`)."),
     max_per_prompt: int = typer.Option(LOOP.max_per_prompt, help="Own-sample arms: at most this many kept candidates per prompt (0: all), as in `unigap loop`."),
     balance: bool = typer.Option(LOOP.balance, help="Own-sample arms: every prompt with a kept candidate gives exactly --max-per-prompt rows, as in `unigap loop`."),
-    focus: float = typer.Option(LOOP.focus, help="Own-sample arms: a prompt whose share of kept candidates is above this gives one row only, as in `unigap loop`."),
+    focus: float = typer.Option(LOOP.focus, help="Own-sample arms: a prompt whose share of kept candidates is above this gives --solved-rows rows only, as in `unigap loop`."),
+    solved_rows: int = typer.Option(LOOP.solved_rows, help="Own-sample arms: rows a prompt above --focus gives, as in `unigap loop`."),
     threshold: float = typer.Option(LOOP.threshold, help="The judge arm: accept when the judge's p_yes >= this, as in `unigap loop`."),
     eval_n: int = typer.Option(LOOP.eval_n, help="Images per held-out prompt in each evaluation."),
     eval_per_category: int = typer.Option(LOOP.eval_per_category, help="Evaluate at most this many prompts per category (0: all)."),
@@ -386,19 +401,21 @@ def controls(
     unknown = [a for a in chosen if a not in CONTROL_ARMS]
     if not chosen or unknown:
         fail(f"--arms must name some of {', '.join(CONTROL_ARMS)}; unknown: {', '.join(unknown) or '(none given)'}")
-    if rounds < 1 or n < 1 or epochs < 1 or eval_n < 1 or not lr > 0 or min(und_anchor, und_replay) < 0:
-        fail("--rounds, --n, --epochs and --eval-n must be at least 1, --lr > 0, --und-anchor and --und-replay >= 0")
+    if rounds < 1 or n < 1 or epochs < 1 or eval_n < 1 or not lr > 0 or min(und_anchor, und_replay, gen_replay) < 0:
+        fail("--rounds, --n, --epochs and --eval-n must be at least 1, --lr > 0, --und-anchor, --und-replay and --gen-replay >= 0")
     if modules not in MODULES:
         fail(f"--modules must be one of {', '.join(MODULES)}")
-    check_sft_rule(threshold, max_per_prompt, balance, focus)
+    check_sft_rule(threshold, max_per_prompt, balance, focus, solved_rows)
+    check_flawed(und_flawed, und_replay)
     check_model(model)
     try:
         prompts = pool_texts(pool)
     except ValueError as e:
         fail(str(e))
     cfg = LoopConfig(rounds=rounds, n=n, seed=seed, pool=pool, eval_n=eval_n, eval_per_category=eval_per_category,
-                     max_per_prompt=max_per_prompt, balance=balance, focus=focus, threshold=threshold,
-                     train=TrainConfig(lr=lr, epochs=epochs, modules=modules, und_anchor=und_anchor, und_replay=und_replay, seed=seed))
+                     max_per_prompt=max_per_prompt, balance=balance, focus=focus, solved_rows=solved_rows, threshold=threshold,
+                     train=TrainConfig(lr=lr, epochs=epochs, modules=modules, und_anchor=und_anchor, und_replay=und_replay,
+                                       gen_replay=gen_replay, und_flawed=und_flawed, seed=seed))
     result = run_controls(load_model(model), chosen, prompts, cfg, log=console.print)
     out = Table(title="Ladder of controls: held-out generation accuracy (external evaluator) and NU (own judge) per round")
     for col in ("arm", "trained on, per round", "gen % per round", "NU % per round"):

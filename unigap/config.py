@@ -23,6 +23,8 @@ class TrainConfig:
     kl_weight: float = 0.0  # SFT: KL anchor to the pre-round model
     und_anchor: float = 0.0  # weight of the understanding anchor (caption ranking of the batch's images vs the pre-round model)
     und_replay: float = 0.0  # weight of the understanding replay (the pretraining captioning and yes/no loss on fresh renders)
+    gen_replay: float = 0.0  # weight of the generation replay (the pretraining generation loss on fresh renders of `train` prompts)
+    und_flawed: int = 0  # flawed renders per replay batch, captioned as showing no prompt (the judge's reject caption)
     modules: str = "lm"
     lora_rank: int = 0  # > 0: the LM trains through LoRA adapters of this rank (peft), merged after
     seed: int = 0
@@ -39,7 +41,8 @@ class LoopConfig:
     threshold: float = 0.5  # accept when the judge's p_yes >= threshold
     max_per_prompt: int = 0  # SFT: keep at most this many accepted candidates per prompt (0: all)
     balance: bool = False  # SFT: every prompt with an accepted candidate gives exactly max_per_prompt rows
-    focus: float = 1.0  # SFT: a prompt accepted more often than this gives one row only (1: off)
+    focus: float = 1.0  # SFT: a prompt accepted more often than this gives `solved_rows` rows only (1: off)
+    solved_rows: int = 1  # SFT: rows a prompt above `focus` gives (0: none)
     cfg: float = 1.5  # candidate sampling: low guidance and temperature (FINDINGS.md)
     temperature: float = 0.7
     canonical: bool = True  # train on decode -> re-encode tokens

@@ -30,7 +30,7 @@ from unigap.evaluate import make_judge
 from unigap.loop import evaluate_split, evaluated_specs
 from unigap.model.adapter import UnifiedModel
 from unigap.train.data import split_for
-from unigap.train.round import collect, understanding_regulariser
+from unigap.train.round import collect, regulariser
 from unigap.train.trainer import train_sft
 
 def control_samples(arm: str, um: UnifiedModel, prompts: list[str], cfg: LoopConfig, seed: int, progress: bool) -> list:
@@ -73,7 +73,7 @@ def run_controls(start: UnifiedModel, arms: list[str], prompts: list[str], cfg: 
         for r in range(1, cfg.rounds + 1):
             samples = control_samples(arm, um, prompts, cfg, cfg.seed * 1000 + r, progress)
             tcfg = TrainConfig(**{**asdict(cfg.train), "seed": cfg.seed * 1000 + r})
-            anchor = understanding_regulariser(um, copy.deepcopy(um) if tcfg.und_anchor else None, tcfg)  # vs the pre-round model
+            anchor = regulariser(um, copy.deepcopy(um) if tcfg.und_anchor else None, tcfg)  # vs the pre-round model
             train_sft(um, samples, tcfg, progress=progress, anchor=anchor)
             rows.append({"round": r, "n_train": len(samples), **evaluate(um, cfg, progress)})
             log(f"{arm} round {r}: trained on {len(samples)}, gen {rows[-1]['gen_acc']:.3f}  NU {rows[-1]['nu']:.3f}")

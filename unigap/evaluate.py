@@ -10,18 +10,19 @@ import numpy as np
 from unigap import world
 from unigap.candidates import Sampling, sample_and_judge
 from unigap.model.adapter import UnifiedModel
-from unigap.model.judge import Judge
+from unigap.model.judge import REJECT_CAPTION, Judge
 from unigap.score import gap_summary
 
 
 def competitors(prompt: str) -> list[str]:
-    """Competing captions for the likelihood judge: the prompt with one attribute changed, and
-    for two-object prompts each object alone (an image missing an object matches neither)."""
+    """Competing captions for the likelihood judge: the prompt with one attribute changed, for
+    two-object prompts each object alone (an image missing an object matches neither), and the
+    reject caption (an image that shows no prompt: it wins only for a model taught it)."""
     spec = world.parse(prompt)
     out = [s.text for _, s in world.negatives(spec)]
     if len(spec.objects) == 2:
         out += [world.Spec("single_object", (o,)).text for o in spec.objects]
-    return out
+    return out + [REJECT_CAPTION]
 
 
 def make_judge(um: UnifiedModel, mode: str, threshold: float = 0.5) -> Judge:

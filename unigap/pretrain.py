@@ -30,7 +30,7 @@ from transformers import JanusForConditionalGeneration
 from unigap import world
 from unigap.model.adapter import UnifiedModel, gen_text, und_text
 from unigap.model.build import TinySize, build_tiny
-from unigap.model.judge import CAPTION_QUESTION, answer, question
+from unigap.model.judge import CAPTION_QUESTION, REJECT_CAPTION, answer, question
 
 
 @dataclass
@@ -49,6 +49,7 @@ class PretrainConfig:
     warmup: int = 100
     cfg_dropout: float = 0.1  # prompt dropout so classifier-free guidance has an unconditional branch
     recon_share: float = 0.5  # share of understanding images that are VQ reconstructions
+    flawed: int = 0  # flawed renders per understanding batch, captioned REJECT_CAPTION (0 for the shipped model)
     threads: int = 2
 
 
@@ -84,6 +85,10 @@ class Data:
     def images(self, specs) -> np.ndarray:
         seeds = self.rng.integers(0, 2**31, len(specs))
         return world.render_batch(specs, [int(s) for s in seeds], self.size)
+
+    def flawed_images(self, specs) -> np.ndarray:
+        seeds = self.rng.integers(0, 2**31, len(specs))
+        return np.stack([world.render_flawed(s, int(seed), self.size)[0] for s, seed in zip(specs, seeds)])
 
     def negative(self, spec):
         options = self.negatives[spec]
@@ -144,18 +149,21 @@ def train_vq(vq, data: Data, cfg: PretrainConfig, log: list) -> None:
 
 # ---------------------------------------------------------------------- understanding / generation
 def understanding_loss(um: UnifiedModel, data: Data, cfg: PretrainConfig) -> torch.Tensor:
-    """Captioning + balanced yes/no (hard negatives), on clean renders and VQ reconstructions."""
+    """Captioning + balanced yes/no (hard negatives), on clean renders and VQ reconstructions;
+    with cfg.flawed, also the reject caption of that many flawed renders."""
     data = data.und
     specs = data.specs(cfg.batch)
     images = data.images(specs)
-    recon = data.rng.random(len(specs)) < cfg.recon_share
+    if cfg.flawed:
+        images = np.concatenate([images, data.flawed_images(data.specs(cfg.flawed))])
+    recon = data.rng.random(len(images)) < cfg.recon_share
     if recon.any():
         images[recon] = um.decode(um.encode(images[recon]))
     k = cfg.yes_no
     aligned = data.rng.random(k) < 0.5
     asked = [s if a else data.negative(s) for s, a in zip(specs[:k], aligned)]
-    questions = [CAPTION_QUESTION] * len(specs) + [question(s.text) for s in asked]
-    answers = [s.text for s in specs] + [answer(a) for a in aligned]
+    questions = [CAPTION_QUESTION] * len(images) + [question(s.text) for s in asked]
+    answers = [s.text for s in specs] + [REJECT_CAPTION] * cfg.flawed + [answer(a) for a in aligned]
     logp, amask = um.answer_token_logprobs(np.concatenate([images, images[:k]]), questions, answers)
     return -(logp * amask).sum() / amask.sum()
 

@@ -22,6 +22,10 @@ MODES = ("probability", "decision", "likelihood")
 SYSTEM = "You are a helpful language and vision assistant."
 ANSWER_PREFIX = "The score is"
 CAPTION_QUESTION = "Describe the image."
+# The caption of an image that shows no prompt of the world (an extra object, a malformed shape):
+# taught on flawed renders, it competes with every prompt in the likelihood judge. Its words are in
+# the tiny model's vocabulary (the yes/no question uses them).
+REJECT_CAPTION = "not a scene"
 
 
 def question(prompt: str) -> str:

@@ -33,20 +33,24 @@ class RoundData:
         self.discard += other.discard
 
 
-def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = False, focus: float = 1.0) -> RoundData:
+def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = False, focus: float = 1.0,
+                     solved_rows: int = 1) -> RoundData:
     """SFT: every accepted candidate (the best `max_per_prompt` by p_yes when set, so easy prompts
     do not dominate). With `balance`, every prompt with an accepted candidate gives exactly
     `max_per_prompt` rows, its accepted ones repeated best first: a composition the model gets
     right once in N then weighs as much as a single object it always gets right. With `focus`
-    below 1, a prompt whose acceptance rate is above `focus` gives one row only: what the model
-    mostly does already it has little to learn from, but dropping it altogether makes the model
-    forget it (measured: single objects fell from 87% to 40% when only hard prompts trained).
+    below 1, a prompt whose acceptance rate is above `focus` gives `solved_rows` rows only: what
+    the model mostly does already it has little to learn from, but dropping it altogether
+    (`solved_rows` 0) makes the model forget it unless something else holds it (measured: single
+    objects fell from 87% to 40% when only hard prompts trained, without the generation replay).
     DPO: per prompt, the best accepted against the worst rejected (by p_yes); prompts lacking
     either give no pair. Discard: prompts with none accepted."""
     if balance and max_per_prompt < 1:
         raise ValueError("balance needs max_per_prompt >= 1 (the rows each prompt gives)")
     if not 0 < focus <= 1:
         raise ValueError(f"focus is an acceptance rate in (0, 1], not {focus}")
+    if solved_rows < 0:
+        raise ValueError(f"solved_rows must be >= 0, not {solved_rows}")
     out = RoundData()
     order: dict[str, list[int]] = {}
     for i, p in enumerate(c.prompts):
@@ -56,8 +60,8 @@ def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = Fal
         acc = rows[c.accepted[rows]]
         rej = rows[~c.accepted[rows]]
         keep = acc[np.argsort(-c.p_yes[acc], kind="stable")][:max_per_prompt] if max_per_prompt else acc
-        if len(acc) > focus * len(rows):  # mostly done already: one row, so it is kept, not forgotten
-            keep = keep[:1]
+        if len(acc) > focus * len(rows):  # mostly done already
+            keep = keep[:solved_rows]
         elif balance and len(keep):
             keep = np.resize(keep, max_per_prompt)  # cycles through them: best, second, ..., best, ...
         out.sft += [(prompt, c.tokens[i]) for i in keep]
@@ -72,7 +76,7 @@ def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = Fal
 
 def split_for(c: Candidates, cfg) -> RoundData:
     """`split_candidates` with the SFT rule of a `LoopConfig`."""
-    return split_candidates(c, cfg.max_per_prompt, cfg.balance, cfg.focus)
+    return split_candidates(c, cfg.max_per_prompt, cfg.balance, cfg.focus, cfg.solved_rows)
 
 
 def put_round_data(store, data: RoundData) -> str:

@@ -27,7 +27,7 @@ from unigap.config import LoopConfig, TrainConfig
 from unigap.evaluate import competitors, make_judge
 from unigap.model.adapter import UnifiedModel
 from unigap.model.judge import Judge
-from unigap.pretrain import UNDERSTANDING_SPLITS, Data, PretrainConfig, understanding_loss
+from unigap.pretrain import UNDERSTANDING_SPLITS, Data, PretrainConfig, generation_loss, understanding_loss
 from unigap.store import records as rec
 from unigap.store.base import Store
 from unigap.train.data import Candidates, RoundData, get_round_data, split_for
@@ -107,35 +107,60 @@ def understanding_anchor_loss(um: UnifiedModel, reference: UnifiedModel) -> Anch
     return anchor
 
 
-def understanding_replay_loss(um: UnifiedModel, seed: int) -> Anchor:
+def _batch_rng(tokens: torch.Tensor, seed: int) -> np.random.Generator:
+    """A replay's draws for one trained batch: the same batch replays the same renders (so a
+    resumed run replays what the uninterrupted run replayed), another batch others."""
+    digest = hashlib.sha256(np.ascontiguousarray(tokens.cpu().numpy()).tobytes() + str(seed).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def understanding_replay_loss(um: UnifiedModel, seed: int, flawed: int = 0) -> Anchor:
     """The pretraining understanding loss (captioning and yes/no with hard negatives, on fresh
     renders and their VQ reconstructions of every prompt outside `novel`): the data the judge was
     trained on, replayed while generation trains, so the judge keeps what it knew of renders. The
     anchor above only holds the judge on the round's own images; on them it still lost 4-6 points
-    of rendered understanding. Each replayed batch is drawn from a seed made of `seed` and the
-    trained batch's tokens, so a resumed run replays what the uninterrupted run replayed."""
+    of rendered understanding. With `flawed`, each batch also teaches the reject caption on that
+    many flawed renders."""
     data = SimpleNamespace(und=Data(seed, um.image_size, UNDERSTANDING_SPLITS))
-    pcfg = PretrainConfig()
+    pcfg = PretrainConfig(flawed=flawed)
 
     def replay(prompts: list[str], tokens: torch.Tensor) -> torch.Tensor:
-        digest = hashlib.sha256(np.ascontiguousarray(tokens.cpu().numpy()).tobytes() + str(seed).encode()).digest()
-        data.und.rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        data.und.rng = _batch_rng(tokens, seed)
         return understanding_loss(um, data, pcfg)
 
     return replay
 
 
-def understanding_regulariser(um: UnifiedModel, reference: UnifiedModel | None, cfg: TrainConfig) -> Anchor | None:
-    """What the trainer adds to each batch's loss to keep understanding while generation trains:
-    the anchor (weight cfg.und_anchor, against the frozen `reference`) plus the replay (weight
-    cfg.und_replay); None when both weights are 0."""
+def generation_replay_loss(um: UnifiedModel, seed: int, batch: int) -> Anchor:
+    """The pretraining generation loss on `batch` fresh renders of the `train` prompts (the only
+    prompts pretraining generated; never a prompt the loop is evaluated on): what the generator
+    already knew, replayed so that a round which trains only where the model fails does not
+    make it forget the rest."""
+    data = SimpleNamespace(gen=Data(seed + 1, um.image_size, ("train",)))
+    pcfg = PretrainConfig(gen_batch=batch)
+
+    def replay(prompts: list[str], tokens: torch.Tensor) -> torch.Tensor:
+        data.gen.rng = _batch_rng(tokens, seed + 1)
+        return generation_loss(um, data, pcfg)
+
+    return replay
+
+
+def regulariser(um: UnifiedModel, reference: UnifiedModel | None, cfg: TrainConfig) -> Anchor | None:
+    """What the trainer adds to each batch's loss so a round does not lose what the model knew:
+    the understanding anchor (weight cfg.und_anchor, against the frozen `reference`), the
+    understanding replay (cfg.und_replay) and the generation replay (cfg.gen_replay); None when
+    every weight is 0."""
     terms = []
     if cfg.und_anchor:
         anchor = understanding_anchor_loss(um, reference)
         terms.append(lambda p, t: cfg.und_anchor * anchor(p, t))
     if cfg.und_replay:
-        replay = understanding_replay_loss(um, cfg.seed)
-        terms.append(lambda p, t: cfg.und_replay * replay(p, t))
+        und = understanding_replay_loss(um, cfg.seed, cfg.und_flawed)
+        terms.append(lambda p, t: cfg.und_replay * und(p, t))
+    if cfg.gen_replay:
+        gen = generation_replay_loss(um, cfg.seed, cfg.batch)
+        terms.append(lambda p, t: cfg.gen_replay * gen(p, t))
     return (lambda p, t: sum(term(p, t) for term in terms)) if terms else None
 
 
@@ -169,7 +194,7 @@ def train_round(
         log(f"  training state at step {state['step']} saved, {sha[:12]}")
 
     options = dict(checkpoint_every=checkpoint_every if state_record else 0, save_state=save_state, resume_state=resume,
-                   anchor=understanding_regulariser(um, reference, tcfg))
+                   anchor=regulariser(um, reference, tcfg))
 
     def replay() -> RoundData:
         """Regenerate the discard pool with the CURRENT model and judge; keep what it now accepts."""

@@ -248,8 +248,8 @@ class _Checkpoints:
         return state
 
 
-# The understanding regulariser: (prompts, image tokens) of a batch -> a loss, already weighted
-# (the anchor and the replay of unigap/train/round.py).
+# The regulariser: (prompts, image tokens) of a batch -> a loss, already weighted (the anchor and
+# the replays of unigap/train/round.py).
 Anchor = Callable[[list[str], torch.Tensor], torch.Tensor]
 
 
@@ -269,14 +269,15 @@ def _train(
     """The one training loop of SFT and DPO: epochs of shuffled batches of `rows`, the curriculum's
     rows added before an epoch, states taken and resumed. `batch_loss(logprobs, batch)` returns the
     batch's loss and any further figures to log (their epoch means go in the log, as the loss's);
-    it adds `anchor`'s loss, which is given exactly when cfg.und_anchor or cfg.und_replay weighs one."""
+    it adds `anchor`'s loss, which is given exactly when cfg.und_anchor, cfg.und_replay or cfg.gen_replay weighs one."""
     if not rows:
         return []
-    if bool(cfg.und_anchor or cfg.und_replay) != (anchor is not None):
-        raise ValueError(f"und_anchor {cfg.und_anchor} and und_replay {cfg.und_replay} need an anchor, and an anchor needs one of them > 0")
+    if bool(cfg.und_anchor or cfg.und_replay or cfg.gen_replay) != (anchor is not None):
+        raise ValueError(f"und_anchor {cfg.und_anchor}, und_replay {cfg.und_replay} and gen_replay {cfg.gen_replay} need an anchor, "
+                         "and an anchor needs one of them > 0")
     if anchor is not None and _world()[1] > 1:
         # Its forward runs outside the DDP-wrapped one, so DDP would not reduce its gradients.
-        raise ValueError("the understanding anchor and replay run in a single trainer process only (--trainer-procs 1)")
+        raise ValueError("the understanding anchor and the replays run in a single trainer process only (--trainer-procs 1)")
     with lora_adapters(um, cfg.lora_rank):
         rng = np.random.default_rng(cfg.seed)
         params = trainable_parameters(um, cfg.modules, lora=cfg.lora_rank > 0)
@@ -329,7 +330,7 @@ def train_sft(
     anchor: Anchor | None = None,
 ) -> list[dict]:
     """NLL on accepted images' tokens (+ a KL anchor to `reference` when cfg.kl_weight is set,
-    + `anchor(prompts, tokens)`, the understanding anchor and replay, weighted by cfg.und_anchor and cfg.und_replay).
+    + `anchor(prompts, tokens)`, the understanding anchor and the replays, weighted by their cfg weights).
     `on_epoch(e)` may return new samples (the curriculum).
 
     `save_state` gets the run's state every `checkpoint_every` optimizer steps (0: never);

@@ -16,11 +16,12 @@ from .grammar import (
     negatives,
     parse,
 )
-from .render import render, render_batch
+from .render import FLAWS, render, render_batch, render_flawed
 from .splits import NOVEL_OBJECTS, SPLIT_NAMES, split
 
 __all__ = [
     "CATEGORIES",
+    "FLAWS",
     "COLOURS",
     "COUNT_WORDS",
     "NOVEL_OBJECTS",
@@ -42,5 +43,6 @@ __all__ = [
     "parse",
     "render",
     "render_batch",
+    "render_flawed",
     "split",
 ]

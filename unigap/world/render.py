@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .grammar import PALETTE, Obj, Spec
+from .grammar import COLOURS, PALETTE, SHAPES, Obj, Spec
 
 BACKGROUND = (255, 255, 255)
 MARGIN = 1  # empty pixels between any shape and the canvas border
@@ -99,9 +99,10 @@ def layout(spec: Spec, seed: int, size: int = 32) -> list[tuple[Obj, Box]]:
     raise RuntimeError(f"no valid layout for {spec.text!r} at size {size}")
 
 
-def _draw(draw: ImageDraw.ImageDraw, obj: Obj, box: Box) -> None:
+def _draw(draw: ImageDraw.ImageDraw, obj: Obj, box: Box, height: int | None = None) -> None:
+    """`obj` in the square `box`; with `height`, squashed to that many rows (a flawed shape)."""
     x, y, s = box
-    x1, y1 = x + s - 1, y + s - 1  # PIL boxes are inclusive
+    x1, y1 = x + s - 1, y + (height or s) - 1  # PIL boxes are inclusive
     fill = PALETTE[obj.colour]
     if obj.shape == "circle":
         draw.ellipse((x, y, x1, y1), fill=fill)
@@ -109,6 +110,44 @@ def _draw(draw: ImageDraw.ImageDraw, obj: Obj, box: Box) -> None:
         draw.rectangle((x, y, x1, y1), fill=fill)
     else:  # isosceles triangle pointing up
         draw.polygon([(x + (s - 1) / 2, y), (x1, y1), (x, y1)], fill=fill)
+
+
+FLAWS = ("extra", "squashed", "bitten")
+
+
+def render_flawed(spec: Spec, seed: int, size: int = 32) -> tuple[np.ndarray, str]:
+    """A render of `spec` made wrong by one flaw the one-attribute negatives never show, and the
+    flaw's name: an `extra` object in free space, one shape `squashed` to half its height (no
+    shape of the world is that long), or one circle or square `bitten` (a corner square of over
+    half its side erased). These are the errors a small generator makes that a judge trained on clean
+    scenes accepts. Wrong by construction, never by the evaluator's say."""
+    rng = np.random.default_rng(seed)
+    placed = layout(spec, seed, size)
+    flaw = FLAWS[int(rng.integers(len(FLAWS)))]
+    extra = None
+    if flaw == "extra":
+        s = int(rng.integers(round(7 * size / 32), round(10 * size / 32) + 1))
+        for _ in range(200):  # free space for one more shape, or fall back to a bitten one
+            box = (int(rng.integers(MARGIN, size - MARGIN - s + 1)), int(rng.integers(MARGIN, size - MARGIN - s + 1)), s)
+            if _valid([b for _, b in placed] + [box], size):
+                extra = (Obj(COLOURS[rng.integers(len(COLOURS))], SHAPES[rng.integers(len(SHAPES))]), box)
+                break
+        flaw = "extra" if extra else "bitten"
+    img = Image.new("RGB", (size, size), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    hit = int(rng.integers(len(placed)))
+    if flaw == "bitten" and placed[hit][0].shape == "triangle":
+        flaw = "squashed"  # a bitten triangle is still a (thinner) triangle
+    for i, (obj, box) in enumerate(placed):
+        _draw(draw, obj, box, height=box[2] // 2 if flaw == "squashed" and i == hit else None)
+    if extra:
+        _draw(draw, *extra)
+    if flaw == "bitten":
+        x, y, s = placed[hit][1]
+        b = int(np.ceil(s * rng.uniform(0.55, 0.7)))
+        bx, by = (x, x + s - b)[rng.integers(2)], (y, y + s - b)[rng.integers(2)]
+        draw.rectangle((bx, by, bx + b - 1, by + b - 1), fill=BACKGROUND)
+    return np.asarray(img, dtype=np.uint8).copy(), flaw
 
 
 def render(spec: Spec, seed: int, size: int = 32) -> np.ndarray:
