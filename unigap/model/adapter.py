@@ -9,6 +9,7 @@ fed back through the generation embeddings. Works for the shipped tiny model and
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -45,6 +46,21 @@ def row_seed(seed: int, prompt: str, k: int) -> int:
     """A per-candidate seed: a candidate does not depend on what else is in the batch."""
     digest = hashlib.sha256(f"{seed}\x1f{prompt}\x1f{k}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def gumbel_noise(row_seeds: list[int], n_tok: int, vocab: int, device: torch.device) -> torch.Tensor:
+    """Gumbel(0, 1) noise [rows, n_tok, vocab], each row from its own CPU generator seeded
+    `row_seeds[r]` (so a candidate's noise does not depend on its batch). The rows are filled on
+    threads: at Janus-Pro sizes (576 tokens x 16384 codes, 9.4 M draws a row) one thread filling
+    them in turn took longer than the whole decoding on an H100 (bench/gpu.py)."""
+    noise = torch.empty(len(row_seeds), n_tok, vocab)
+
+    def fill(r: int) -> None:
+        noise[r].exponential_(generator=torch.Generator().manual_seed(row_seeds[r]))
+
+    with ThreadPoolExecutor(max(1, min(len(row_seeds), torch.get_num_threads()))) as pool:
+        list(pool.map(fill, range(len(row_seeds))))
+    return noise.to(device).log_().neg_()  # -log(Exp(1)) is Gumbel(0, 1)
 
 
 def full_precision(x: torch.Tensor) -> torch.Tensor:
@@ -202,12 +218,8 @@ class UnifiedModel:
         rows = len(prompts) * n
         gumbel = None
         if temperature > 0:
-            vocab = self.model.config.vq_config.num_embeddings
-            gumbel = torch.empty(rows, n_tok, vocab)
-            for r in range(rows):
-                g = torch.Generator().manual_seed(row_seed(seeds[r // n], prompts[r // n], r % n))
-                gumbel[r].exponential_(generator=g)
-            gumbel = gumbel.log_().neg_().to(self.device)  # -log(Exp(1)) is Gumbel(0, 1)
+            row_seeds = [row_seed(seeds[r // n], prompts[r // n], r % n) for r in range(rows)]
+            gumbel = gumbel_noise(row_seeds, n_tok, self.model.config.vq_config.num_embeddings, self.device)
         tokens = torch.empty(rows, n_tok, dtype=torch.long, device=self.device)
         head = self.model.model.generation_head
         for t in range(n_tok):
