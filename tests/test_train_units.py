@@ -316,3 +316,20 @@ def test_the_understanding_replay_trains_the_pretraining_understanding_loss(tiny
         with torch.no_grad():
             after[weight] = understanding_replay_loss(um, seed=99)(["x"], a).item()
     assert after[1.0] < 0.8 * after[0.0], after
+
+
+def test_run_key_ignores_settings_at_their_defaults():
+    """The same command resumes the same run; a changed setting is another run; a setting added
+    later at its default (a field of LoopConfig or TrainConfig) does not change old runs' keys."""
+    from dataclasses import asdict
+
+    from unigap import config
+    from unigap.config import LoopConfig, TrainConfig
+
+    base = LoopConfig(n=32, train=TrainConfig(lr=1e-3))
+    key = base.key("start", ["a red circle"])
+    assert LoopConfig(n=32, rounds=9, train=TrainConfig(lr=1e-3)).key("start", ["a red circle"]) == key
+    assert LoopConfig(n=32, train=TrainConfig(lr=1e-3, gen_replay=1.0)).key("start", ["a red circle"]) != key
+    assert base.key("other start", ["a red circle"]) != key and base.key("start", ["a blue square"]) != key
+    # Written as it would be without the newest settings: the default-valued fields drop out.
+    assert config._changed(asdict(base), asdict(LoopConfig())) == {"n": 32, "train": {"lr": 1e-3}}

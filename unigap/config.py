@@ -56,6 +56,14 @@ class LoopConfig:
     gate_external: bool = True  # also require val external accuracy not to fall (model selection on val)
 
     def key(self, start_ref: str, pool_texts: list[str]) -> str:
-        """A run's identity: the same command on the same model resumes the same run."""
-        blob = json.dumps({"cfg": asdict(self) | {"rounds": None}, "start": start_ref, "pool": pool_texts}, sort_keys=True)
+        """A run's identity: the same command on the same model resumes the same run. Settings at
+        their defaults are left out, so a setting added later (its default keeping the old
+        behaviour) does not orphan the runs made before it."""
+        settings = {k: v for k, v in _changed(asdict(self), asdict(LoopConfig())).items() if k != "rounds"}
+        blob = json.dumps({"cfg": settings, "start": start_ref, "pool": pool_texts}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _changed(values: dict, defaults: dict) -> dict:
+    """The entries of `values` that differ from `defaults` (nested dicts compared entry by entry)."""
+    return {k: _changed(v, defaults[k]) if isinstance(v, dict) else v for k, v in values.items() if v != defaults.get(k)}
