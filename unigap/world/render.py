@@ -119,8 +119,8 @@ def render_flawed(spec: Spec, seed: int, size: int = 32) -> tuple[np.ndarray, st
     """A render of `spec` made wrong by one flaw the one-attribute negatives never show, and the
     flaw's name: an `extra` object in free space, one shape `squashed` to half its height (no
     shape of the world is that long), or one circle or square `bitten` (a corner square of over
-    half its side erased). These are the errors a small generator makes that a judge trained on clean
-    scenes accepts. Wrong by construction, never by the evaluator's say."""
+    half its side erased). These are errors a small generator makes that a judge trained on
+    clean scenes accepts. Wrong by construction, never by the evaluator's say."""
     rng = np.random.default_rng(seed)
     placed = layout(spec, seed, size)
     flaw = FLAWS[int(rng.integers(len(FLAWS)))]
