@@ -96,6 +96,7 @@ def check_sft_rule(threshold: float, max_per_prompt: int, balance: bool, focus: 
 
 
 def check_flawed(und_flawed: int, und_replay: float) -> None:
+    """Flawed renders ride in the understanding replay's batches, so they need the replay."""
     if und_flawed < 0 or (und_flawed and not und_replay):
         fail(f"--und-flawed must be >= 0 and needs --und-replay > 0 (it adds to the replayed batch), got {und_flawed} with --und-replay {und_replay}")
 
