@@ -6,7 +6,7 @@ optimizer steps as that loop's first round (seed 0: 820 rows, batch 16, 10 epoch
 with the same optimizer, learning-rate schedule, modules, and replay weights, from the shipped
 model, and evaluates it as the loop does (heldout and val, 5 images per prompt, seed 12345).
 
-    .venv/bin/python experiments/replay_only.py --out results/methods/replay-only-control.json   # about 15 minutes on 2 cores
+    .venv/bin/python experiments/replay_only.py --out results/methods/replay-only-control.json   # 12 minutes on 2 cores (alongside another run)
 """
 
 from __future__ import annotations

@@ -23,6 +23,16 @@ def test_sample_shapes_and_seeding(tiny_random):
     assert not torch.equal(s.tokens[0], s.tokens[1])  # candidates of one prompt differ
 
 
+def test_gumbel_noise_rows_are_the_sequential_draws():
+    """Filled on threads, each row is exactly what its own generator draws when rows are filled
+    one after another: the noise, and so every sampled token, does not depend on the threading."""
+    from unigap.model.adapter import gumbel_noise
+
+    seeds = [3, 1 << 40, 7, 11, 5]
+    expected = torch.stack([torch.empty(4, 9).exponential_(generator=torch.Generator().manual_seed(s)) for s in seeds])
+    torch.testing.assert_close(gumbel_noise(seeds, 4, 9, torch.device("cpu")), expected.log().neg(), rtol=0, atol=0)
+
+
 def test_candidates_do_not_depend_on_the_batch(tiny_random):
     both = tiny_random.sample(PROMPTS, n=2, cfg=2.0, temperature=1.0, seed=1)
     alone = tiny_random.sample(PROMPTS[1:2], n=2, cfg=2.0, temperature=1.0, seed=1)

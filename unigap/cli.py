@@ -95,10 +95,14 @@ def check_sft_rule(threshold: float, max_per_prompt: int, balance: bool, focus: 
         fail(f"--solved-rows must be >= 0, not {solved_rows}")
 
 
-def check_flawed(und_flawed: int, und_replay: float) -> None:
-    """Flawed renders ride in the understanding replay's batches, so they need the replay."""
-    if und_flawed < 0 or (und_flawed and not und_replay):
-        fail(f"--und-flawed must be >= 0 and needs --und-replay > 0 (it adds to the replayed batch), got {und_flawed} with --und-replay {und_replay}")
+def check_regulariser(train: TrainConfig) -> None:
+    """The anchor and replay settings, as `unigap loop` and `unigap controls` share them. Flawed
+    renders ride in the understanding replay's batches, so they need the replay."""
+    if min(train.und_anchor, train.und_replay, train.gen_replay) < 0:
+        fail("--und-anchor, --und-replay and --gen-replay must be >= 0")
+    if train.und_flawed < 0 or (train.und_flawed and not train.und_replay):
+        fail(f"--und-flawed must be >= 0 and needs --und-replay > 0 (it adds to the replayed batch), "
+             f"got {train.und_flawed} with --und-replay {train.und_replay}")
 
 
 def pct(x) -> str:
@@ -341,8 +345,8 @@ def loop(
         fail(f"--rounds must be at least 1 and --more-rounds at least 0, got {rounds} and {more_rounds}")
     if n < 1 or eval_n < 1 or epochs < 1:
         fail("--n, --eval-n and --epochs must be at least 1")
-    if not (lr > 0 and beta > 0 and min(nll_weight, kl_weight, und_anchor, und_replay, gen_replay) >= 0):
-        fail("--lr and --beta must be > 0, --nll-weight, --kl-weight, --und-anchor, --und-replay and --gen-replay >= 0")
+    if not (lr > 0 and beta > 0 and min(nll_weight, kl_weight) >= 0):
+        fail("--lr and --beta must be > 0, --nll-weight and --kl-weight >= 0")
     if modules not in MODULES:
         fail(f"--modules must be one of {', '.join(MODULES)}")
     if lora_rank < 0 or sample_cfg <= 0 or temperature < 0:
@@ -355,13 +359,13 @@ def loop(
                         lora_rank=lora_rank, und_anchor=und_anchor, und_replay=und_replay, gen_replay=gen_replay, und_flawed=und_flawed,
                         seed=seed)
     check_sft_rule(threshold, max_per_prompt, balance, focus, solved_rows)
-    check_flawed(und_flawed, und_replay)
+    check_regulariser(train)
     cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
                      threshold=threshold, max_per_prompt=max_per_prompt, balance=balance, focus=focus, solved_rows=solved_rows, gate_external=gate_external,
                      eval_n=eval_n, eval_per_category=eval_per_category, cfg=sample_cfg, temperature=temperature,
                      canonical=canonical, curriculum_epoch=curriculum_epoch)
     if via_services:
-        if (und_anchor or und_replay or gen_replay) and trainer_procs > 1:
+        if train.regularised and trainer_procs > 1:
             fail("--und-anchor, --und-replay and --gen-replay run in a single trainer process: use --trainer-procs 1")
         return run_loop_via_services(cfg, store, model, via_services, executor, trainer_procs, json_out, more_rounds)
     return run_loop(cfg, store, model, json_out, report, more_rounds)
@@ -402,12 +406,14 @@ def controls(
     unknown = [a for a in chosen if a not in CONTROL_ARMS]
     if not chosen or unknown:
         fail(f"--arms must name some of {', '.join(CONTROL_ARMS)}; unknown: {', '.join(unknown) or '(none given)'}")
-    if rounds < 1 or n < 1 or epochs < 1 or eval_n < 1 or not lr > 0 or min(und_anchor, und_replay, gen_replay) < 0:
-        fail("--rounds, --n, --epochs and --eval-n must be at least 1, --lr > 0, --und-anchor, --und-replay and --gen-replay >= 0")
+    if rounds < 1 or n < 1 or epochs < 1 or eval_n < 1 or not lr > 0:
+        fail("--rounds, --n, --epochs and --eval-n must be at least 1, --lr > 0")
     if modules not in MODULES:
         fail(f"--modules must be one of {', '.join(MODULES)}")
+    train = TrainConfig(lr=lr, epochs=epochs, modules=modules, und_anchor=und_anchor, und_replay=und_replay,
+                        gen_replay=gen_replay, und_flawed=und_flawed, seed=seed)
     check_sft_rule(threshold, max_per_prompt, balance, focus, solved_rows)
-    check_flawed(und_flawed, und_replay)
+    check_regulariser(train)
     check_model(model)
     try:
         prompts = pool_texts(pool)
@@ -415,8 +421,7 @@ def controls(
         fail(str(e))
     cfg = LoopConfig(rounds=rounds, n=n, seed=seed, pool=pool, eval_n=eval_n, eval_per_category=eval_per_category,
                      max_per_prompt=max_per_prompt, balance=balance, focus=focus, solved_rows=solved_rows, threshold=threshold,
-                     train=TrainConfig(lr=lr, epochs=epochs, modules=modules, und_anchor=und_anchor, und_replay=und_replay,
-                                       gen_replay=gen_replay, und_flawed=und_flawed, seed=seed))
+                     train=train)
     result = run_controls(load_model(model), chosen, prompts, cfg, log=console.print)
     out = Table(title="Ladder of controls: held-out generation accuracy (external evaluator) and NU (own judge) per round")
     for col in ("arm", "trained on, per round", "gen % per round", "NU % per round"):

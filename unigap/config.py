@@ -29,6 +29,11 @@ class TrainConfig:
     lora_rank: int = 0  # > 0: the LM trains through LoRA adapters of this rank (peft), merged after
     seed: int = 0
 
+    @property
+    def regularised(self) -> bool:
+        """Whether a step adds the anchor or a replay (unigap/train/round.py: regulariser)."""
+        return bool(self.und_anchor or self.und_replay or self.gen_replay)
+
 
 @dataclass
 class LoopConfig:

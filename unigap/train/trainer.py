@@ -272,7 +272,7 @@ def _train(
     it adds `anchor`'s loss, which is given exactly when cfg.und_anchor, cfg.und_replay or cfg.gen_replay weighs one."""
     if not rows:
         return []
-    if bool(cfg.und_anchor or cfg.und_replay or cfg.gen_replay) != (anchor is not None):
+    if cfg.regularised != (anchor is not None):
         raise ValueError(f"und_anchor {cfg.und_anchor}, und_replay {cfg.und_replay} and gen_replay {cfg.gen_replay} need an anchor, "
                          "and an anchor needs one of them > 0")
     if anchor is not None and _world()[1] > 1:
