@@ -104,3 +104,35 @@ def test_loop_bad_input(tiny_model, tmp_path):
         assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     proc = subprocess.run(loop_cmd(model, empty, tmp_path / "s"), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no prompts" in proc.stderr
+
+
+def test_restart_trains_the_start_on_every_rounds_candidates(tiny_model, tmp_path):
+    """--restart (STaR): round 2 fine-tunes the starting model, not round 1's, on the candidates of
+    rounds 1 and 2 together; --val-n sizes the gate's val sample."""
+    from unigap.train.data import Candidates, concat_candidates, get_round_data, split_candidates
+
+    model, pool = tiny_model
+    store = tmp_path / "store"
+    proc = subprocess.run(loop_cmd(model, pool, store, "--rounds", "2", "--restart", "--val-n", "3", "--lr", "1e-2",
+                                   "--max-per-prompt", "1", "--threshold", "1e-9"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    st = LocalStore(store)
+    run = next(k for k in st.list_records("runs/") if k.endswith("round-2/manifest.json")).rsplit("/round-2", 1)[0]
+    one, two = (rec.get_record_json(st, f"{run}/round-{r}/manifest.json") for r in (1, 2))
+    start = one["base"]
+    assert one["trained_from"] == two["trained_from"] == start
+    assert two["base"] == (one["checkpoint"] if one["promoted"] else start)  # candidates still come from the head
+
+    def cands(ref):
+        a = rec.get_arrays(st, ref)
+        return Candidates(a["prompts"].tolist(), a["tokens"], a["p_yes"], a["accepted"])
+
+    both = concat_candidates([cands(one["candidates"]), cands(two["candidates"])])
+    assert len(both.prompts) == 2 * 2 * len(POOL)  # --n 2, two rounds
+    expected = split_candidates(both, max_per_prompt=1)
+    got = get_round_data(st, two["data"])
+    assert len(got.sft) == len(expected.sft) > 0
+    for (p, t), (q, u) in zip(got.sft, expected.sft):
+        assert p == q and (t == u).all()
+    val = rec.get_json(st, one["eval"])["val"]
+    assert val["n_images"] == 3 * val["n_prompts"]

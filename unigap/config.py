@@ -51,9 +51,11 @@ class LoopConfig:
     cfg: float = 1.5  # candidate sampling: low guidance and temperature (FINDINGS.md)
     temperature: float = 0.7
     canonical: bool = True  # train on decode -> re-encode tokens
+    restart: bool = False  # STaR: each round trains the starting model on every round's candidates so far
     train: TrainConfig = field(default_factory=TrainConfig)
     curriculum_epoch: int = 1  # C-SFT / C-DPO: replay the discard pool before this epoch (0-based)
     eval_n: int = 5
+    val_n: int = 0  # images per val prompt in each evaluation, the gate's (0: eval_n)
     eval_per_category: int = 0  # 0: every prompt of each evaluated split (tests use fewer)
     eval_seed: int = 12345  # fixed: every round is evaluated on the same seeds
     gate_und_tolerance: float = 0.02

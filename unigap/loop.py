@@ -27,7 +27,7 @@ from unigap.evaluate import generate_and_judge, rendered_understanding, select_p
 from unigap.score import gap_summary, win_rate
 from unigap.store import records as rec
 from unigap.store.base import Store
-from unigap.train.data import Candidates, get_round_data, put_round_data, split_for
+from unigap.train.data import Candidates, concat_candidates, get_round_data, put_round_data, split_for
 from unigap.train.round import TrainJob, collect
 
 
@@ -112,7 +112,8 @@ class Loop:
         with the same evaluation settings; later rounds belong to their run."""
         if r == 0:
             c = self.cfg
-            blob = json.dumps([c.judge_mode, c.eval_n, c.eval_seed, c.eval_per_category, self.start_ref])
+            settings = [c.judge_mode, c.eval_n, c.eval_seed, c.eval_per_category, self.start_ref] + ([c.val_n] if c.val_n else [])
+            blob = json.dumps(settings)  # val_n only when set: baselines stored before it keep their key
             return f"baselines/{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
         return f"{self.run}/round-{r}"
 
@@ -143,7 +144,7 @@ class Loop:
         out, arrays = {}, {}
         generator, judge = self.backend.generator(ref), self.backend.judge(ref)
         for split in splits:
-            n = self.cfg.eval_n if split != "novel" else max(2, self.cfg.eval_n // 2)
+            n = {"val": self.cfg.val_n or self.cfg.eval_n, "novel": max(2, self.cfg.eval_n // 2)}.get(split, self.cfg.eval_n)
             specs = evaluated_specs(split, self.cfg.eval_per_category)
             out[split], arr = evaluate_split(generator, judge, specs, n, self.cfg.eval_seed, self.progress)
             if split == "heldout":
@@ -192,22 +193,23 @@ class Loop:
         base_ref = progress["base"]
         self.log(f"round {r}: from the model of round {base_round}")
         cand = self._step(r, progress, "candidates", lambda: self._candidates_ref(base_ref, r))
-        data_ref = self._step(r, progress, "data", lambda: put_round_data(self.store, split_for(self._load_candidates(cand), cfg)))
+        data_ref = self._step(r, progress, "data", lambda: put_round_data(self.store, split_for(self._training_candidates(r, cand), cfg)))
         data = get_round_data(self.store, data_ref)
         if not data.sft and not data.pairs:
             self.log(f"  round {r}: no accepted sample and no pair: nothing to train on; the round keeps the model")
-        job = TrainJob(base=base_ref, data=data_ref, loop=asdict(cfg), round=r)
+        job = TrainJob(base=self.start_ref if cfg.restart else base_ref, data=data_ref, loop=asdict(cfg), round=r)
         ckpt = self._step(r, progress, "checkpoint", lambda: json.dumps(self.backend.train(job)))
         ckpt_ref, train_log = json.loads(ckpt)
         ev = self._step(r, progress, "eval", lambda: self._evaluate(ckpt_ref, ("val", "heldout") + (("novel",) if r == cfg.rounds else ())))
         old_eval = rec.get_json(self.store, self.manifest(base_round)["eval"])
         new_eval = rec.get_json(self.store, ev)
-        promoted, reasons = self._gate(old_eval, new_eval) if ckpt_ref != base_ref else (False, ["nothing was trained"])
+        trained = ckpt_ref != job.base
+        promoted, reasons = self._gate(old_eval, new_eval) if trained else (False, ["nothing was trained"])
         m = {
-            "round": r, "base": base_ref, "checkpoint": ckpt_ref, "eval": ev, "promoted": promoted, "reasons": reasons,
+            "round": r, "base": base_ref, "trained_from": job.base, "checkpoint": ckpt_ref, "eval": ev, "promoted": promoted, "reasons": reasons,
             "candidates": cand, "data": data_ref, "train_log": train_log,
             "n_sft": len(data.sft), "n_pairs": len(data.pairs), "n_discard": len(data.discard),
-            "win_rate": self._win_rate(base_ref, old_eval, ckpt_ref),
+            "win_rate": self._win_rate(old_eval, ckpt_ref if trained else None),
         }
         rec.put_record_json(self.store, f"{self._round_key(r)}/manifest.json", m)  # last: the round is done
         return m
@@ -217,13 +219,20 @@ class Loop:
         c = collect(generator, judge, self.pool, self.cfg, self.cfg.seed * 1000 + r, self.progress)
         return rec.put_arrays(self.store, prompts=np.array(c.prompts, dtype=str), tokens=c.tokens, p_yes=c.p_yes, accepted=c.accepted)
 
+    def _training_candidates(self, r: int, cand: str) -> Candidates:
+        """Round r's candidates; with `restart`, those of every round of the run so far (STaR:
+        each round fine-tunes the starting model on all it has found, instead of piling one
+        round's drift on the last)."""
+        earlier = [self.manifest(k)["candidates"] for k in range(1, r)] if self.cfg.restart else []
+        return concat_candidates([self._load_candidates(ref) for ref in earlier + [cand]])
+
     def _load_candidates(self, ref: str) -> Candidates:
         a = rec.get_arrays(self.store, ref)
         return Candidates(a["prompts"].tolist(), a["tokens"], a["p_yes"], a["accepted"])
 
-    def _win_rate(self, base_ref: str, old_eval: dict, new_ref: str) -> dict:
+    def _win_rate(self, old_eval: dict, new_ref: str | None) -> dict:
         """Old vs new judge on the OLD model's held-out images, decided by the external evaluator."""
-        if new_ref == base_ref:
+        if new_ref is None:
             return {"win_rate": None, "n_disagree": 0}
         a, prompts = self._heldout_arrays(old_eval)
         new = self.backend.judge(new_ref).score(a["images"], prompts).decision

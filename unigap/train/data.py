@@ -21,6 +21,14 @@ class Candidates:
     accepted: np.ndarray  # [rows] bool
 
 
+def concat_candidates(parts: list[Candidates]) -> Candidates:
+    """Several judged sets as one (rows of a prompt need not be adjacent: the split groups them)."""
+    return Candidates(
+        [p for c in parts for p in c.prompts], np.concatenate([c.tokens for c in parts]),
+        np.concatenate([c.p_yes for c in parts]), np.concatenate([c.accepted for c in parts]),
+    )
+
+
 @dataclass
 class RoundData:
     sft: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (prompt, tokens)
