@@ -61,6 +61,7 @@ def test_help_explains_itself():
         (["controls", "--focus", "1.5"], ["--focus", "(0, 1]"]),
         (["loop", "--und-flawed", "4"], ["--und-flawed", "--und-replay > 0"]),
         (["loop", "--focus", "0.5", "--solved-rows", "-1"], ["--solved-rows", ">= 0"]),
+        (["loop", "--val-n", "-1"], ["--val-n", ">= 0"]),
         (["controls", "--gen-replay", "-1"], ["--gen-replay"]),
         (["controls", "--und-flawed", "-1", "--und-replay", "1"], ["--und-flawed", ">= 0"]),
         (["table", "/nonexistent/loop.json"], ["/nonexistent/loop.json", "cannot be read"]),

@@ -109,7 +109,7 @@ def test_loop_bad_input(tiny_model, tmp_path):
 def test_restart_trains_the_start_on_every_rounds_candidates(tiny_model, tmp_path):
     """--restart (STaR): round 2 fine-tunes the starting model, not round 1's, on the candidates of
     rounds 1 and 2 together; --val-n sizes the gate's val sample."""
-    from unigap.train.data import Candidates, concat_candidates, get_round_data, split_candidates
+    from unigap.train.data import concat_candidates, get_candidates, get_round_data, split_candidates
 
     model, pool = tiny_model
     store = tmp_path / "store"
@@ -123,11 +123,7 @@ def test_restart_trains_the_start_on_every_rounds_candidates(tiny_model, tmp_pat
     assert one["trained_from"] == two["trained_from"] == start
     assert two["base"] == (one["checkpoint"] if one["promoted"] else start)  # candidates still come from the head
 
-    def cands(ref):
-        a = rec.get_arrays(st, ref)
-        return Candidates(a["prompts"].tolist(), a["tokens"], a["p_yes"], a["accepted"])
-
-    both = concat_candidates([cands(one["candidates"]), cands(two["candidates"])])
+    both = concat_candidates([get_candidates(st, one["candidates"]), get_candidates(st, two["candidates"])])
     assert len(both.prompts) == 2 * 2 * len(POOL)  # --n 2, two rounds
     expected = split_candidates(both, max_per_prompt=1)
     got = get_round_data(st, two["data"])

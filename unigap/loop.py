@@ -27,7 +27,7 @@ from unigap.evaluate import generate_and_judge, rendered_understanding, select_p
 from unigap.score import gap_summary, win_rate
 from unigap.store import records as rec
 from unigap.store.base import Store
-from unigap.train.data import Candidates, concat_candidates, get_round_data, put_round_data, split_for
+from unigap.train.data import concat_candidates, get_candidates, get_round_data, put_candidates, put_round_data, split_for
 from unigap.train.round import TrainJob, collect
 
 
@@ -217,18 +217,14 @@ class Loop:
     def _candidates_ref(self, ref: str, r: int) -> str:
         generator, judge = self.backend.generator(ref), self.backend.judge(ref, self.cfg.threshold)
         c = collect(generator, judge, self.pool, self.cfg, self.cfg.seed * 1000 + r, self.progress)
-        return rec.put_arrays(self.store, prompts=np.array(c.prompts, dtype=str), tokens=c.tokens, p_yes=c.p_yes, accepted=c.accepted)
+        return put_candidates(self.store, c)
 
     def _training_candidates(self, r: int, cand: str) -> Candidates:
         """Round r's candidates; with `restart`, those of every round of the run so far (STaR:
         each round fine-tunes the starting model on all it has found, instead of piling one
         round's drift on the last)."""
         earlier = [self.manifest(k)["candidates"] for k in range(1, r)] if self.cfg.restart else []
-        return concat_candidates([self._load_candidates(ref) for ref in earlier + [cand]])
-
-    def _load_candidates(self, ref: str) -> Candidates:
-        a = rec.get_arrays(self.store, ref)
-        return Candidates(a["prompts"].tolist(), a["tokens"], a["p_yes"], a["accepted"])
+        return concat_candidates([get_candidates(self.store, ref) for ref in earlier + [cand]])
 
     def _win_rate(self, old_eval: dict, new_ref: str | None) -> dict:
         """Old vs new judge on the OLD model's held-out images, decided by the external evaluator."""

@@ -87,6 +87,19 @@ def split_for(c: Candidates, cfg) -> RoundData:
     return split_candidates(c, cfg.max_per_prompt, cfg.balance, cfg.focus, cfg.solved_rows)
 
 
+def put_candidates(store, c: Candidates) -> str:
+    from unigap.store import records as rec
+
+    return rec.put_arrays(store, prompts=np.array(c.prompts, dtype=str), tokens=c.tokens, p_yes=c.p_yes, accepted=c.accepted)
+
+
+def get_candidates(store, ref: str) -> Candidates:
+    from unigap.store import records as rec
+
+    a = rec.get_arrays(store, ref)
+    return Candidates(a["prompts"].tolist(), a["tokens"], a["p_yes"], a["accepted"])
+
+
 def put_round_data(store, data: RoundData) -> str:
     """One round's training data as a single content-addressed arrays object."""
     from unigap.store import records as rec
