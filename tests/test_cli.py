@@ -62,6 +62,8 @@ def test_help_explains_itself():
         (["loop", "--und-flawed", "4"], ["--und-flawed", "--und-replay > 0"]),
         (["loop", "--focus", "0.5", "--solved-rows", "-1"], ["--solved-rows", ">= 0"]),
         (["loop", "--val-n", "-1"], ["--val-n", ">= 0"]),
+        (["loop", "--val-pairs", "0"], ["--val-pairs >= 1"]),
+        (["loop", "--gate-ext-tolerance", "-0.1"], ["--gate-ext-tolerance", "[0, 1)"]),
         (["controls", "--gen-replay", "-1"], ["--gen-replay"]),
         (["controls", "--und-flawed", "-1", "--und-replay", "1"], ["--und-flawed", ">= 0"]),
         (["table", "/nonexistent/loop.json"], ["/nonexistent/loop.json", "cannot be read"]),

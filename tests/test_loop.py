@@ -108,12 +108,12 @@ def test_loop_bad_input(tiny_model, tmp_path):
 
 def test_restart_trains_the_start_on_every_rounds_candidates(tiny_model, tmp_path):
     """--restart (STaR): round 2 fine-tunes the starting model, not round 1's, on the candidates of
-    rounds 1 and 2 together; --val-n sizes the gate's val sample."""
+    rounds 1 and 2 together; --val-n and --val-pairs size the gate's val sample."""
     from unigap.train.data import concat_candidates, get_candidates, get_round_data, split_candidates
 
     model, pool = tiny_model
     store = tmp_path / "store"
-    proc = subprocess.run(loop_cmd(model, pool, store, "--rounds", "2", "--restart", "--val-n", "3", "--lr", "1e-2",
+    proc = subprocess.run(loop_cmd(model, pool, store, "--rounds", "2", "--restart", "--val-n", "3", "--val-pairs", "2", "--lr", "1e-2",
                                    "--max-per-prompt", "1", "--threshold", "1e-9"), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     st = LocalStore(store)
@@ -132,3 +132,15 @@ def test_restart_trains_the_start_on_every_rounds_candidates(tiny_model, tmp_pat
         assert p == q and (t == u).all()
     val = rec.get_json(st, one["eval"])["val"]
     assert val["n_images"] == 3 * val["n_prompts"]
+
+
+def test_rendered_understanding_pairs_per_prompt(tiny_random):
+    """The gate's understanding sample: per_prompt pairs per prompt; one pair is the old check."""
+    from unigap import world
+    from unigap.evaluate import make_judge, rendered_understanding
+
+    judge = make_judge(tiny_random, "likelihood", 0.5)
+    specs = world.split("val")[:3]
+    one, three = rendered_understanding(judge, specs, 7), rendered_understanding(judge, specs, 7, per_prompt=3)
+    assert one.shape == (6,) and three.shape == (18,)
+    assert (rendered_understanding(judge, specs, 7, per_prompt=1) == one).all()

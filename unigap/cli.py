@@ -331,8 +331,10 @@ def loop(
     curriculum_epoch: int = typer.Option(LOOP.curriculum_epoch, help="C-SFT / C-DPO: the epoch (counted from 0) before which the discard pool is replayed; with --rounds 1 and many --epochs this is the paper's one-pass Algorithm 1."),
     restart: bool = typer.Option(LOOP.restart, help="Each round trains the starting model on the candidates of every round so far (sampled by the last promoted model), as STaR does, instead of training the last promoted model on its own round's."),
     gate_external: bool = typer.Option(LOOP.gate_external, help="The gate also requires val external accuracy not to fall."),
+    gate_ext_tolerance: float = typer.Option(LOOP.gate_ext_tolerance, help="... not to fall by more than this (an accuracy, e.g. 0.01: one point), so a change within the noise of the val sample does not reject a round."),
     eval_n: int = typer.Option(LOOP.eval_n, help="Images per held-out prompt in each evaluation."),
     val_n: int = typer.Option(LOOP.val_n, help="Images per val prompt in each evaluation: the gate's sample (0: --eval-n). More images make the gate's comparisons less noisy."),
+    val_pairs: int = typer.Option(LOOP.val_pairs, help="Rendered understanding pairs (the prompt's render and a hard negative's) per val prompt: the gate's understanding sample. With 1 (41 x 2 items), two more errors already fall by more than the 2-point tolerance."),
     eval_per_category: int = typer.Option(LOOP.eval_per_category, help="Evaluate at most this many prompts per category (0: all)."),
 ):
     """Run the self-improvement loop: sample, judge with the model's own understanding, train,
@@ -347,8 +349,10 @@ def loop(
         fail(f"--rounds must be at least 1 and --more-rounds at least 0, got {rounds} and {more_rounds}")
     if n < 1 or eval_n < 1 or epochs < 1:
         fail("--n, --eval-n and --epochs must be at least 1")
-    if val_n < 0:
-        fail(f"--val-n must be >= 0 (0: --eval-n), not {val_n}")
+    if val_n < 0 or val_pairs < 1:
+        fail(f"--val-n must be >= 0 (0: --eval-n) and --val-pairs >= 1, not {val_n} and {val_pairs}")
+    if not 0 <= gate_ext_tolerance < 1:
+        fail(f"--gate-ext-tolerance is an accuracy in [0, 1), not {gate_ext_tolerance}")
     if not (lr > 0 and beta > 0 and min(nll_weight, kl_weight) >= 0):
         fail("--lr and --beta must be > 0, --nll-weight and --kl-weight >= 0")
     if modules not in MODULES:
@@ -366,7 +370,7 @@ def loop(
     check_regulariser(train)
     cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
                      threshold=threshold, max_per_prompt=max_per_prompt, balance=balance, focus=focus, solved_rows=solved_rows, gate_external=gate_external,
-                     eval_n=eval_n, val_n=val_n, eval_per_category=eval_per_category, cfg=sample_cfg, temperature=temperature,
+                     gate_ext_tolerance=gate_ext_tolerance, eval_n=eval_n, val_n=val_n, val_pairs=val_pairs, eval_per_category=eval_per_category, cfg=sample_cfg, temperature=temperature,
                      canonical=canonical, curriculum_epoch=curriculum_epoch, restart=restart)
     if via_services:
         if train.regularised and trainer_procs > 1:

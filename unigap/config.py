@@ -56,11 +56,13 @@ class LoopConfig:
     curriculum_epoch: int = 1  # C-SFT / C-DPO: replay the discard pool before this epoch (0-based)
     eval_n: int = 5
     val_n: int = 0  # images per val prompt in each evaluation, the gate's (0: eval_n)
+    val_pairs: int = 1  # rendered understanding pairs per val prompt, the gate's understanding sample
     eval_per_category: int = 0  # 0: every prompt of each evaluated split (tests use fewer)
     eval_seed: int = 12345  # fixed: every round is evaluated on the same seeds
     gate_und_tolerance: float = 0.02
     gate_diversity_floor: float = 0.7
     gate_external: bool = True  # also require val external accuracy not to fall (model selection on val)
+    gate_ext_tolerance: float = 0.0  # ... by more than this
 
     def key(self, start_ref: str, pool_texts: list[str]) -> str:
         """A run's identity: the same command on the same model resumes the same run. Settings at

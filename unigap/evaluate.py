@@ -53,8 +53,10 @@ def generate_and_judge(um: UnifiedModel, judge: Judge, specs: list, s: Sampling,
     return {"specs": rows, "judged": res, "correct": world.evaluate_batch(res.images, rows)}
 
 
-def rendered_understanding(judge: Judge, specs: list, seed: int = 0) -> np.ndarray:
-    """Judge accuracy on balanced pairs: each prompt with a render of itself and of a hard negative."""
+def rendered_understanding(judge: Judge, specs: list, seed: int = 0, per_prompt: int = 1) -> np.ndarray:
+    """Judge accuracy on balanced pairs: each prompt with a render of itself and of a hard negative
+    (`per_prompt` such pairs per prompt, each with its own renders and negative)."""
+    specs = [s for s in specs for _ in range(per_prompt)]
     rng = np.random.default_rng(seed + 7919)
     negs = [world.negatives(s) for s in specs]
     others = [n[rng.integers(len(n))][1] for n in negs]

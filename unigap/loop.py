@@ -66,14 +66,15 @@ def evaluated_specs(split: str, per_category: int) -> list:
     return select_prompts(world.split(split), per_category)
 
 
-def evaluate_split(generator, judge, specs: list, n: int, seed: int, progress: bool) -> tuple[dict, dict]:
-    """Figures of one split with fixed seeds, and the arrays a later win rate needs."""
+def evaluate_split(generator, judge, specs: list, n: int, seed: int, progress: bool, und_pairs: int = 1) -> tuple[dict, dict]:
+    """Figures of one split with fixed seeds (n images and `und_pairs` rendered understanding
+    pairs per prompt), and the arrays a later win rate needs."""
     res = generate_and_judge(generator, judge, specs, Sampling(n=n, seed=seed), progress)
     rows = res["specs"]
     judged = res["judged"]
     summary = gap_summary(judged.accepted, res["correct"], len(specs), judged.prompt_index)
     summary["und_acc_own"] = summary.pop("und_acc")
-    summary["und_acc"] = float(rendered_understanding(judge, specs, seed).mean())
+    summary["und_acc"] = float(rendered_understanding(judge, specs, seed, und_pairs).mean())
     summary["diversity"] = diversity(judged.tokens, judged.prompt_index)
     summary["by_category"] = {
         c: float(res["correct"][[s.category == c for s in rows]].mean()) for c in world.CATEGORIES if any(s.category == c for s in rows)
@@ -112,8 +113,9 @@ class Loop:
         with the same evaluation settings; later rounds belong to their run."""
         if r == 0:
             c = self.cfg
-            settings = [c.judge_mode, c.eval_n, c.eval_seed, c.eval_per_category, self.start_ref] + ([c.val_n] if c.val_n else [])
-            blob = json.dumps(settings)  # val_n only when set: baselines stored before it keep their key
+            settings = [c.judge_mode, c.eval_n, c.eval_seed, c.eval_per_category, self.start_ref]
+            settings += ([c.val_n] if c.val_n else []) + ([{"val_pairs": c.val_pairs}] if c.val_pairs != 1 else [])
+            blob = json.dumps(settings)  # the val sample only when set: baselines stored before keep their key
             return f"baselines/{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
         return f"{self.run}/round-{r}"
 
@@ -146,14 +148,16 @@ class Loop:
         for split in splits:
             n = {"val": self.cfg.val_n or self.cfg.eval_n, "novel": max(2, self.cfg.eval_n // 2)}.get(split, self.cfg.eval_n)
             specs = evaluated_specs(split, self.cfg.eval_per_category)
-            out[split], arr = evaluate_split(generator, judge, specs, n, self.cfg.eval_seed, self.progress)
+            pairs = self.cfg.val_pairs if split == "val" else 1
+            out[split], arr = evaluate_split(generator, judge, specs, n, self.cfg.eval_seed, self.progress, pairs)
             if split == "heldout":
                 arrays = arr
         out["heldout_arrays"] = rec.put_arrays(self.store, **arrays)
         return rec.put_json(self.store, out)
 
     def _gate(self, old: dict, new: dict) -> tuple[bool, list[str]]:
-        """Promote only if val NU falls, diversity holds and rendered understanding holds."""
+        """Promote only if val NU falls, diversity holds, and rendered understanding and external
+        accuracy hold (within their tolerances)."""
         c, o, n = self.cfg, old["val"], new["val"]
         reasons = []
         if not n["nu"] < o["nu"]:
@@ -162,7 +166,7 @@ class Loop:
             reasons.append(f"diversity collapsed ({o['diversity']:.3f} -> {n['diversity']:.3f})")
         if n["und_acc"] < o["und_acc"] - c.gate_und_tolerance:
             reasons.append(f"val understanding fell ({o['und_acc']:.3f} -> {n['und_acc']:.3f})")
-        if c.gate_external and n["gen_acc"] < o["gen_acc"]:
+        if c.gate_external and n["gen_acc"] < o["gen_acc"] - c.gate_ext_tolerance:
             reasons.append(f"val external accuracy fell ({o['gen_acc']:.3f} -> {n['gen_acc']:.3f})")
         return not reasons, reasons
 
