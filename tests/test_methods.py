@@ -50,8 +50,10 @@ def test_recipes_are_named_by_their_flags_and_grouped_over_seeds():
     assert sft["nu_rel_drop"]["mean"] == pytest.approx(0.375) and sft["target_met"]
     assert dpo["gen_gain"]["mean"] == 0 and not dpo["target_met"]  # nothing promoted: the start is shipped
     assert sft["by_category"]["two_objects"]["shipped"]["mean"] == pytest.approx(0.165)
+    assert [m["mean"] for m in dpo["gen_by_round"]] == pytest.approx([0.19])  # the rejected round still shows
     md = markdown(list(rows.values()))
     assert "| `--method sft` | 3 | 20.0 -> 33.0 [" in md and "| yes |" in md and "| no |" in md
+    assert "| `--method dpo --lr 0.0003` | 19.0 [19.0, 19.0] | - |" in md  # its runs stopped after round 1
 
 
 def test_the_same_seed_twice_is_refused():

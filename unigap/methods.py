@@ -80,6 +80,7 @@ def run_figures(result: dict) -> dict:
         "novel_gen_start": (start.get("novel") or {}).get("gen_acc"),
         "novel_gen_last": (last.get("novel") or {}).get("gen_acc"),
         "by_category_start": start["by_category"], "by_category": final["by_category"],
+        "gen_by_round": [r["gen_acc"] for r in rounds[1:]],  # every round's model, promoted or not
     }
 
 
@@ -100,6 +101,10 @@ def method_table(results: list[dict]) -> list[dict]:
             raise ValueError(f"recipe {name!r} has the same seed twice ({seeds}): pass each run once")
         row = {"recipe": name, "seeds": seeds, "runs": runs}
         row |= {f: mean_ci([r[f] for r in runs], bounds=(0.0, 1.0) if f in SHARES else None) for f in FIGURES}
+        # what the training recipe does, the gate left out: round k's model over the seeds that ran it
+        depth = max(len(r["gen_by_round"]) for r in runs)
+        row["gen_by_round"] = [mean_ci([r["gen_by_round"][k] for r in runs if len(r["gen_by_round"]) > k], bounds=(0.0, 1.0))
+                               for k in range(depth)]
         cats = runs[0]["by_category"]
         row["by_category"] = {c: {"start": mean_ci([r["by_category_start"][c] for r in runs], bounds=(0.0, 1.0)),
                                   "shipped": mean_ci([r["by_category"][c] for r in runs], bounds=(0.0, 1.0))} for c in cats}
@@ -122,7 +127,8 @@ def pct_ci(m: dict, signed: bool = False, interval: bool = True) -> str:
 
 def markdown(rows: list[dict]) -> str:
     """The table as Markdown, one line per recipe (means over seeds, 95% intervals in brackets),
-    then each recipe's accuracy per category, on `novel` prompts, and the diversity it kept."""
+    then each recipe's accuracy per category, on `novel` prompts, and the diversity it kept, then
+    every round's generation accuracy whether the gate promoted it or not."""
     head = ("| recipe | seeds | Gen % start -> shipped | Gen gain, points | NU % start -> shipped | NU relative drop % "
             "| Und % (rendered) drop, points | Und win rate % | target met |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
@@ -139,4 +145,10 @@ def markdown(rows: list[dict]) -> str:
         per = [f"{pct_ci(r['by_category'][c]['start'], interval=False)} -> {pct_ci(r['by_category'][c]['shipped'])}" for c in cats]
         novel = f"{pct_ci(r['novel_gen_start'], interval=False)} -> {pct_ci(r['novel_gen_last'])}"
         lines.append(f"| `{r['recipe']}` | " + " | ".join(per) + f" | {novel} | {pct_ci(r['diversity_ratio'])} |")
+    depth = max((len(r["gen_by_round"]) for r in rows), default=0)
+    lines += ["", "| recipe (every round's model, promoted or not) | " + " | ".join(f"round {k + 1} gen %" for k in range(depth)) + " |",
+              "|---|" + "---|" * depth]
+    for r in rows:
+        cells = [pct_ci(m) for m in r["gen_by_round"]] + ["-"] * (depth - len(r["gen_by_round"]))
+        lines.append(f"| `{r['recipe']}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
