@@ -331,7 +331,7 @@ def loop(
     curriculum_epoch: int = typer.Option(LOOP.curriculum_epoch, help="C-SFT / C-DPO: the epoch (counted from 0) before which the discard pool is replayed; with --rounds 1 and many --epochs this is the paper's one-pass Algorithm 1."),
     restart: bool = typer.Option(LOOP.restart, help="Each round trains the starting model on the candidates of every round so far (sampled by the last promoted model), as STaR does, instead of training the last promoted model on its own round's."),
     gate_external: bool = typer.Option(LOOP.gate_external, help="The gate also requires val external accuracy not to fall."),
-    gate_ext_tolerance: float = typer.Option(LOOP.gate_ext_tolerance, help="... not to fall by more than this (an accuracy, e.g. 0.01: one point), so a change within the noise of the val sample does not reject a round."),
+    gate_ext_tolerance: float = typer.Option(LOOP.gate_ext_tolerance, help="The external check lets val external accuracy fall by at most this (an accuracy, e.g. 0.01: one point), so a change within the noise of the val sample does not reject a round."),
     eval_n: int = typer.Option(LOOP.eval_n, help="Images per held-out prompt in each evaluation."),
     val_n: int = typer.Option(LOOP.val_n, help="Images per val prompt in each evaluation: the gate's sample (0: --eval-n). More images make the gate's comparisons less noisy."),
     val_pairs: int = typer.Option(LOOP.val_pairs, help="Rendered understanding pairs (the prompt's render and a hard negative's) per val prompt: the gate's understanding sample. With 1 (41 x 2 items), two more errors already fall by more than the 2-point tolerance."),

@@ -62,7 +62,7 @@ class LoopConfig:
     gate_und_tolerance: float = 0.02
     gate_diversity_floor: float = 0.7
     gate_external: bool = True  # also require val external accuracy not to fall (model selection on val)
-    gate_ext_tolerance: float = 0.0  # ... by more than this
+    gate_ext_tolerance: float = 0.0  # the external check lets val accuracy fall by at most this
 
     def key(self, start_ref: str, pool_texts: list[str]) -> str:
         """A run's identity: the same command on the same model resumes the same run. Settings at

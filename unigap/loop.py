@@ -27,7 +27,7 @@ from unigap.evaluate import generate_and_judge, rendered_understanding, select_p
 from unigap.score import gap_summary, win_rate
 from unigap.store import records as rec
 from unigap.store.base import Store
-from unigap.train.data import concat_candidates, get_candidates, get_round_data, put_candidates, put_round_data, split_for
+from unigap.train.data import Candidates, concat_candidates, get_candidates, get_round_data, put_candidates, put_round_data, split_for
 from unigap.train.round import TrainJob, collect
 
 
