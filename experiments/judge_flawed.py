@@ -31,6 +31,7 @@ from unigap.evaluate import make_judge
 from unigap.loop import pool_texts
 from unigap.model.adapter import UnifiedModel
 from unigap.paths import DEFAULT_MODEL
+from unigap.score import gap_summary
 from unigap.pretrain import UNDERSTANDING, UNDERSTANDING_SPLITS, Data, PretrainConfig, train_stage
 
 FLAWED = (None, 0, 16)  # the shipped judge; S more understanding steps; the same with 16 flawed renders per batch
@@ -55,11 +56,12 @@ def within_prompt_auc(p: np.ndarray, correct: np.ndarray, prompt: np.ndarray) ->
 def figures(p: np.ndarray, correct: np.ndarray, prompt: np.ndarray, count: int) -> dict:
     accepted = p >= 0.5
     top = p >= np.sort(p)[-count]
+    summary = gap_summary(accepted, correct, prompt_of=prompt)
     return {
         "accepted": int(accepted.sum()),
-        "precision": float(correct[accepted].mean()),
+        "precision": summary["judge_precision"],
         "recall": float(accepted[correct].mean()),
-        "coverage": float(np.mean([(accepted & correct)[prompt == k].any() for k in np.unique(prompt)])),
+        "coverage": summary["judge_coverage"],
         "precision_at_shipped_count": float(correct[top].mean()),
         "within_prompt_auc": within_prompt_auc(p, correct, prompt),
     }

@@ -24,7 +24,7 @@ from unigap.loop import evaluate_split, evaluated_specs
 from unigap.model.adapter import UnifiedModel
 from unigap.paths import DEFAULT_MODEL
 from unigap.train.round import regulariser
-from unigap.train.trainer import lr_factor, trainable_parameters
+from unigap.train.trainer import lr_factor, trainable_parameters, update
 
 
 def main() -> None:
@@ -41,12 +41,7 @@ def main() -> None:
     um.model.train()
     for step in tqdm(range(args.steps), desc="replays only"):
         loss = replay(["-"], torch.tensor([step]))  # the step number seeds the replayed batch
-        for g in opt.param_groups:
-            g["lr"] = cfg.train.lr * lr_factor(step, args.steps)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        update(loss, opt, params, cfg.train.lr * lr_factor(step, args.steps))
     um.model.eval()
     judge = make_judge(um, cfg.judge_mode, cfg.threshold)
     out = {"steps": args.steps, "train": cfg.train.__dict__}

@@ -137,8 +137,8 @@ def test_curriculum_samples_are_trained_at_a_live_rate(tiny_random, monkeypatch)
     from unigap.train import trainer
 
     rates = []
-    real = trainer._update
-    monkeypatch.setattr(trainer, "_update", lambda loss, opt, params, lr: (rates.append(lr), real(loss, opt, params, lr)))
+    real = trainer.update
+    monkeypatch.setattr(trainer, "update", lambda loss, opt, params, lr: (rates.append(lr), real(loss, opt, params, lr)))
     um = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
     rng = np.random.default_rng(0)
     first = [("a red circle", rng.integers(0, 64, 64)) for _ in range(4)]

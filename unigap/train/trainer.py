@@ -150,7 +150,8 @@ def lr_factor(step: int, total: int) -> float:
     return min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
-def _update(loss: torch.Tensor, opt, params, lr: float) -> None:
+def update(loss: torch.Tensor, opt, params, lr: float) -> None:
+    """One optimizer step at learning rate `lr`, gradients clipped to norm 1."""
     for g in opt.param_groups:
         g["lr"] = lr
     opt.zero_grad()
@@ -305,7 +306,7 @@ def _train(
                                                 leave=False, initial=skip, total=len(batches)), start=skip + 1):
                 idx, weight = _share(idx)
                 loss, figures = batch_loss(logprobs, [rows[i] for i in idx])
-                _update(loss * weight, opt, params, cfg.lr * lr_factor(step, total))
+                update(loss * weight, opt, params, cfg.lr * lr_factor(step, total))
                 step += 1
                 for name, value in {"loss": loss, **figures}.items():
                     running.setdefault(name, []).append(_mean(value, weight))
