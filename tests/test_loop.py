@@ -44,6 +44,17 @@ def test_loop_rounds_json(tiny_model, tmp_path, method):
     assert rounds[1]["n_sft"] + rounds[1]["n_discard"] > 0
     if rounds[1]["promoted"] is False:
         assert rounds[1]["reasons"]  # a rejected round says why
+    if method == "sft":  # the audit of the run's training data: every candidate and SFT row checked
+        audit = tmp_path / "audit.json"
+        proc = subprocess.run([sys.executable, "-m", "unigap", "audit", str(out), "--store", str(tmp_path / "store"), "--json", str(audit)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        audited = json.loads(audit.read_text())["rounds"]
+        assert [a["round"] for a in audited] == [1, 2]
+        assert audited[0]["candidates"]["all"]["images"] == 2 * len(POOL)  # --n 2
+        assert audited[0].get("sft", {}).get("all", {}).get("rows", 0) == rounds[1]["n_sft"]
+        proc = subprocess.run([sys.executable, "-m", "unigap", "audit", str(out), "--store", str(tmp_path / "empty")], capture_output=True, text=True)
+        assert proc.returncode == 2 and "holds no finished round" in proc.stderr
 
 
 def test_kill_mid_round_and_resume(tiny_model, tmp_path):

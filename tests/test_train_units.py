@@ -118,6 +118,19 @@ def test_split_candidates_focuses_on_failing_prompts():
         split_candidates(c, focus=0.5, solved_rows=-1)
 
 
+def test_split_candidates_drops_rarely_accepted_prompts():
+    # Acceptance rates as above: "easy" 4/4, "half" 2/4, "hard" 1/4. Below 0.5, "hard" gives no rows.
+    prompts = ["easy"] * 4 + ["half"] * 4 + ["hard"] * 4
+    p_yes = np.array([0.9, 0.8, 0.7, 0.6, 0.9, 0.8, 0.2, 0.1, 0.6, 0.1, 0.2, 0.3])
+    c = Candidates(prompts, np.arange(12)[:, None], p_yes, p_yes >= 0.5)
+    d = split_candidates(c, max_per_prompt=2, balance=True, focus=0.75, min_accept_rate=0.5)
+    assert [(p, int(t[0])) for p, t in d.sft] == [("easy", 0), ("half", 4), ("half", 5)]  # 2 of 4 is not below 0.5
+    assert [p for p, _, _ in d.pairs] == ["half", "hard"] and d.discard == []  # DPO pairs and the discard pool keep it
+    assert [int(t[0]) for _, t in split_candidates(c, min_accept_rate=0.25).sft] == [0, 1, 2, 3, 4, 5, 8]
+    with pytest.raises(ValueError, match="min_accept_rate"):
+        split_candidates(c, min_accept_rate=1)
+
+
 def test_lr_schedule():
     from unigap.train.trainer import lr_factor
 

@@ -83,7 +83,7 @@ def check_mode(mode: str) -> None:
         fail(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
 
 
-def check_sft_rule(threshold: float, max_per_prompt: int, balance: bool, focus: float, solved_rows: int) -> None:
+def check_sft_rule(threshold: float, max_per_prompt: int, balance: bool, focus: float, solved_rows: int, min_accept_rate: float) -> None:
     """The SFT set's rule, as `unigap loop` and `unigap controls` share it."""
     if not 0 < threshold < 1 or max_per_prompt < 0:
         fail("--threshold must be in (0, 1) and --max-per-prompt >= 0")
@@ -93,6 +93,8 @@ def check_sft_rule(threshold: float, max_per_prompt: int, balance: bool, focus: 
         fail(f"--focus is an acceptance rate in (0, 1], not {focus}")
     if solved_rows < 0:
         fail(f"--solved-rows must be >= 0, not {solved_rows}")
+    if not 0 <= min_accept_rate < focus:
+        fail(f"--min-accept-rate is an acceptance rate in [0, --focus), not {min_accept_rate}")
 
 
 def check_regulariser(train: TrainConfig) -> None:
@@ -314,6 +316,7 @@ def loop(
     balance: bool = typer.Option(LOOP.balance, help="SFT: every prompt with an accepted candidate gives exactly --max-per-prompt rows (its accepted ones repeated), so rare successes weigh as much as easy ones."),
     focus: float = typer.Option(LOOP.focus, help="SFT: a prompt whose share of accepted candidates is above this gives --solved-rows rows only (1: off), so training goes where the model still fails."),
     solved_rows: int = typer.Option(LOOP.solved_rows, help="SFT: rows a prompt above --focus gives (0: none; then hold the rest with --gen-replay)."),
+    min_accept_rate: float = typer.Option(LOOP.min_accept_rate, help="SFT: a prompt whose share of accepted candidates is below this gives no rows: rare accepts are mostly the judge's errors (see `unigap audit`)."),
     lr: float = typer.Option(TRAIN.lr, help="Learning rate of each round."),
     epochs: int = typer.Option(TRAIN.epochs, help="Epochs over each round's data."),
     beta: float = typer.Option(TRAIN.beta, help="DPO beta."),
@@ -366,10 +369,10 @@ def loop(
     train = TrainConfig(epochs=epochs, lr=lr, beta=beta, nll_weight=nll_weight, kl_weight=kl_weight, modules=modules,
                         lora_rank=lora_rank, und_anchor=und_anchor, und_replay=und_replay, gen_replay=gen_replay, und_flawed=und_flawed,
                         seed=seed)
-    check_sft_rule(threshold, max_per_prompt, balance, focus, solved_rows)
+    check_sft_rule(threshold, max_per_prompt, balance, focus, solved_rows, min_accept_rate)
     check_regulariser(train)
     cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
-                     threshold=threshold, max_per_prompt=max_per_prompt, balance=balance, focus=focus, solved_rows=solved_rows, gate_external=gate_external,
+                     threshold=threshold, max_per_prompt=max_per_prompt, balance=balance, focus=focus, solved_rows=solved_rows, min_accept_rate=min_accept_rate, gate_external=gate_external,
                      gate_ext_tolerance=gate_ext_tolerance, eval_n=eval_n, val_n=val_n, val_pairs=val_pairs, eval_per_category=eval_per_category, cfg=sample_cfg, temperature=temperature,
                      canonical=canonical, curriculum_epoch=curriculum_epoch, restart=restart)
     if via_services:
@@ -398,6 +401,7 @@ def controls(
     balance: bool = typer.Option(LOOP.balance, help="Own-sample arms: every prompt with a kept candidate gives exactly --max-per-prompt rows, as in `unigap loop`."),
     focus: float = typer.Option(LOOP.focus, help="Own-sample arms: a prompt whose share of kept candidates is above this gives --solved-rows rows only, as in `unigap loop`."),
     solved_rows: int = typer.Option(LOOP.solved_rows, help="Own-sample arms: rows a prompt above --focus gives, as in `unigap loop`."),
+    min_accept_rate: float = typer.Option(LOOP.min_accept_rate, help="Own-sample arms: a prompt kept less often than this gives no rows, as in `unigap loop`."),
     threshold: float = typer.Option(LOOP.threshold, help="The judge arm: accept when the judge's p_yes >= this, as in `unigap loop`."),
     eval_n: int = typer.Option(LOOP.eval_n, help="Images per held-out prompt in each evaluation."),
     eval_per_category: int = typer.Option(LOOP.eval_per_category, help="Evaluate at most this many prompts per category (0: all)."),
@@ -420,7 +424,7 @@ def controls(
         fail(f"--modules must be one of {', '.join(MODULES)}")
     train = TrainConfig(lr=lr, epochs=epochs, modules=modules, und_anchor=und_anchor, und_replay=und_replay,
                         gen_replay=gen_replay, und_flawed=und_flawed, seed=seed)
-    check_sft_rule(threshold, max_per_prompt, balance, focus, solved_rows)
+    check_sft_rule(threshold, max_per_prompt, balance, focus, solved_rows, min_accept_rate)
     check_regulariser(train)
     check_model(model)
     try:
@@ -428,7 +432,7 @@ def controls(
     except ValueError as e:
         fail(str(e))
     cfg = LoopConfig(rounds=rounds, n=n, seed=seed, pool=pool, eval_n=eval_n, eval_per_category=eval_per_category,
-                     max_per_prompt=max_per_prompt, balance=balance, focus=focus, solved_rows=solved_rows, threshold=threshold,
+                     max_per_prompt=max_per_prompt, balance=balance, focus=focus, solved_rows=solved_rows, min_accept_rate=min_accept_rate, threshold=threshold,
                      train=train)
     result = run_controls(load_model(model), chosen, prompts, cfg, log=console.print)
     out = Table(title="Ladder of controls: held-out generation accuracy (external evaluator) and NU (own judge) per round")
@@ -481,6 +485,43 @@ def table(
         write_json(json_out, {"rows": rows})
     if markdown_out:
         markdown_out.write_text(markdown(rows) + "\n")
+
+
+@app.command()
+def audit(
+    run: Path = typer.Argument(..., help="A JSON file written by `unigap loop --json`."),
+    store_url: str = typer.Option(..., "--store", help="The run's store: a folder or an s3:// URL."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every round's figures to this JSON file."),
+):
+    """How clean is the data the loop trained on? Each round's judged candidates and SFT rows,
+    decoded and checked by the external evaluator, per task category: the judge's precision and
+    recall, the prompts SFT could learn from, and the share of SFT rows that are right. A report
+    only: the loop never sees these figures."""
+    from unigap.audit import audit_run
+    from unigap.store import StoreError
+
+    try:
+        key = json.loads(run.read_text())["run"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        fail(f"{run}: not a `unigap loop --json` result ({e.__class__.__name__}: {e})")
+    store, cache = open_store_or_fail(store_url)
+    try:
+        rounds = audit_run(store, key, cache)
+    except StoreError as e:
+        fail(str(e))
+    if not rounds:
+        fail(f"{store_url} holds no finished round of {key}: is it the store the run wrote to?")
+    out = Table(title="Training data on the external evaluator: candidates (all judged) and SFT rows (trained on)")
+    for col in ("round", "category", "images", "right %", "accepted %", "judge precision %", "judge recall %", "prompts to learn %", "SFT rows", "SFT right %"):
+        out.add_column(col, justify="right" if col != "category" else "left")
+    for r in rounds:
+        for cat, c in r["candidates"].items():
+            s = r.get("sft", {}).get(cat, {"rows": 0, "precision": None})
+            out.add_row(str(r["round"]), cat, str(c["images"]), pct(c["truth"]), pct(c["accepted"]), pct(c["judge_precision"]),
+                        pct(c["judge_recall"]), pct(c["judge_coverage"]), str(s["rows"]), pct(s["precision"]))
+    console.print(out)
+    if json_out:
+        write_json(json_out, {"run": key, "rounds": rounds})
 
 
 def open_store_or_fail(url: str):

@@ -48,6 +48,7 @@ class LoopConfig:
     balance: bool = False  # SFT: every prompt with an accepted candidate gives exactly max_per_prompt rows
     focus: float = 1.0  # SFT: a prompt accepted more often than this gives `solved_rows` rows only (1: off)
     solved_rows: int = 1  # SFT: rows a prompt above `focus` gives (0: none)
+    min_accept_rate: float = 0.0  # SFT: a prompt accepted less often than this gives no rows
     cfg: float = 1.5  # candidate sampling: low guidance and temperature (FINDINGS.md)
     temperature: float = 0.7
     canonical: bool = True  # train on decode -> re-encode tokens

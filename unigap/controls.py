@@ -27,6 +27,7 @@ from unigap import world
 from unigap.config import CONTROL_ARMS as ARMS
 from unigap.config import LoopConfig, TrainConfig
 from unigap.evaluate import make_judge
+from unigap.audit import external_verdicts
 from unigap.loop import evaluate_split, evaluated_specs
 from unigap.model.adapter import UnifiedModel
 from unigap.train.data import split_for
@@ -46,8 +47,7 @@ def control_samples(arm: str, um: UnifiedModel, prompts: list[str], cfg: LoopCon
     if arm == "judge":
         keep = c.accepted
     elif arm == "oracle":  # judged on the very tokens that are trained on
-        images = um.decode(torch.as_tensor(c.tokens))
-        keep = world.evaluate_batch(images, [world.parse(p) for p in c.prompts])
+        keep = external_verdicts(um, c.tokens, c.prompts)
     else:
         keep = np.ones(len(c.prompts), bool)
     return split_for(replace(c, accepted=keep), cfg).sft  # the loop's SFT rule

@@ -42,7 +42,7 @@ class RoundData:
 
 
 def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = False, focus: float = 1.0,
-                     solved_rows: int = 1) -> RoundData:
+                     solved_rows: int = 1, min_accept_rate: float = 0.0) -> RoundData:
     """SFT: every accepted candidate (the best `max_per_prompt` by p_yes when set, so easy prompts
     do not dominate). With `balance`, every prompt with an accepted candidate gives exactly
     `max_per_prompt` rows, its accepted ones repeated best first: a composition the model gets
@@ -51,6 +51,9 @@ def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = Fal
     the model mostly does already it has little to learn from, but dropping it altogether
     (`solved_rows` 0) makes the model forget it unless something else holds it (measured: single
     objects fell from 87% to 40% when only hard prompts trained, without the generation replay).
+    A prompt accepted in fewer than `min_accept_rate` of its candidates gives no SFT rows: where
+    the judge accepts 1 to 4 of 32, its accepts were right only 30-46% of the time (`unigap
+    audit`), and `balance` would repeat them.
     DPO: per prompt, the best accepted against the worst rejected (by p_yes); prompts lacking
     either give no pair. Discard: prompts with none accepted."""
     if balance and max_per_prompt < 1:
@@ -59,6 +62,8 @@ def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = Fal
         raise ValueError(f"focus is an acceptance rate in (0, 1], not {focus}")
     if solved_rows < 0:
         raise ValueError(f"solved_rows must be >= 0, not {solved_rows}")
+    if not 0 <= min_accept_rate < 1:
+        raise ValueError(f"min_accept_rate is an acceptance rate in [0, 1), not {min_accept_rate}")
     out = RoundData()
     order: dict[str, list[int]] = {}
     for i, p in enumerate(c.prompts):
@@ -70,6 +75,8 @@ def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = Fal
         keep = acc[np.argsort(-c.p_yes[acc], kind="stable")][:max_per_prompt] if max_per_prompt else acc
         if len(acc) > focus * len(rows):  # mostly done already
             keep = keep[:solved_rows]
+        elif len(acc) < min_accept_rate * len(rows):  # rare accepts: mostly the judge's errors
+            keep = keep[:0]
         elif balance and len(keep):
             keep = np.resize(keep, max_per_prompt)  # cycles through them: best, second, ..., best, ...
         out.sft += [(prompt, c.tokens[i]) for i in keep]
@@ -84,7 +91,7 @@ def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = Fal
 
 def split_for(c: Candidates, cfg) -> RoundData:
     """`split_candidates` with the SFT rule of a `LoopConfig`."""
-    return split_candidates(c, cfg.max_per_prompt, cfg.balance, cfg.focus, cfg.solved_rows)
+    return split_candidates(c, cfg.max_per_prompt, cfg.balance, cfg.focus, cfg.solved_rows, cfg.min_accept_rate)
 
 
 def put_candidates(store, c: Candidates) -> str:

@@ -1,0 +1,44 @@
+"""The training-data audit: the external evaluator's verdict on judged candidates and SFT rows."""
+
+import numpy as np
+import pytest
+
+from unigap import world
+from unigap.audit import audit_round, external_verdicts
+from unigap.train.data import Candidates, RoundData
+
+PROMPTS = ["a red circle", "two blue squares"]
+
+
+@pytest.fixture(scope="module")
+def rows(shipped):
+    """Per prompt, two renders of it and two of a near miss (one attribute changed), as the
+    shipped model's image tokens; the truth of each row is known by construction."""
+    prompts, specs, truth = [], [], []
+    for p in PROMPTS:
+        miss = world.negatives(world.parse(p))[0][1]
+        for spec, right in ((world.parse(p), True), (miss, False)) * 2:
+            prompts.append(p), specs.append(spec), truth.append(right)
+    tokens = np.asarray(shipped.encode(world.render_batch(specs, list(range(len(specs))), shipped.image_size)))
+    return prompts, tokens, np.array(truth)
+
+
+def test_external_verdicts_decode_and_evaluate(shipped, rows):
+    prompts, tokens, truth = rows
+    assert external_verdicts(shipped, tokens, prompts, batch=3).tolist() == truth.tolist()  # several batches
+
+
+def test_audit_round_precision_recall_and_sft_rows(shipped, rows):
+    prompts, tokens, truth = rows
+    # "a red circle": one right and one wrong image accepted; "two blue squares": both right ones.
+    accepted = np.array([True, True, False, False, True, False, True, False])
+    c = Candidates(prompts, tokens, np.where(accepted, 0.9, 0.1), accepted)
+    data = RoundData(sft=[(prompts[i], tokens[i]) for i in (0, 1, 4)])
+    a = audit_round(c, data, lambda t, p: external_verdicts(shipped, t, p))
+    assert a["candidates"]["all"] == {"images": 8, "truth": 0.5, "accepted": 0.5, "judge_precision": 0.75,
+                                      "judge_recall": 0.75, "judge_coverage": 1.0}
+    assert a["candidates"]["single_object"]["judge_precision"] == 0.5
+    assert a["candidates"]["counting"]["judge_recall"] == 1.0
+    assert a["sft"]["all"]["rows"] == 3 and a["sft"]["all"]["precision"] == pytest.approx(2 / 3)
+    assert a["sft"]["single_object"] == {"rows": 2, "precision": 0.5}
+    assert "sft" not in audit_round(c, RoundData(), lambda t, p: external_verdicts(shipped, t, p))

@@ -1,0 +1,78 @@
+"""How clean is the data the loop trains on? The external evaluator's verdict on each round's
+judged candidates and SFT rows, per task category.
+
+A report only: the loop never sees these figures (it trains and gates on its own judge). They say
+where the judge lets wrong images through, which bounds what SFT on its picks can teach.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from unigap import world
+from unigap.score import gap_summary
+from unigap.train.data import Candidates, RoundData
+
+
+def _by_category(prompts: list[str], rows: Callable[[np.ndarray], dict]) -> dict:
+    """`rows(mask)` for all rows, then for each category present."""
+    cats = np.array([world.parse(p).category for p in prompts])
+    out = {"all": rows(np.ones(len(prompts), dtype=bool))}
+    out.update({c: rows(cats == c) for c in world.CATEGORIES if (cats == c).any()})
+    return out
+
+
+def external_verdicts(um, tokens: np.ndarray, prompts: list[str], batch: int = 512, progress: bool = False) -> np.ndarray:
+    """The external evaluator's verdict on each row of image tokens, decoded by `um` (the loop
+    never trains the image tokenizer, so any of a run's models decodes its tokens alike)."""
+    out = []
+    for i in tqdm(range(0, len(prompts), batch), desc="decode and evaluate", disable=not progress, leave=False):
+        images = um.decode(torch.as_tensor(np.asarray(tokens[i : i + batch])))
+        out.append(world.evaluate_batch(images, [world.parse(p) for p in prompts[i : i + batch]]))
+    return np.concatenate(out) if out else np.zeros(0, dtype=bool)
+
+
+def audit_round(candidates: Candidates, data: RoundData, correct: Callable[[np.ndarray, list[str]], np.ndarray]) -> dict:
+    """`correct(tokens, prompts)`: the external evaluator's verdict on each row's decoded image.
+
+    - candidates: the judge's precision (accepted images that are right), recall (right images it
+      accepts), and the share of prompts with an image both accept (what SFT can learn from);
+    - sft: how many rows and the share that are right: the precision of what is trained on.
+    """
+    ok = correct(candidates.tokens, candidates.prompts)
+    prompts = np.array(candidates.prompts)
+
+    def judged(mask: np.ndarray) -> dict:
+        a, c = candidates.accepted[mask], ok[mask]
+        s = gap_summary(a, c, prompt_of=prompts[mask])
+        return {"images": int(mask.sum()), "truth": s["gen_acc"], "accepted": float(a.mean()),
+                "judge_precision": s["judge_precision"], "judge_recall": float(a[c].mean()) if c.any() else None,
+                "judge_coverage": s["judge_coverage"]}
+
+    out = {"candidates": _by_category(candidates.prompts, judged)}
+    if data.sft:
+        sft_prompts = [p for p, _ in data.sft]
+        sft_ok = correct(np.stack([t for _, t in data.sft]), sft_prompts)
+        out["sft"] = _by_category(sft_prompts, lambda m: {"rows": int(m.sum()), "precision": float(sft_ok[m].mean())})
+    return out
+
+
+def audit_run(store, run: str, cache, progress: bool = True) -> list[dict]:
+    """`audit_round` for every finished round of a loop run (`run`: its `runs/<key>` prefix), its
+    tokens decoded by the model that sampled them."""
+    from unigap.model.adapter import UnifiedModel
+    from unigap.store import records as rec
+    from unigap.train.data import get_candidates, get_round_data
+
+    rounds, r = [], 1
+    while (m := rec.get_record_json(store, f"{run}/round-{r}/manifest.json")) is not None:
+        um = UnifiedModel.load(rec.fetch_checkpoint(store, m["base"], cache))
+        verdicts = partial(external_verdicts, um, progress=progress)
+        rounds.append({"round": r, "promoted": m["promoted"], **audit_round(get_candidates(store, m["candidates"]), get_round_data(store, m["data"]), verdicts)})
+        r += 1
+    return rounds
