@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from unigap import world
-from unigap.audit import audit_round, external_verdicts
+from unigap.audit import audit_round, by_acceptance, external_verdicts
 from unigap.train.data import Candidates, RoundData
 
 PROMPTS = ["a red circle", "two blue squares"]
@@ -42,3 +42,13 @@ def test_audit_round_precision_recall_and_sft_rows(shipped, rows):
     assert a["sft"]["all"]["rows"] == 3 and a["sft"]["all"]["precision"] == pytest.approx(2 / 3)
     assert a["sft"]["single_object"] == {"rows": 2, "precision": 0.5}
     assert "sft" not in audit_round(c, RoundData(), lambda t, p: external_verdicts(shipped, t, p))
+
+
+def test_precision_by_acceptance_rate(rows):
+    prompts, tokens, truth = rows
+    # "a red circle": 1 of 4 accepted (a wrong one); "two blue squares": 2 of 4 (both right).
+    accepted = np.array([False, True, False, False, True, False, True, False])
+    bins = by_acceptance(Candidates(prompts, tokens, accepted * 1.0, accepted), truth)
+    got = {(b["rate_from"], b["rate_to"]): (b["prompts"], b["accepted"], b["judge_precision"]) for b in bins}
+    assert got[(0.25, 0.5)] == (1, 1, 0.0) and got[(0.5, 1.0)] == (1, 2, 1.0)
+    assert got[(0.0, 0.0625)] == (0, 0, None)

@@ -37,6 +37,22 @@ def external_verdicts(um, tokens: np.ndarray, prompts: list[str], batch: int = 5
     return np.concatenate(out) if out else np.zeros(0, dtype=bool)
 
 
+ACCEPTANCE_BINS = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0)
+
+
+def by_acceptance(candidates: Candidates, ok: np.ndarray) -> list[dict]:
+    """The judge's precision on prompts grouped by how often it accepts them: where it accepts
+    a prompt rarely, its accepts are more often its own errors (what `--min-accept-rate` drops)."""
+    names, prompt = np.unique(np.array(candidates.prompts), return_inverse=True)
+    rate = (np.bincount(prompt, candidates.accepted, len(names)) / np.bincount(prompt, minlength=len(names)))[prompt]
+    out = []
+    for lo, hi in zip(ACCEPTANCE_BINS, ACCEPTANCE_BINS[1:]):
+        rows = candidates.accepted & (rate >= lo) & ((rate < hi) | (hi == 1.0))  # the last bin holds rate 1
+        out.append({"rate_from": lo, "rate_to": hi, "prompts": len(set(prompt[rows])), "accepted": int(rows.sum()),
+                    "judge_precision": float(ok[rows].mean()) if rows.any() else None})
+    return out
+
+
 def audit_round(candidates: Candidates, data: RoundData, correct: Callable[[np.ndarray, list[str]], np.ndarray]) -> dict:
     """`correct(tokens, prompts)`: the external evaluator's verdict on each row's decoded image.
 
@@ -54,7 +70,7 @@ def audit_round(candidates: Candidates, data: RoundData, correct: Callable[[np.n
                 "judge_precision": s["judge_precision"], "judge_recall": float(a[c].mean()) if c.any() else None,
                 "judge_coverage": s["judge_coverage"]}
 
-    out = {"candidates": _by_category(candidates.prompts, judged)}
+    out = {"candidates": _by_category(candidates.prompts, judged), "by_acceptance": by_acceptance(candidates, ok)}
     if data.sft:
         sft_prompts = [p for p, _ in data.sft]
         sft_ok = correct(np.stack([t for _, t in data.sft]), sft_prompts)

@@ -520,6 +520,13 @@ def audit(
             out.add_row(str(r["round"]), cat, str(c["images"]), pct(c["truth"]), pct(c["accepted"]), pct(c["judge_precision"]),
                         pct(c["judge_recall"]), pct(c["judge_coverage"]), str(s["rows"]), pct(s["precision"]))
     console.print(out)
+    rates = Table(title="The judge's precision by how often it accepts a prompt's candidates")
+    for col in ("round", "prompt acceptance rate", "prompts", "accepted images", "judge precision %"):
+        rates.add_column(col, justify="right")
+    for r in rounds:
+        for b in r["by_acceptance"]:
+            rates.add_row(str(r["round"]), f"{b['rate_from']:.3g}-{b['rate_to']:.3g}", str(b["prompts"]), str(b["accepted"]), pct(b["judge_precision"]))
+    console.print(rates)
     if json_out:
         write_json(json_out, {"run": key, "rounds": rounds})
 
