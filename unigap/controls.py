@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from unigap import world
+from unigap.audit import external_verdicts
 from unigap.config import CONTROL_ARMS as ARMS
 from unigap.config import LoopConfig, TrainConfig
 from unigap.evaluate import make_judge
-from unigap.audit import external_verdicts
 from unigap.loop import evaluate_split, evaluated_specs
 from unigap.model.adapter import UnifiedModel
 from unigap.train.data import split_for
