@@ -18,7 +18,9 @@ def rows(shipped):
     for p in PROMPTS:
         miss = world.negatives(world.parse(p))[0][1]
         for spec, right in ((world.parse(p), True), (miss, False)) * 2:
-            prompts.append(p), specs.append(spec), truth.append(right)
+            prompts.append(p)
+            specs.append(spec)
+            truth.append(right)
     tokens = np.asarray(shipped.encode(world.render_batch(specs, list(range(len(specs))), shipped.image_size)))
     return prompts, tokens, np.array(truth)
 
