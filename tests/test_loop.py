@@ -44,17 +44,6 @@ def test_loop_rounds_json(tiny_model, tmp_path, method):
     assert rounds[1]["n_sft"] + rounds[1]["n_discard"] > 0
     if rounds[1]["promoted"] is False:
         assert rounds[1]["reasons"]  # a rejected round says why
-    if method == "sft":  # the audit of the run's training data: every candidate and SFT row checked
-        audit = tmp_path / "audit.json"
-        proc = subprocess.run([sys.executable, "-m", "unigap", "audit", str(out), "--store", str(tmp_path / "store"), "--json", str(audit)],
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        audited = json.loads(audit.read_text())["rounds"]
-        assert [a["round"] for a in audited] == [1, 2]
-        assert audited[0]["candidates"]["all"]["images"] == 2 * len(POOL)  # --n 2
-        assert audited[0].get("sft", {}).get("all", {}).get("rows", 0) == rounds[1]["n_sft"]
-        proc = subprocess.run([sys.executable, "-m", "unigap", "audit", str(out), "--store", str(tmp_path / "empty")], capture_output=True, text=True)
-        assert proc.returncode == 2 and "holds no finished round" in proc.stderr
 
 
 def test_kill_mid_round_and_resume(tiny_model, tmp_path):
@@ -124,8 +113,9 @@ def test_restart_trains_the_start_on_every_rounds_candidates(tiny_model, tmp_pat
 
     model, pool = tiny_model
     store = tmp_path / "store"
+    out = tmp_path / "loop.json"
     proc = subprocess.run(loop_cmd(model, pool, store, "--rounds", "2", "--restart", "--val-n", "3", "--val-pairs", "2", "--lr", "1e-2",
-                                   "--threshold", "1e-9"), capture_output=True, text=True, timeout=600)
+                                   "--threshold", "1e-9", "--json", str(out)), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     st = LocalStore(store)
     run = next(k for k in st.list_records("runs/") if k.endswith("round-2/manifest.json")).rsplit("/round-2", 1)[0]
@@ -144,6 +134,18 @@ def test_restart_trains_the_start_on_every_rounds_candidates(tiny_model, tmp_pat
         assert p == q and (t == u).all()
     val = rec.get_json(st, one["eval"])["val"]
     assert val["n_images"] == 3 * val["n_prompts"]
+
+    # The audit of the run's training data: every candidate and SFT row checked.
+    audit = tmp_path / "audit.json"
+    proc = subprocess.run([sys.executable, "-m", "unigap", "audit", str(out), "--store", str(store), "--json", str(audit)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    audited = json.loads(audit.read_text())["rounds"]
+    assert [a["round"] for a in audited] == [1, 2]
+    assert audited[1]["candidates"]["all"]["images"] == 2 * len(POOL)  # round 2's own candidates, --n 2
+    assert audited[1]["sft"]["all"]["rows"] == len(got.sft)  # its SFT rows: both rounds' (restart)
+    proc = subprocess.run([sys.executable, "-m", "unigap", "audit", str(out), "--store", str(tmp_path / "empty")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "holds no finished round" in proc.stderr
 
 
 def test_rendered_understanding_pairs_per_prompt(tiny_random):

@@ -65,10 +65,9 @@ def audit_round(candidates: Candidates, data: RoundData, correct: Callable[[np.n
 
     def judged(mask: np.ndarray) -> dict:
         a, c = candidates.accepted[mask], ok[mask]
-        s = gap_summary(a, c, prompt_of=prompts[mask])
-        return {"images": int(mask.sum()), "truth": s["gen_acc"], "accepted": float(a.mean()),
-                "judge_precision": s["judge_precision"], "judge_recall": float(a[c].mean()) if c.any() else None,
-                "judge_coverage": s["judge_coverage"]}
+        s = gap_summary(a, c, prompt_of=prompts[mask])  # recall is not among its figures (nor the judge service's)
+        return {"images": s["n_images"], "truth": s["gen_acc"], "accepted": 1 - s["nu"], "judge_precision": s["judge_precision"],
+                "judge_recall": float(a[c].mean()) if c.any() else None, "judge_coverage": s["judge_coverage"]}
 
     out = {"candidates": _by_category(candidates.prompts, judged), "by_acceptance": by_acceptance(candidates, ok)}
     if data.sft:
