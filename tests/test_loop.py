@@ -157,3 +157,22 @@ def test_rendered_understanding_pairs_per_prompt(tiny_random):
     specs = world.split("val")[:3]
     one, three = rendered_understanding(judge, specs, 7), rendered_understanding(judge, specs, 7, per_prompt=3)
     assert one.shape == (6,) and three.shape == (18,)
+
+
+def test_named_pools_are_their_splits_texts(tmp_path):
+    """A named pool is its splits' texts in the order named (so a file of the same texts, in the
+    same order, is the same run); a name that is neither a pool nor a file is refused by name."""
+    from unigap import world
+    from unigap.loop import pool_texts
+
+    def texts(split):
+        return [s.text for s in world.split(split)]
+
+    assert pool_texts("train+heldout") == texts("train") + texts("heldout")
+    assert pool_texts("heldout+val") == texts("heldout") + texts("val")
+    assert not set(pool_texts("heldout+val")) & set(texts("train") + texts("novel"))
+    same = tmp_path / "pool.txt"
+    same.write_text("\n".join(texts("heldout") + texts("val")) + "\n")
+    assert pool_texts(str(same)) == pool_texts("heldout+val")
+    with pytest.raises(ValueError, match="heldout\\+val"):
+        pool_texts("val+heldout")

@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 METHODS = ("sft", "dpo", "c-sft", "c-dpo")
-POOLS = ("train+heldout", "train")
+POOLS = ("train+heldout", "train", "heldout+val")  # named pools: splits joined by "+"
 MODULES = ("lm", "lm+head")
 CONTROL_ARMS = ("render", "oracle", "judge", "all")  # `unigap controls` (unigap/controls.py)
 

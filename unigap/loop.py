@@ -32,11 +32,10 @@ from unigap.train.round import TrainJob, collect
 
 
 def pool_texts(pool: str) -> list[str]:
-    """Prompt TEXTS of the pool (never labels): a named pool or a file, one prompt per line."""
-    if pool == "train+heldout":
-        return [s.text for s in world.split("train") + world.split("heldout")]
-    if pool == "train":
-        return [s.text for s in world.split("train")]
+    """Prompt TEXTS of the pool (never labels): a named pool (its splits' texts, in the order
+    named) or a file, one prompt per line."""
+    if pool in POOLS:
+        return [s.text for name in pool.split("+") for s in world.split(name)]
     path = Path(pool)
     if not path.is_file():
         raise ValueError(f"pool {pool!r} is neither {' nor '.join(POOLS)} nor a file")
