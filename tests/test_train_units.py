@@ -222,7 +222,9 @@ def test_understanding_anchor_is_a_kl_between_caption_distributions():
 
 def test_the_understanding_anchor_holds_the_judge_while_generation_trains(tiny_random):
     """The same hard SFT moves the judge's caption distributions on the trained images far less
-    with the anchor on."""
+    with the anchor on. The SFT must move the judge for this to mean anything: at lr 3e-3 the
+    drift was so small (0.016) that the anchor's own step noise decided the outcome, and a
+    change of environment flipped it; at lr 1e-2 the drift is 0.08 and the anchor cuts it ~6x."""
     import copy
 
     from unigap.config import TrainConfig
@@ -236,13 +238,13 @@ def test_the_understanding_anchor_holds_the_judge_while_generation_trains(tiny_r
     reference = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
     drift = {}
     tokens = torch.as_tensor(np.stack([t for _, t in samples]))
-    for weight in (0.0, 10.0):
+    for weight in (0.0, 1.0):
         um = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
-        cfg = TrainConfig(epochs=4, batch=4, lr=3e-3, und_anchor=weight)
+        cfg = TrainConfig(epochs=4, batch=4, lr=1e-2, und_anchor=weight)
         train_sft(um, samples, cfg, progress=False, anchor=regulariser(um, reference, cfg))
         with torch.no_grad():
             drift[weight] = understanding_anchor_loss(um, reference)([p for p, _ in samples], tokens).item()
-    assert drift[10.0] < 0.5 * drift[0.0], drift
+    assert drift[1.0] < 0.5 * drift[0.0], drift
     with pytest.raises(ValueError, match="need an anchor"):  # a weight with nothing to weigh is refused, not ignored
         train_sft(um, samples, TrainConfig(und_anchor=1.0), progress=False)
     with pytest.raises(ValueError, match="need an anchor"):
