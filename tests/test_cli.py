@@ -52,6 +52,8 @@ def test_help_explains_itself():
         (["loop", "--via-services", "a:1,b:2", "--und-anchor", "1", "--trainer-procs", "2"], ["--und-anchor", "--trainer-procs 1"]),
         (["loop", "--via-services", "a:1,b:2", "--und-replay", "1", "--trainer-procs", "2"], ["--und-replay", "--trainer-procs 1"]),
         (["loop", "--cfg", "0"], ["--cfg"]),
+        (["loop", "--device", "tpu"], ["--device", "cpu, cuda or cuda:N"]),
+        (["loop", "--device", "cuda:7"], ["--device cuda:7", "no such CUDA device"]),
         (["loop", "--method", "c-sft", "--epochs", "4", "--curriculum-epoch", "4"], ["--curriculum-epoch", "between 1 and"]),
         (["controls", "--arms", "render,vibes"], ["--arms", "vibes"]),
         (["controls", "--rounds", "0"], ["--rounds"]),

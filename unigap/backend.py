@@ -27,15 +27,17 @@ class Backend(Protocol):
 
 
 class LocalBackend:
-    """Models loaded from the store into this process (the two most recent kept)."""
+    """Models loaded from the store into this process, on `device` (the two most recent kept)."""
 
-    def __init__(self, store: Store, cache: Path, judge_mode: str, progress: bool = True, log: Callable[[str], None] = print):
+    def __init__(self, store: Store, cache: Path, judge_mode: str, progress: bool = True, log: Callable[[str], None] = print,
+                 device: str = "cpu"):
         self.store, self.cache, self.judge_mode, self.progress, self.log = store, Path(cache), judge_mode, progress, log
+        self.device = device
         self._models: OrderedDict[str, UnifiedModel] = OrderedDict()
 
     def generator(self, ref: str) -> UnifiedModel:
         if ref not in self._models:
-            self._models[ref] = load_model(self.store, ref, self.cache)
+            self._models[ref] = load_model(self.store, ref, self.cache, self.device)
             while len(self._models) > 2:
                 self._models.popitem(last=False)
         self._models.move_to_end(ref)
@@ -45,4 +47,4 @@ class LocalBackend:
         return make_judge(self.generator(ref), self.judge_mode, threshold)
 
     def train(self, job: TrainJob) -> tuple[str, list]:
-        return train_round(self.store, job, self.cache, self.progress, self.log)
+        return train_round(self.store, job, self.cache, self.progress, self.log, self.device)

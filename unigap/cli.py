@@ -41,6 +41,19 @@ def check_model(path: Path) -> None:
         fail(f"no model at {path}: expected a folder written by save_pretrained (config.json)")
 
 
+def check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        fail(f"--device must be cpu, cuda or cuda:N, not {device!r}")
+    if dev.type not in ("cpu", "cuda"):
+        fail(f"--device must be cpu, cuda or cuda:N, not {device!r}")
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        fail(f"--device {device}: no such CUDA device here ({torch.cuda.device_count()} visible)")
+
+
 def load_model(path: Path):
     from unigap.model.adapter import UnifiedModel
 
@@ -339,6 +352,7 @@ def loop(
     val_n: int = typer.Option(LOOP.val_n, help="Images per val prompt in each evaluation: the gate's sample (0: --eval-n). More images make the gate's comparisons less noisy."),
     val_pairs: int = typer.Option(LOOP.val_pairs, help="Rendered understanding pairs (the prompt's render and a hard negative's) per val prompt: the gate's understanding sample. With 1 (41 x 2 items), two more errors already fall by more than the 2-point tolerance."),
     eval_per_category: int = typer.Option(LOOP.eval_per_category, help="Evaluate at most this many prompts per category (0: all)."),
+    device: str = typer.Option("cpu", help="Where the in-process loop samples, judges and trains: cpu, cuda or cuda:N. Not part of the run's key: a run resumed on another device goes on, with that device's float rounding."),
 ):
     """Run the self-improvement loop: sample, judge with the model's own understanding, train,
     evaluate on held-out prompts (external evaluator beside the own judge), promote or reject.
@@ -366,6 +380,7 @@ def loop(
         fail(f"--curriculum-epoch must be between 1 and --epochs - 1 ({epochs - 1}) for {method}, not {curriculum_epoch}")
     check_mode(mode)
     check_model(model)
+    check_device(device)
     train = TrainConfig(epochs=epochs, lr=lr, beta=beta, nll_weight=nll_weight, kl_weight=kl_weight, modules=modules,
                         lora_rank=lora_rank, und_anchor=und_anchor, und_replay=und_replay, gen_replay=gen_replay, und_flawed=und_flawed,
                         seed=seed)
@@ -376,10 +391,12 @@ def loop(
                      gate_ext_tolerance=gate_ext_tolerance, eval_n=eval_n, val_n=val_n, val_pairs=val_pairs, eval_per_category=eval_per_category, cfg=sample_cfg, temperature=temperature,
                      canonical=canonical, curriculum_epoch=curriculum_epoch, restart=restart)
     if via_services:
+        if device != "cpu":
+            fail("--device is for the in-process loop; with --via-services the services and the trainer choose theirs")
         if train.regularised and trainer_procs > 1:
             fail("--und-anchor, --und-replay and --gen-replay run in a single trainer process: use --trainer-procs 1")
         return run_loop_via_services(cfg, store, model, via_services, executor, trainer_procs, json_out, more_rounds)
-    return run_loop(cfg, store, model, json_out, report, more_rounds)
+    return run_loop(cfg, store, model, json_out, report, more_rounds, device)
 
 
 @app.command()
@@ -558,13 +575,14 @@ def store_failures():
         fail(f"{e}; nothing was trained on it and the round was not published")
 
 
-def run_loop(cfg: LoopConfig, store_url: str, model: Path, json_out: Optional[Path], report: Optional[Path], more_rounds: int = 0) -> dict:
+def run_loop(cfg: LoopConfig, store_url: str, model: Path, json_out: Optional[Path], report: Optional[Path], more_rounds: int = 0,
+             device: str = "cpu") -> dict:
     from unigap.loop import Loop
     from unigap.store import StoreError
 
     store, cache = open_store_or_fail(str(store_url))
     try:
-        runner = Loop(cfg, store, cache, model, log=console.print)
+        runner = Loop(cfg, store, cache, model, log=console.print, device=device)
     except (ValueError, StoreError) as e:
         fail(str(e))
     if more_rounds:

@@ -85,7 +85,7 @@ def evaluate_split(generator, judge, specs: list, n: int, seed: int, progress: b
 class Loop:
     def __init__(
         self, cfg: LoopConfig, store: Store, cache: Path, start_model: Path, progress: bool = True,
-        log: Callable[[str], None] = print, backend: Backend | None = None,
+        log: Callable[[str], None] = print, backend: Backend | None = None, device: str = "cpu",
     ):
         if cfg.method not in METHODS:
             raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
@@ -95,7 +95,7 @@ class Loop:
         self.pool = pool_texts(cfg.pool)
         self.start_ref = rec.put_checkpoint(store, start_model)
         self.run = f"runs/{cfg.key(self.start_ref, self.pool)}"
-        self.backend = backend or LocalBackend(store, cache, cfg.judge_mode, progress, log)
+        self.backend = backend or LocalBackend(store, cache, cfg.judge_mode, progress, log, device)
 
     # ------------------------------------------------------------------ store helpers
     def _step(self, r: int, progress: dict, name: str, compute: Callable[[], str]) -> str:
