@@ -36,7 +36,7 @@ def und_text(image_block: str, question: str) -> str:
 class Samples:
     """N candidates per prompt, rows ordered prompt-major (prompt 0's N, then prompt 1's ...)."""
 
-    tokens: torch.Tensor  # [rows, n_image_tokens] long
+    tokens: torch.Tensor  # [rows, n_image_tokens] long, on the CPU (as the images): results leave the adapter as host data
     images: np.ndarray | None  # [rows, H, W, 3] uint8
     prompt_index: list[int]
     prompts: list[str]
@@ -237,7 +237,7 @@ class UnifiedModel:
             pos = pos + 1
             hidden = self._lm(self.image_embeds(step)[:, None], step_mask[..., : width + t + 1], cache, pos)[:, -1]
         images = self.decode(tokens) if decode else None
-        return Samples(tokens, images, [r // n for r in range(rows)], list(prompts))
+        return Samples(tokens.cpu(), images, [r // n for r in range(rows)], list(prompts))
 
     def image_logits(
         self, prompts: list[str], tokens: torch.Tensor, cfg: float = 1.0, drop: torch.Tensor | None = None
@@ -273,9 +273,9 @@ class UnifiedModel:
 
     @torch.no_grad()
     def encode(self, images) -> torch.Tensor:
-        """Canonical image tokens [B, T] of images (uint8 [B, H, W, 3] or a list of them)."""
+        """Canonical image tokens [B, T] on the CPU, like `sample`'s, of images (uint8 [B, H, W, 3] or a list of them)."""
         out = self.model.model.vqmodel.encode(self.pixel_values(images))
-        return out.image_tokens.view(len(out.image_tokens) // self.num_image_tokens, -1)
+        return out.image_tokens.view(len(out.image_tokens) // self.num_image_tokens, -1).cpu()
 
     # ------------------------------------------------------------------ understanding
     def pixel_values(self, images) -> torch.Tensor:
