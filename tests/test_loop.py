@@ -148,6 +148,27 @@ def test_restart_trains_the_start_on_every_rounds_candidates(tiny_model, tmp_pat
     assert proc.returncode == 2 and "holds no finished round" in proc.stderr
 
 
+def test_gate_fresh_val_measures_the_incumbent_again(tiny_model, tmp_path):
+    """--gate-fresh-val: the gate compares the incumbent and the round's model on a val sample of
+    the round's own seed, both evaluated then, and the JSON shows what it compared."""
+    model, pool = tiny_model
+    store, out = tmp_path / "store", tmp_path / "loop.json"
+    proc = subprocess.run(loop_cmd(model, pool, store, "--rounds", "1", "--val-n", "3", "--lr", "1e-2", "--threshold", "1e-9",
+                                   "--gate-fresh-val", "--json", str(out)), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    zero, one = json.loads(out.read_text())["rounds"]
+    assert "gate_val" not in zero
+    old, new = one["gate_val"]["old"], one["gate_val"]["new"]
+    st = LocalStore(store)
+    manifest = rec.get_record_json(st, next(k for k in st.list_records("runs/") if k.endswith("round-1/manifest.json")))
+    sample = rec.get_json(st, manifest["gate_eval"])
+    assert sample["old"]["n_images"] == sample["new"]["n_images"] == 3 * sample["old"]["n_prompts"]  # --val-n 3
+    nu_fell = new["nu"] < old["nu"]
+    assert one["promoted"] == (nu_fell and not one["reasons"])
+    if not nu_fell:
+        assert f"val NU did not fall ({old['nu']:.3f} -> {new['nu']:.3f})" in one["reasons"]
+
+
 def test_rendered_understanding_pairs_per_prompt(tiny_random):
     """The gate's understanding sample: per_prompt pairs (a render and a negative's) per prompt."""
     from unigap import world

@@ -348,6 +348,7 @@ def loop(
     restart: bool = typer.Option(LOOP.restart, help="Each round trains the starting model on the candidates of every round so far (sampled by the last promoted model), as STaR does, instead of training the last promoted model on its own round's."),
     gate_external: bool = typer.Option(LOOP.gate_external, help="The gate also requires val external accuracy not to fall."),
     gate_ext_tolerance: float = typer.Option(LOOP.gate_ext_tolerance, help="The external check lets val external accuracy fall by at most this (an accuracy, e.g. 0.01: one point), so a change within the noise of the val sample does not reject a round."),
+    gate_fresh_val: bool = typer.Option(LOOP.gate_fresh_val, help="The gate evaluates the last promoted model again beside the round's model, on a val sample of the round's own seed, instead of reusing the figure it was promoted for (its luckiest: about 2 NU points too low). Costs two val evaluations a round."),
     eval_n: int = typer.Option(LOOP.eval_n, help="Images per held-out prompt in each evaluation."),
     val_n: int = typer.Option(LOOP.val_n, help="Images per val prompt in each evaluation: the gate's sample (0: --eval-n). More images make the gate's comparisons less noisy."),
     val_pairs: int = typer.Option(LOOP.val_pairs, help="Rendered understanding pairs (the prompt's render and a hard negative's) per val prompt: the gate's understanding sample. With 1 (41 x 2 items), two more errors already fall by more than the 2-point tolerance."),
@@ -388,7 +389,7 @@ def loop(
     check_regulariser(train)
     cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
                      threshold=threshold, max_per_prompt=max_per_prompt, balance=balance, focus=focus, solved_rows=solved_rows, min_accept_rate=min_accept_rate, gate_external=gate_external,
-                     gate_ext_tolerance=gate_ext_tolerance, eval_n=eval_n, val_n=val_n, val_pairs=val_pairs, eval_per_category=eval_per_category, cfg=sample_cfg, temperature=temperature,
+                     gate_ext_tolerance=gate_ext_tolerance, gate_fresh_val=gate_fresh_val, eval_n=eval_n, val_n=val_n, val_pairs=val_pairs, eval_per_category=eval_per_category, cfg=sample_cfg, temperature=temperature,
                      canonical=canonical, curriculum_epoch=curriculum_epoch, restart=restart)
     if via_services:
         if device != "cpu":

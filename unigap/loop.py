@@ -141,18 +141,25 @@ class Loop:
         return self.start_ref, 0
 
     # ------------------------------------------------------------------ steps
-    def _evaluate(self, ref: str, splits: tuple[str, ...]) -> str:
+    def _evaluate(self, ref: str, splits: tuple[str, ...], seed: int | None = None) -> str:
         out, arrays = {}, {}
         generator, judge = self.backend.generator(ref), self.backend.judge(ref)
         for split in splits:
             n = {"val": self.cfg.val_n or self.cfg.eval_n, "novel": max(2, self.cfg.eval_n // 2)}.get(split, self.cfg.eval_n)
             specs = evaluated_specs(split, self.cfg.eval_per_category)
             pairs = self.cfg.val_pairs if split == "val" else 1
-            out[split], arr = evaluate_split(generator, judge, specs, n, self.cfg.eval_seed, self.progress, pairs)
+            out[split], arr = evaluate_split(generator, judge, specs, n, self.cfg.eval_seed if seed is None else seed, self.progress, pairs)
             if split == "heldout":
                 arrays = arr
-        out["heldout_arrays"] = rec.put_arrays(self.store, **arrays)
+        if arrays:
+            out["heldout_arrays"] = rec.put_arrays(self.store, **arrays)
         return rec.put_json(self.store, out)
+
+    def _gate_sample(self, incumbent: str, candidate: str, r: int) -> str:
+        """The incumbent and the candidate on a val sample of round r's own seed (--gate-fresh-val)."""
+        seed = self.cfg.eval_seed * 1000 + r  # no training round samples with it
+        pair = {who: rec.get_json(self.store, self._evaluate(ref, ("val",), seed))["val"] for who, ref in (("old", incumbent), ("new", candidate))}
+        return rec.put_json(self.store, pair)
 
     def _gate(self, old: dict, new: dict) -> tuple[bool, list[str]]:
         """Promote only if val NU falls, diversity holds, and rendered understanding and external
@@ -207,9 +214,16 @@ class Loop:
         old_eval = rec.get_json(self.store, self.manifest(base_round)["eval"])
         new_eval = rec.get_json(self.store, ev)
         trained = ckpt_ref != job.base
-        promoted, reasons = self._gate(old_eval, new_eval) if trained else (False, ["nothing was trained"])
+        gate_ref = None
+        if trained and cfg.gate_fresh_val:
+            gate_ref = self._step(r, progress, "gate_eval", lambda: self._gate_sample(base_ref, ckpt_ref, r))
+            sample = rec.get_json(self.store, gate_ref)
+            promoted, reasons = self._gate({"val": sample["old"]}, {"val": sample["new"]})
+        else:
+            promoted, reasons = self._gate(old_eval, new_eval) if trained else (False, ["nothing was trained"])
         m = {
-            "round": r, "base": base_ref, "trained_from": job.base, "checkpoint": ckpt_ref, "eval": ev, "promoted": promoted, "reasons": reasons,
+            "round": r, "base": base_ref, "trained_from": job.base, "checkpoint": ckpt_ref, "eval": ev, "gate_eval": gate_ref,
+            "promoted": promoted, "reasons": reasons,
             "candidates": cand, "data": data_ref, "train_log": train_log,
             "n_sft": len(data.sft), "n_pairs": len(data.pairs), "n_discard": len(data.discard),
             "win_rate": self._win_rate(old_eval, ckpt_ref if trained else None),
@@ -249,6 +263,9 @@ class Loop:
         }
         if "novel" in ev:
             row["novel"] = {k: ev["novel"][k] for k in ("nu", "gen_acc", "und_acc", "diversity")}
+        if m.get("gate_eval"):  # what the gate compared: the incumbent and this round's model on a fresh val sample
+            sample = rec.get_json(self.store, m["gate_eval"])
+            row["gate_val"] = {who: {k: sample[who][k] for k in ("nu", "gen_acc", "und_acc", "diversity")} for who in ("old", "new")}
         return row
 
     def _heldout_arrays(self, ev: dict) -> tuple[dict, list[str]]:
