@@ -65,7 +65,7 @@ class LoopConfig:
     gate_external: bool = True  # also require val external accuracy not to fall (model selection on val)
     gate_ext_tolerance: float = 0.0  # the external check lets val accuracy fall by at most this
     # The gate measures the incumbent again beside the candidate, on a val sample of the round's own
-    # seed: the figure it was promoted for is its luckiest (a winner's curse of about 2 NU points).
+    # seed: the figure it was promoted for is its luckiest (1.5 NU points on average, README).
     gate_fresh_val: bool = False
 
     def key(self, start_ref: str, pool_texts: list[str]) -> str:
