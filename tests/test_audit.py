@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from unigap import world
-from unigap.audit import audit_round, by_acceptance, external_verdicts
+from unigap.audit import audit_round, by_acceptance, change_by_rows, external_verdicts
 from unigap.train.data import Candidates, RoundData
 
 PROMPTS = ["a red circle", "two blue squares"]
@@ -54,3 +54,16 @@ def test_precision_by_acceptance_rate(rows):
     got = {(b["rate_from"], b["rate_to"]): (b["prompts"], b["accepted"], b["judge_precision"]) for b in bins}
     assert got[(0.25, 0.5)] == (1, 1, 0.0) and got[(0.5, 1.0)] == (1, 2, 1.0)
     assert got[(0.0, 0.0625)] == (0, 0, None)
+
+
+def test_change_by_rows_groups_prompts_by_their_sft_rows():
+    texts = ["a red circle", "two blue squares", "a green triangle"]
+    # Two images per prompt before and after; prompt 0 got 1 SFT row, prompt 1 two, prompt 2 none.
+    idx = np.array([0, 0, 1, 1, 2, 2])
+    before = {"prompt_index": idx, "accepted": np.array([1, 1, 0, 0, 1, 0], bool), "correct": np.array([1, 1, 0, 0, 0, 0], bool)}
+    after = {"prompt_index": idx, "accepted": np.array([1, 0, 1, 1, 1, 0], bool), "correct": np.array([1, 0, 1, 0, 0, 0], bool)}
+    data = RoundData(sft=[(texts[0], np.zeros(4)), (texts[1], np.zeros(4)), (texts[1], np.ones(4))])
+    got = {g["rows"]: g for g in change_by_rows(data, before, after, texts)}
+    assert got[1] == {"rows": 1, "prompts": 1, "nu_change": 0.5, "gen_change": -0.5}
+    assert got[2] == {"rows": 2, "prompts": 1, "nu_change": -1.0, "gen_change": 0.5}
+    assert got[0] == {"rows": 0, "prompts": 1, "nu_change": 0.0, "gen_change": 0.0}

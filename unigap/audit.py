@@ -7,6 +7,7 @@ where the judge lets wrong images through, which bounds what SFT on its picks ca
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import partial
 from typing import Callable
 
@@ -77,17 +78,45 @@ def audit_round(candidates: Candidates, data: RoundData, correct: Callable[[np.n
     return out
 
 
-def audit_run(store, run: str, cache, progress: bool = True) -> list[dict]:
+def change_by_rows(data: RoundData, before: dict, after: dict, texts: list[str]) -> list[dict]:
+    """What the SFT rule did to each kind of prompt: per held-out prompt, the change in NU and
+    external accuracy from the head model's evaluation (`before`) to the round's model's (`after`),
+    both evaluations' stored arrays (`prompt_index` into `texts`, `accepted`, `correct`), averaged
+    over the prompts grouped by how many SFT rows the round gave them (`--focus` gives a prompt it
+    calls solved `--solved-rows`)."""
+    def per_prompt(a: dict) -> tuple[np.ndarray, np.ndarray]:
+        n = np.bincount(a["prompt_index"], minlength=len(texts))
+        nu = np.bincount(a["prompt_index"], ~a["accepted"].astype(bool), len(texts)) / np.maximum(n, 1)
+        return nu, np.bincount(a["prompt_index"], a["correct"].astype(float), len(texts)) / np.maximum(n, 1)
+
+    (nu0, acc0), (nu1, acc1) = per_prompt(before), per_prompt(after)
+    counts = Counter(p for p, _ in data.sft)
+    rows = np.array([counts.get(t, 0) for t in texts])
+    seen = np.bincount(after["prompt_index"], minlength=len(texts)) > 0
+    return [{"rows": int(k), "prompts": int((m := seen & (rows == k)).sum()), "nu_change": float((nu1 - nu0)[m].mean()),
+             "gen_change": float((acc1 - acc0)[m].mean())} for k in np.unique(rows[seen])]
+
+
+def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: int = 0) -> list[dict]:
     """`audit_round` for every finished round of a loop run (`run`: its `runs/<key>` prefix), its
-    tokens decoded by the model that sampled them."""
+    tokens decoded by the model that sampled them; and `change_by_rows` for each round whose head
+    model is one of the run's own rounds (its evaluation is then in the run)."""
+    from unigap.loop import evaluated_specs
     from unigap.model.adapter import UnifiedModel
     from unigap.store import records as rec
     from unigap.train.data import get_candidates, get_round_data
 
-    rounds, r = [], 1
+    texts = [s.text for s in evaluated_specs("heldout", eval_per_category)]
+    heldout = lambda m: rec.get_arrays(store, rec.get_json(store, m["eval"])["heldout_arrays"])  # noqa: E731
+    rounds, manifests, r = [], {}, 1
     while (m := rec.get_record_json(store, f"{run}/round-{r}/manifest.json")) is not None:
+        manifests[m["checkpoint"]] = m
         um = UnifiedModel.load(rec.fetch_checkpoint(store, m["base"], cache))
         verdicts = partial(external_verdicts, um, progress=progress)
-        rounds.append({"round": r, "promoted": m["promoted"], **audit_round(get_candidates(store, m["candidates"]), get_round_data(store, m["data"]), verdicts)})
+        data = get_round_data(store, m["data"])
+        row = {"round": r, "promoted": m["promoted"], **audit_round(get_candidates(store, m["candidates"]), data, verdicts)}
+        if (head := manifests.get(m["base"])) is not None and head is not m:
+            row["change_by_rows"] = change_by_rows(data, heldout(head), heldout(m), texts)
+        rounds.append(row)
         r += 1
     return rounds

@@ -513,18 +513,20 @@ def audit(
 ):
     """How clean is the data the loop trained on? Each round's judged candidates and SFT rows,
     decoded and checked by the external evaluator, per task category: the judge's precision and
-    recall, the prompts SFT could learn from, and the share of SFT rows that are right. A report
-    only: the loop never sees these figures."""
+    recall, the prompts SFT could learn from, and the share of SFT rows that are right; and how the
+    held-out prompts moved by the SFT rows each round gave them (what --focus does to the prompts it
+    calls solved). A report only: the loop never sees these figures."""
     from unigap.audit import audit_run
     from unigap.store import StoreError
 
     try:
-        key = json.loads(run.read_text())["run"]
+        result = json.loads(run.read_text())
+        key, per_category = result["run"], result["config"]["eval_per_category"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         fail(f"{run}: not a `unigap loop --json` result ({e.__class__.__name__}: {e})")
     store, cache = open_store_or_fail(store_url)
     try:
-        rounds = audit_run(store, key, cache)
+        rounds = audit_run(store, key, cache, eval_per_category=per_category)
     except StoreError as e:
         fail(str(e))
     if not rounds:
@@ -545,6 +547,14 @@ def audit(
         for b in r["by_acceptance"]:
             rates.add_row(str(r["round"]), f"{b['rate_from']:.3g}-{b['rate_to']:.3g}", str(b["prompts"]), str(b["accepted"]), pct(b["judge_precision"]))
     console.print(rates)
+    if any("change_by_rows" in r for r in rounds):
+        change = Table(title="Held-out prompts from the head model to the round's, by the SFT rows the round gave each prompt")
+        for col in ("round", "SFT rows", "prompts", "NU change, points", "gen change, points"):
+            change.add_column(col, justify="right")
+        for r in rounds:
+            for g in r.get("change_by_rows", []):
+                change.add_row(str(r["round"]), str(g["rows"]), str(g["prompts"]), f"{100 * g['nu_change']:+.1f}", f"{100 * g['gen_change']:+.1f}")
+        console.print(change)
     if json_out:
         write_json(json_out, {"run": key, "rounds": rounds})
 
