@@ -107,7 +107,10 @@ def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: 
     from unigap.train.data import get_candidates, get_round_data
 
     texts = [s.text for s in evaluated_specs("heldout", eval_per_category)]
-    heldout = lambda m: rec.get_arrays(store, rec.get_json(store, m["eval"])["heldout_arrays"])  # noqa: E731
+
+    def heldout(m: dict) -> dict:
+        return rec.get_arrays(store, rec.get_json(store, m["eval"])["heldout_arrays"])
+
     rounds, manifests, r = [], {}, 1
     while (m := rec.get_record_json(store, f"{run}/round-{r}/manifest.json")) is not None:
         manifests[m["checkpoint"]] = m

@@ -222,12 +222,13 @@ class Loop:
         else:
             promoted, reasons = self._gate(old_eval, new_eval) if trained else (False, ["nothing was trained"])
         m = {
-            "round": r, "base": base_ref, "trained_from": job.base, "checkpoint": ckpt_ref, "eval": ev, "gate_eval": gate_ref,
-            "promoted": promoted, "reasons": reasons,
+            "round": r, "base": base_ref, "trained_from": job.base, "checkpoint": ckpt_ref, "eval": ev, "promoted": promoted, "reasons": reasons,
             "candidates": cand, "data": data_ref, "train_log": train_log,
             "n_sft": len(data.sft), "n_pairs": len(data.pairs), "n_discard": len(data.discard),
             "win_rate": self._win_rate(old_eval, ckpt_ref if trained else None),
         }
+        if gate_ref:
+            m["gate_eval"] = gate_ref
         rec.put_record_json(self.store, f"{self._round_key(r)}/manifest.json", m)  # last: the round is done
         return m
 
