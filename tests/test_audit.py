@@ -63,7 +63,8 @@ def test_change_by_rows_groups_prompts_by_their_sft_rows():
     before = {"prompt_index": idx, "accepted": np.array([1, 1, 0, 0, 1, 0], bool), "correct": np.array([1, 1, 0, 0, 0, 0], bool)}
     after = {"prompt_index": idx, "accepted": np.array([1, 0, 1, 1, 1, 0], bool), "correct": np.array([1, 0, 1, 0, 0, 0], bool)}
     data = RoundData(sft=[(texts[0], np.zeros(4)), (texts[1], np.zeros(4)), (texts[1], np.ones(4))])
-    got = {g["rows"]: g for g in change_by_rows(data, before, after, texts)}
+    per_image = [texts[i] for i in idx]
+    got = {g["rows"]: g for g in change_by_rows(data, (before, per_image), (after, per_image))}
     assert got[1] == {"rows": 1, "prompts": 1, "nu_change": 0.5, "gen_change": -0.5}
     assert got[2] == {"rows": 2, "prompts": 1, "nu_change": -1.0, "gen_change": 0.5}
     assert got[0] == {"rows": 0, "prompts": 1, "nu_change": 0.0, "gen_change": 0.0}

@@ -159,6 +159,7 @@ def test_gate_fresh_val_measures_the_incumbent_again(tiny_model, tmp_path):
     zero, one = json.loads(out.read_text())["rounds"]
     assert "gate_val" not in zero
     old, new = one["gate_val"]["old"], one["gate_val"]["new"]
+    assert old["diversity"] != zero["val"]["diversity"]  # the start model again, on other seeds than its stored evaluation
     st = LocalStore(store)
     manifest = rec.get_record_json(st, next(k for k in st.list_records("runs/") if k.endswith("round-1/manifest.json")))
     sample = rec.get_json(st, manifest["gate_eval"])

@@ -78,38 +78,37 @@ def audit_round(candidates: Candidates, data: RoundData, correct: Callable[[np.n
     return out
 
 
-def change_by_rows(data: RoundData, before: dict, after: dict, texts: list[str]) -> list[dict]:
+def change_by_rows(data: RoundData, before: tuple[dict, list[str]], after: tuple[dict, list[str]]) -> list[dict]:
     """What the SFT rule did to each kind of prompt: per held-out prompt, the change in NU and
     external accuracy from the head model's evaluation (`before`) to the round's model's (`after`),
-    both evaluations' stored arrays (`prompt_index` into `texts`, `accepted`, `correct`), averaged
-    over the prompts grouped by how many SFT rows the round gave them (`--focus` gives a prompt it
-    calls solved `--solved-rows`)."""
-    def per_prompt(a: dict) -> tuple[np.ndarray, np.ndarray]:
-        n = np.bincount(a["prompt_index"], minlength=len(texts))
-        nu = np.bincount(a["prompt_index"], ~a["accepted"].astype(bool), len(texts)) / np.maximum(n, 1)
-        return nu, np.bincount(a["prompt_index"], a["correct"].astype(float), len(texts)) / np.maximum(n, 1)
+    each its stored arrays (`accepted`, `correct`) and the prompt of each image, averaged over the
+    prompts grouped by how many SFT rows the round gave them (`--focus` gives a prompt it calls
+    solved `--solved-rows`)."""
+    def per_prompt(a: dict, prompts: list[str]) -> dict[str, np.ndarray]:
+        names, idx = np.unique(np.array(prompts), return_inverse=True)
+        n = np.bincount(idx)
+        nu, acc = np.bincount(idx, ~a["accepted"].astype(bool)) / n, np.bincount(idx, a["correct"].astype(float)) / n
+        return {t: np.array([nu[i], acc[i]]) for i, t in enumerate(names)}
 
-    (nu0, acc0), (nu1, acc1) = per_prompt(before), per_prompt(after)
-    counts = Counter(p for p, _ in data.sft)
-    rows = np.array([counts.get(t, 0) for t in texts])
-    seen = np.bincount(after["prompt_index"], minlength=len(texts)) > 0
-    return [{"rows": int(k), "prompts": int((m := seen & (rows == k)).sum()), "nu_change": float((nu1 - nu0)[m].mean()),
-             "gen_change": float((acc1 - acc0)[m].mean())} for k in np.unique(rows[seen])]
+    old, new, counts = per_prompt(*before), per_prompt(*after), Counter(p for p, _ in data.sft)
+    groups: dict[int, list[np.ndarray]] = {}
+    for t in new:
+        groups.setdefault(counts.get(t, 0), []).append(new[t] - old[t])
+    return [{"rows": k, "prompts": len(d), "nu_change": float(np.mean(d, 0)[0]), "gen_change": float(np.mean(d, 0)[1])}
+            for k, d in sorted(groups.items())]
 
 
 def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: int = 0) -> list[dict]:
     """`audit_round` for every finished round of a loop run (`run`: its `runs/<key>` prefix), its
     tokens decoded by the model that sampled them; and `change_by_rows` for each round whose head
     model is one of the run's own rounds (its evaluation is then in the run)."""
-    from unigap.loop import evaluated_specs
+    from unigap.loop import heldout_arrays
     from unigap.model.adapter import UnifiedModel
     from unigap.store import records as rec
     from unigap.train.data import get_candidates, get_round_data
 
-    texts = [s.text for s in evaluated_specs("heldout", eval_per_category)]
-
-    def heldout(m: dict) -> dict:
-        return rec.get_arrays(store, rec.get_json(store, m["eval"])["heldout_arrays"])
+    def heldout(m: dict) -> tuple[dict, list[str]]:
+        return heldout_arrays(store, rec.get_json(store, m["eval"]), eval_per_category)
 
     rounds, manifests, r = [], {}, 1
     while (m := rec.get_record_json(store, f"{run}/round-{r}/manifest.json")) is not None:
@@ -119,7 +118,7 @@ def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: 
         data = get_round_data(store, m["data"])
         row = {"round": r, "promoted": m["promoted"], **audit_round(get_candidates(store, m["candidates"]), data, verdicts)}
         if (head := manifests.get(m["base"])) is not None and head is not m:
-            row["change_by_rows"] = change_by_rows(data, heldout(head), heldout(m), texts)
+            row["change_by_rows"] = change_by_rows(data, heldout(head), heldout(m))
         rounds.append(row)
         r += 1
     return rounds

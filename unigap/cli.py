@@ -47,8 +47,8 @@ def check_device(device: str) -> None:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        fail(f"--device must be cpu, cuda or cuda:N, not {device!r}")
-    if dev.type not in ("cpu", "cuda"):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
         fail(f"--device must be cpu, cuda or cuda:N, not {device!r}")
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
         fail(f"--device {device}: no such CUDA device here ({torch.cuda.device_count()} visible)")

@@ -82,6 +82,18 @@ def evaluate_split(generator, judge, specs: list, n: int, seed: int, progress: b
     return summary, arrays
 
 
+def heldout_arrays(store: Store, ev: dict, eval_per_category: int) -> tuple[dict, list[str]]:
+    """A stored evaluation's held-out images, verdicts and judgments, with the prompt of each image."""
+    a = rec.get_arrays(store, ev["heldout_arrays"])
+    specs = evaluated_specs("heldout", eval_per_category)
+    return a, [specs[i].text for i in a["prompt_index"]]
+
+
+def _figures(split: dict) -> dict:
+    """A split's figures as a run's JSON reports them beside held-out (val, novel, the gate's sample)."""
+    return {k: split[k] for k in ("nu", "gen_acc", "und_acc", "diversity")}
+
+
 class Loop:
     def __init__(
         self, cfg: LoopConfig, store: Store, cache: Path, start_model: Path, progress: bool = True,
@@ -141,30 +153,33 @@ class Loop:
         return self.start_ref, 0
 
     # ------------------------------------------------------------------ steps
-    def _evaluate(self, ref: str, splits: tuple[str, ...], seed: int | None = None) -> str:
+    def _measure(self, ref: str, splits: tuple[str, ...], seed: int) -> tuple[dict, dict]:
+        """The figures of each split for one model, and the held-out images and verdicts (if evaluated)."""
         out, arrays = {}, {}
         generator, judge = self.backend.generator(ref), self.backend.judge(ref)
         for split in splits:
             n = {"val": self.cfg.val_n or self.cfg.eval_n, "novel": max(2, self.cfg.eval_n // 2)}.get(split, self.cfg.eval_n)
             specs = evaluated_specs(split, self.cfg.eval_per_category)
             pairs = self.cfg.val_pairs if split == "val" else 1
-            out[split], arr = evaluate_split(generator, judge, specs, n, self.cfg.eval_seed if seed is None else seed, self.progress, pairs)
+            out[split], arr = evaluate_split(generator, judge, specs, n, seed, self.progress, pairs)
             if split == "heldout":
                 arrays = arr
-        if arrays:
-            out["heldout_arrays"] = rec.put_arrays(self.store, **arrays)
+        return out, arrays
+
+    def _evaluate(self, ref: str, splits: tuple[str, ...]) -> str:
+        out, arrays = self._measure(ref, splits, self.cfg.eval_seed)
+        out["heldout_arrays"] = rec.put_arrays(self.store, **arrays)
         return rec.put_json(self.store, out)
 
     def _gate_sample(self, incumbent: str, candidate: str, r: int) -> str:
         """The incumbent and the candidate on a val sample of round r's own seed (--gate-fresh-val)."""
         seed = self.cfg.eval_seed * 1000 + r  # no training round samples with it
-        pair = {who: rec.get_json(self.store, self._evaluate(ref, ("val",), seed))["val"] for who, ref in (("old", incumbent), ("new", candidate))}
-        return rec.put_json(self.store, pair)
+        return rec.put_json(self.store, {who: self._measure(ref, ("val",), seed)[0]["val"] for who, ref in (("old", incumbent), ("new", candidate))})
 
-    def _gate(self, old: dict, new: dict) -> tuple[bool, list[str]]:
+    def _gate(self, o: dict, n: dict) -> tuple[bool, list[str]]:
         """Promote only if val NU falls, diversity holds, and rendered understanding and external
-        accuracy hold (within their tolerances)."""
-        c, o, n = self.cfg, old["val"], new["val"]
+        accuracy hold (within their tolerances). `o`, `n`: the old and new model's val figures."""
+        c = self.cfg
         reasons = []
         if not n["nu"] < o["nu"]:
             reasons.append(f"val NU did not fall ({o['nu']:.3f} -> {n['nu']:.3f})")
@@ -214,13 +229,12 @@ class Loop:
         old_eval = rec.get_json(self.store, self.manifest(base_round)["eval"])
         new_eval = rec.get_json(self.store, ev)
         trained = ckpt_ref != job.base
-        gate_ref = None
+        gate_ref, old_val, new_val = None, old_eval["val"], new_eval["val"]
         if trained and cfg.gate_fresh_val:
             gate_ref = self._step(r, progress, "gate_eval", lambda: self._gate_sample(base_ref, ckpt_ref, r))
             sample = rec.get_json(self.store, gate_ref)
-            promoted, reasons = self._gate({"val": sample["old"]}, {"val": sample["new"]})
-        else:
-            promoted, reasons = self._gate(old_eval, new_eval) if trained else (False, ["nothing was trained"])
+            old_val, new_val = sample["old"], sample["new"]
+        promoted, reasons = self._gate(old_val, new_val) if trained else (False, ["nothing was trained"])
         m = {
             "round": r, "base": base_ref, "trained_from": job.base, "checkpoint": ckpt_ref, "eval": ev, "promoted": promoted, "reasons": reasons,
             "candidates": cand, "data": data_ref, "train_log": train_log,
@@ -248,7 +262,7 @@ class Loop:
         """Old vs new judge on the OLD model's held-out images, decided by the external evaluator."""
         if new_ref is None:
             return {"win_rate": None, "n_disagree": 0}
-        a, prompts = self._heldout_arrays(old_eval)
+        a, prompts = heldout_arrays(self.store, old_eval, self.cfg.eval_per_category)
         new = self.backend.judge(new_ref).score(a["images"], prompts).decision
         return win_rate(a["accepted"], new, a["correct"])
 
@@ -259,25 +273,19 @@ class Loop:
             "round": m["round"], "nu": h["nu"], "nu_ci": h["nu_ci"], "gen_acc": h["gen_acc"], "und_acc": h["und_acc"],
             "und_acc_own": h["und_acc_own"], "win_rate": (m.get("win_rate") or {}).get("win_rate"),
             "promoted": m["promoted"], "n_sft": m["n_sft"], "n_pairs": m["n_pairs"], "n_discard": m["n_discard"],
-            "diversity": h["diversity"], "by_category": h["by_category"], "val": {k: ev["val"][k] for k in ("nu", "gen_acc", "und_acc", "diversity")},
+            "diversity": h["diversity"], "by_category": h["by_category"], "val": _figures(ev["val"]),
             "reasons": m.get("reasons", []), "checkpoint": m["checkpoint"],
         }
         if "novel" in ev:
-            row["novel"] = {k: ev["novel"][k] for k in ("nu", "gen_acc", "und_acc", "diversity")}
+            row["novel"] = _figures(ev["novel"])
         if m.get("gate_eval"):  # what the gate compared: the incumbent and this round's model on a fresh val sample
             sample = rec.get_json(self.store, m["gate_eval"])
-            row["gate_val"] = {who: {k: sample[who][k] for k in ("nu", "gen_acc", "und_acc", "diversity")} for who in ("old", "new")}
+            row["gate_val"] = {who: _figures(sample[who]) for who in ("old", "new")}
         return row
-
-    def _heldout_arrays(self, ev: dict) -> tuple[dict, list[str]]:
-        """An evaluation's held-out images, verdicts and judgments, with the prompt of each image."""
-        a = rec.get_arrays(self.store, ev["heldout_arrays"])
-        specs = evaluated_specs("heldout", self.cfg.eval_per_category)
-        return a, [specs[i].text for i in a["prompt_index"]]
 
     def heldout_samples(self, r: int) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Round r's held-out evaluation images (fixed seeds), their prompts and verdicts."""
-        a, prompts = self._heldout_arrays(rec.get_json(self.store, self.manifest(r)["eval"]))
+        a, prompts = heldout_arrays(self.store, rec.get_json(self.store, self.manifest(r)["eval"]), self.cfg.eval_per_category)
         return a["images"], prompts, a["correct"]
 
     @staticmethod
