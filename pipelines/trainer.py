@@ -63,6 +63,9 @@ class _ReadOnly:
     def put_record(self, key: str, data: bytes) -> None:
         pass
 
+    def delete_object(self, sha: str) -> None:
+        pass
+
 
 def read_job(store: Store, key: str):
     try:
@@ -107,12 +110,10 @@ def distributed():
 def train(store: Store, key: str, job, cache: Path, log, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
     import torch
     import torch.distributed as dist
-    from transformers.utils import logging as hf_logging
+    from unigap.progress import quiet_transformers_in_logs
+    from unigap.train.round import drop_state, train_round
 
-    from unigap.train.round import train_round
-
-    if not sys.stderr.isatty():
-        hf_logging.disable_progress_bar()  # keeps the job's log to lines (its tail is what a failure shows)
+    quiet_transformers_in_logs()  # keeps the job's log to lines (its tail is what a failure shows)
     with distributed() as (rank, local_rank, world):
         if world > 1:
             # One rank per node materialises the base model; the others then find it in the cache
@@ -127,6 +128,7 @@ def train(store: Store, key: str, job, cache: Path, log, checkpoint_every: int =
                                      state_record=state_record(key), checkpoint_every=checkpoint_every if rank == 0 else 0)
         if rank == 0:
             rec.put_record_json(store, result_record(key), {"checkpoint": ref, "log": train_log})
+            drop_state(store, state_record(key))
             log(f"job {key}: done, checkpoint {ref[:12]}")
 
 

@@ -87,6 +87,9 @@ def test_has_object_and_missing_object(store):
         store.get_object(sha)
     store.put_object(b"never stored")
     assert store.has_object(sha)
+    store.delete_object(sha)
+    assert not store.has_object(sha)
+    store.delete_object(sha)  # already gone: no error
 
 
 def test_corrupted_object_is_detected(store):

@@ -39,7 +39,7 @@ from unigap.store import open_store
 from unigap.store import records as rec
 from unigap.train import trainer
 from unigap.train.data import RoundData, put_round_data
-from unigap.train.round import TrainJob, get_state, train_round, regulariser
+from unigap.train.round import TrainJob, drop_state, get_state, put_state, regulariser, train_round
 
 DDP_TOL = 2e-5  # tests/test_trainer_job.py: 2 gloo ranks vs 1 process, float rounding only
 ROOT = str(Path(__file__).resolve().parents[1])
@@ -207,6 +207,15 @@ def _kill_like_a_pod(pid: int) -> None:
             pass
 
 
+def test_a_job_keeps_its_last_training_state_only_and_none_once_done(tmp_path):
+    store, record = open_store(str(tmp_path)), "jobs/x/state.json"
+    states = [put_state(store, record, {"run": {"kind": "sft"}, "step": s, "epoch": 0, "position": s}) for s in (1, 2, 3)]
+    assert [store.has_object(sha) for sha in states] == [False, False, True]
+    assert get_state(store, record)[0]["step"] == 3
+    drop_state(store, record)
+    assert not store.has_object(states[2]) and get_state(store, record) is None
+
+
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_killed_job_resumes_from_its_last_state(setup, nproc):
     store, url, job, tmp, expected, expected_log = setup
@@ -223,7 +232,7 @@ def test_killed_job_resumes_from_its_last_state(setup, nproc):
     first_log = (tmp / f"{nproc}-first.log").read_text()
     assert proc.returncode == -signal.SIGKILL, f"the job ended before it could be killed:\n{first_log[-3000:]}"
     assert store.get_record(result_record(key)) is None
-    state, _ = get_state(store, state_record(key))  # what the rerun will find (it may be later than the first)
+    state, state_sha = get_state(store, state_record(key))  # what the rerun will find (it may be later than the first)
     assert 0 < state["step"] < 64
 
     rerun = _start(url, key, nproc, tmp / f"{nproc}-rerun.log")
@@ -232,6 +241,7 @@ def test_killed_job_resumes_from_its_last_state(setup, nproc):
     resumed = [line for line in log.splitlines() if "resuming from step" in line]
     assert len(resumed) == nproc and all(f"resuming from step {state['step']} " in line for line in resumed), log  # every rank
     result = rec.get_record_json(store, result_record(key))
+    assert get_state(store, state_record(key)) is None and not store.has_object(state_sha)  # done: its state is deleted
     got = load_file(str(rec.fetch_checkpoint(store, result["checkpoint"], tmp / "cache") / "model.safetensors"))
     diff = _max_diff(expected, got)
     print(f"{nproc} process(es): killed after step {state['step']} of 64, resumed; max |w| diff vs uninterrupted {diff:.2e}")

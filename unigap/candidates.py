@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from unigap.model.adapter import UnifiedModel
 from unigap.model.judge import Judge
+from unigap.progress import bar
 
 
 @dataclass
@@ -44,7 +44,7 @@ def sample_and_judge(um: UnifiedModel, judge: Judge, prompts: list[str], s: Samp
     if s.best_of < 1:
         raise ValueError(f"best_of must be >= 1, got {s.best_of}")
     index, images, tokens, p_yes, accepted = [], [], [], [], []
-    for i in tqdm(range(0, len(prompts), s.batch_prompts), desc="sample and judge", disable=not progress, leave=False):
+    for i in bar(range(0, len(prompts), s.batch_prompts), "sample and judge", progress):
         chunk = prompts[i : i + s.batch_prompts]
         out = um.sample(chunk, s.n * s.best_of, s.cfg, s.temperature, s.seed)
         j = judge.score(out.images, [chunk[k] for k in out.prompt_index])

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
-from tqdm import tqdm
 from transformers import JanusForConditionalGeneration
 
 from unigap import world
 from unigap.model.adapter import UnifiedModel, gen_text, und_text
 from unigap.model.build import TinySize, build_tiny
 from unigap.model.judge import CAPTION_QUESTION, REJECT_CAPTION, answer, question
+from unigap.progress import bar as progress_bar
 
 
 @dataclass
@@ -122,7 +122,7 @@ def train_vq(vq, data: Data, cfg: PretrainConfig, log: list) -> None:
     opt = torch.optim.Adam(vq.parameters(), lr=cfg.vq_lr)
     n_codes = vq.quantize.embedding.num_embeddings
     usage = torch.zeros(n_codes)
-    bar = tqdm(range(cfg.vq_steps), desc="VQ tokenizer", leave=False)
+    bar = progress_bar(range(cfg.vq_steps), "VQ tokenizer")
     for step in bar:
         x = to_pixels(data.images(data.specs(cfg.batch)))
         rec, vq_loss, idx, zf = vq_reconstruct(vq, x)
@@ -186,7 +186,7 @@ def train_stage(um, data, cfg, steps: int, losses: dict, name: str, log: list, l
     params = lm_parameters(um)
     lr = cfg.lr if lr is None else lr
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    bar = tqdm(range(steps), desc=name, leave=False)
+    bar = progress_bar(range(steps), name)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))

@@ -2,8 +2,9 @@
 
 Objects are immutable and addressed by their sha256, so a write is idempotent and a read is
 verified. Named records (round manifests) are small JSON documents replaced atomically. Every
-backend (local directory here, S3/MinIO alongside) implements these five methods; everything
-else (JSON, arrays, checkpoints, manifests) is built on them in `records.py`.
+backend (local directory here, S3/MinIO alongside) implements these seven methods; everything
+else (JSON, arrays, checkpoints, manifests) is built on them in `records.py`. Objects are
+deleted only where one record alone ever names them (a trainer's superseded training states).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class Store(Protocol):
     def get_object(self, sha: str) -> bytes: ...
 
     def has_object(self, sha: str) -> bool: ...
+
+    def delete_object(self, sha: str) -> None: ...  # an object already gone is no error
 
     def put_record(self, key: str, data: bytes) -> None: ...
 

@@ -43,6 +43,9 @@ class LocalStore:
     def has_object(self, sha: str) -> bool:
         return self._object_path(sha).exists()
 
+    def delete_object(self, sha: str) -> None:
+        self._object_path(sha).unlink(missing_ok=True)
+
     def put_record(self, key: str, data: bytes) -> None:
         atomic_write_bytes(self.root / "records" / key, data)
 

@@ -151,6 +151,9 @@ class S3Store:
         except S3Error:
             return False
 
+    def delete_object(self, sha: str) -> None:
+        self._call(self.client.remove_object, self.bucket, self._key(object_key(sha)))  # S3: deleting a missing key succeeds
+
     def put_record(self, key: str, data: bytes) -> None:
         self._write(self._key(f"records/{key}"), data)
 

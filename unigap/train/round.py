@@ -59,19 +59,33 @@ def collect(generator, judge, prompts: list[str], cfg: LoopConfig, seed: int, pr
 def put_state(store: Store, record: str, state: dict) -> str:
     """Store a training state (an object) and point `record` at it; returns the object's address.
 
-    The object is written before the record, so a record always names a whole state."""
+    The object is written before the record, so a record always names a whole state; the state it
+    named before is deleted after, so a job keeps one state (about three copies of the trained
+    weights), not one per `checkpoint_every` steps."""
     buf = io.BytesIO()
     torch.save(state, buf)
     sha = store.put_object(buf.getvalue())
+    before = rec.get_record_json(store, record)
     rec.put_record_json(store, record, {"state": sha, "kind": state["run"]["kind"], "step": state["step"],
                                         "epoch": state["epoch"] + 1, "position": state["position"]})
+    if before is not None and before.get("state") not in (None, sha):
+        store.delete_object(before["state"])
     return sha
+
+
+def drop_state(store: Store, record: str) -> None:
+    """Delete the state `record` names once its job is done (its result is stored): nothing will
+    resume it. The record stays, naming no state."""
+    before = rec.get_record_json(store, record)
+    if before is not None and before.get("state") is not None:
+        rec.put_record_json(store, record, {**before, "state": None})
+        store.delete_object(before["state"])
 
 
 def get_state(store: Store, record: str) -> tuple[dict, str] | None:
     """The training state `record` names and its address, or None when there is none."""
     pointer = rec.get_record_json(store, record)
-    if pointer is None:
+    if pointer is None or pointer.get("state") is None:
         return None
     return torch.load(io.BytesIO(store.get_object(pointer["state"])), map_location="cpu", weights_only=True), pointer["state"]
 

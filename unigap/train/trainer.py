@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from unigap.config import MODULES, TrainConfig
 from unigap.model.adapter import UnifiedModel
+from unigap.progress import bar
 from unigap.train.losses import dpo_loss, kl_anchor, sft_loss
 
 
@@ -302,8 +302,8 @@ def _train(
             total = step - skip + (cfg.epochs - epoch) * math.ceil(len(rows) / cfg.batch)
             epoch_rng = copy.deepcopy(rng.bit_generator.state)
             batches = list(_batches(len(rows), cfg.batch, rng))
-            for position, idx in enumerate(tqdm(batches[skip:], desc=f"{kind.upper()} epoch {epoch + 1}", disable=not progress,
-                                                leave=False, initial=skip, total=len(batches)), start=skip + 1):
+            for position, idx in enumerate(bar(batches[skip:], f"{kind.upper()} epoch {epoch + 1}", progress,
+                                               initial=skip, total=len(batches)), start=skip + 1):
                 idx, weight = _share(idx)
                 loss, figures = batch_loss(logprobs, [rows[i] for i in idx])
                 update(loss * weight, opt, params, cfg.lr * lr_factor(step, total))
