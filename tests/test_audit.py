@@ -56,15 +56,19 @@ def test_precision_by_acceptance_rate(rows):
     assert got[(0.0, 0.0625)] == (0, 0, None)
 
 
-def test_change_by_rows_groups_prompts_by_their_sft_rows():
-    texts = ["a red circle", "two blue squares", "a green triangle"]
-    # Two images per prompt before and after; prompt 0 got 1 SFT row, prompt 1 two, prompt 2 none.
-    idx = np.array([0, 0, 1, 1, 2, 2])
-    before = {"prompt_index": idx, "accepted": np.array([1, 1, 0, 0, 1, 0], bool), "correct": np.array([1, 1, 0, 0, 0, 0], bool)}
-    after = {"prompt_index": idx, "accepted": np.array([1, 0, 1, 1, 1, 0], bool), "correct": np.array([1, 0, 1, 0, 0, 0], bool)}
-    data = RoundData(sft=[(texts[0], np.zeros(4)), (texts[1], np.zeros(4)), (texts[1], np.ones(4))])
+def test_change_by_rows_groups_prompts_by_their_sft_rows_and_whether_they_were_called_solved():
+    texts = ["a red circle", "two blue squares", "a green triangle", "a blue square"]
+    # Two images per prompt before and after; prompts 0 and 3 got 1 SFT row, prompt 1 two, prompt 2
+    # none. The round's candidates call prompt 3 solved (accepted in 0.75 of them), not prompt 0 (0.5).
+    idx = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    before = {"accepted": np.array([1, 1, 0, 0, 1, 0, 1, 1], bool), "correct": np.array([1, 1, 0, 0, 0, 0, 1, 1], bool)}
+    after = {"accepted": np.array([1, 0, 1, 1, 1, 0, 0, 0], bool), "correct": np.array([1, 0, 1, 0, 0, 0, 1, 0], bool)}
+    data = RoundData(sft=[(texts[0], np.zeros(4)), (texts[1], np.zeros(4)), (texts[1], np.ones(4)), (texts[3], np.ones(4))])
+    rates = {texts[0]: 0.5, texts[1]: 0.25, texts[2]: 0.0, texts[3]: 0.75}
     per_image = [texts[i] for i in idx]
-    got = {g["rows"]: g for g in change_by_rows(data, (before, per_image), (after, per_image))}
-    assert got[1] == {"rows": 1, "prompts": 1, "nu_change": 0.5, "gen_change": -0.5}
-    assert got[2] == {"rows": 2, "prompts": 1, "nu_change": -1.0, "gen_change": 0.5}
-    assert got[0] == {"rows": 0, "prompts": 1, "nu_change": 0.0, "gen_change": 0.0}
+    got = {(g["rows"], g["solved"]): g for g in change_by_rows(data, rates, (before, per_image), (after, per_image))}
+    assert set(got) == {(0, False), (1, False), (1, True), (2, False)}
+    assert got[1, False] == {"rows": 1, "solved": False, "prompts": 1, "nu_change": 0.5, "gen_change": -0.5}
+    assert got[1, True] == {"rows": 1, "solved": True, "prompts": 1, "nu_change": 1.0, "gen_change": -0.5}
+    assert got[2, False] == {"rows": 2, "solved": False, "prompts": 1, "nu_change": -1.0, "gen_change": 0.5}
+    assert got[0, False] == {"rows": 0, "solved": False, "prompts": 1, "nu_change": 0.0, "gen_change": 0.0}

@@ -13,9 +13,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from unigap import world
+from unigap.progress import bar
 from unigap.score import gap_summary
 from unigap.train.data import Candidates, RoundData
 
@@ -32,7 +32,7 @@ def external_verdicts(um, tokens: np.ndarray, prompts: list[str], batch: int = 5
     """The external evaluator's verdict on each row of image tokens, decoded by `um` (the loop
     never trains the image tokenizer, so any of a run's models decodes its tokens alike)."""
     out = []
-    for i in tqdm(range(0, len(prompts), batch), desc="decode and evaluate", disable=not progress, leave=False):
+    for i in bar(range(0, len(prompts), batch), "decode and evaluate", progress):
         images = um.decode(torch.as_tensor(np.asarray(tokens[i : i + batch])))
         out.append(world.evaluate_batch(images, [world.parse(p) for p in prompts[i : i + batch]]))
     return np.concatenate(out) if out else np.zeros(0, dtype=bool)
@@ -41,11 +41,18 @@ def external_verdicts(um, tokens: np.ndarray, prompts: list[str], batch: int = 5
 ACCEPTANCE_BINS = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0)
 
 
+def acceptance_rates(candidates: Candidates) -> dict[str, float]:
+    """Each prompt's share of candidates the judge accepted (what `--focus` compares)."""
+    names, prompt = np.unique(np.array(candidates.prompts), return_inverse=True)
+    rates = np.bincount(prompt, candidates.accepted, len(names)) / np.bincount(prompt, minlength=len(names))
+    return dict(zip(names.tolist(), rates.tolist()))
+
+
 def by_acceptance(candidates: Candidates, ok: np.ndarray) -> list[dict]:
     """The judge's precision on prompts grouped by how often it accepts them: where it accepts
     a prompt rarely, its accepts are more often its own errors (what `--min-accept-rate` drops)."""
-    names, prompt = np.unique(np.array(candidates.prompts), return_inverse=True)
-    rate = (np.bincount(prompt, candidates.accepted, len(names)) / np.bincount(prompt, minlength=len(names)))[prompt]
+    rates, prompt = acceptance_rates(candidates), np.array(candidates.prompts)
+    rate = np.array([rates[p] for p in candidates.prompts])
     out = []
     for lo, hi in zip(ACCEPTANCE_BINS, ACCEPTANCE_BINS[1:]):
         rows = candidates.accepted & (rate >= lo) & ((rate < hi) | (hi == 1.0))  # the last bin holds rate 1
@@ -78,12 +85,19 @@ def audit_round(candidates: Candidates, data: RoundData, correct: Callable[[np.n
     return out
 
 
-def change_by_rows(data: RoundData, before: tuple[dict, list[str]], after: tuple[dict, list[str]]) -> list[dict]:
+# A prompt the head model's candidates pass more often than this is "called solved": `--focus`'s
+# usual value, fixed here so runs without --focus (which call nothing solved) are grouped alike.
+SOLVED_RATE = 0.5
+
+
+def change_by_rows(data: RoundData, rates: dict[str, float], before: tuple[dict, list[str]], after: tuple[dict, list[str]]) -> list[dict]:
     """What the SFT rule did to each kind of prompt: per held-out prompt, the change in NU and
     external accuracy from the head model's evaluation (`before`) to the round's model's (`after`),
     each its stored arrays (`accepted`, `correct`) and the prompt of each image, averaged over the
-    prompts grouped by how many SFT rows the round gave them (`--focus` gives a prompt it calls
-    solved `--solved-rows`)."""
+    prompts grouped by how many SFT rows the round gave them and by whether the round's candidates
+    (`rates`: each prompt's acceptance rate) call them solved. `--focus` gives the prompts it calls
+    solved `--solved-rows`; a run without it gives them full rows, which tells the loss of rows
+    apart from what befalls solved prompts whatever they are given."""
     def per_prompt(a: dict, prompts: list[str]) -> dict[str, np.ndarray]:
         names, idx = np.unique(np.array(prompts), return_inverse=True)
         n = np.bincount(idx)
@@ -91,11 +105,11 @@ def change_by_rows(data: RoundData, before: tuple[dict, list[str]], after: tuple
         return {t: np.array([nu[i], acc[i]]) for i, t in enumerate(names)}
 
     old, new, counts = per_prompt(*before), per_prompt(*after), Counter(p for p, _ in data.sft)
-    groups: dict[int, list[np.ndarray]] = {}
+    groups: dict[tuple[int, bool], list[np.ndarray]] = {}
     for t in new:
-        groups.setdefault(counts.get(t, 0), []).append(new[t] - old[t])
-    return [{"rows": k, "prompts": len(d), "nu_change": float(np.mean(d, 0)[0]), "gen_change": float(np.mean(d, 0)[1])}
-            for k, d in sorted(groups.items())]
+        groups.setdefault((counts.get(t, 0), rates.get(t, 0.0) > SOLVED_RATE), []).append(new[t] - old[t])
+    return [{"rows": k, "solved": solved, "prompts": len(d), "nu_change": float(np.mean(d, 0)[0]), "gen_change": float(np.mean(d, 0)[1])}
+            for (k, solved), d in sorted(groups.items())]
 
 
 def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: int = 0) -> list[dict]:
@@ -115,10 +129,10 @@ def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: 
         manifests[m["checkpoint"]] = m
         um = UnifiedModel.load(rec.fetch_checkpoint(store, m["base"], cache))
         verdicts = partial(external_verdicts, um, progress=progress)
-        data = get_round_data(store, m["data"])
-        row = {"round": r, "promoted": m["promoted"], **audit_round(get_candidates(store, m["candidates"]), data, verdicts)}
+        data, candidates = get_round_data(store, m["data"]), get_candidates(store, m["candidates"])
+        row = {"round": r, "promoted": m["promoted"], **audit_round(candidates, data, verdicts)}
         if (head := manifests.get(m["base"])) is not None and head is not m:
-            row["change_by_rows"] = change_by_rows(data, heldout(head), heldout(m))
+            row["change_by_rows"] = change_by_rows(data, acceptance_rates(candidates), heldout(head), heldout(m))
         rounds.append(row)
         r += 1
     return rounds

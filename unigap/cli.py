@@ -516,7 +516,7 @@ def audit(
     recall, the prompts SFT could learn from, and the share of SFT rows that are right; and how the
     held-out prompts moved by the SFT rows each round gave them (what --focus does to the prompts it
     calls solved). A report only: the loop never sees these figures."""
-    from unigap.audit import audit_run
+    from unigap.audit import SOLVED_RATE, audit_run
     from unigap.store import StoreError
 
     try:
@@ -548,12 +548,14 @@ def audit(
             rates.add_row(str(r["round"]), f"{b['rate_from']:.3g}-{b['rate_to']:.3g}", str(b["prompts"]), str(b["accepted"]), pct(b["judge_precision"]))
     console.print(rates)
     if any("change_by_rows" in r for r in rounds):
-        change = Table(title="Held-out prompts from the head model to the round's, by the SFT rows the round gave each prompt")
-        for col in ("round", "SFT rows", "prompts", "NU change, points", "gen change, points"):
+        change = Table(title="Held-out prompts from the head model to the round's, by the SFT rows the round gave each prompt "
+                             f"and whether its candidates called it solved (accepted in over {SOLVED_RATE:.0%})")
+        for col in ("round", "SFT rows", "solved", "prompts", "NU change, points", "gen change, points"):
             change.add_column(col, justify="right")
         for r in rounds:
             for g in r.get("change_by_rows", []):
-                change.add_row(str(r["round"]), str(g["rows"]), str(g["prompts"]), f"{100 * g['nu_change']:+.1f}", f"{100 * g['gen_change']:+.1f}")
+                change.add_row(str(r["round"]), str(g["rows"]), "yes" if g["solved"] else "no", str(g["prompts"]),
+                               f"{100 * g['nu_change']:+.1f}", f"{100 * g['gen_change']:+.1f}")
         console.print(change)
     if json_out:
         write_json(json_out, {"run": key, "rounds": rounds})
@@ -803,6 +805,9 @@ def write_json(path: Path, obj) -> None:
 
 
 def main() -> None:
+    from unigap.progress import quiet_transformers_in_logs
+
+    quiet_transformers_in_logs()
     try:
         app()
     except BadInput as e:
