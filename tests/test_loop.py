@@ -144,6 +144,10 @@ def test_restart_trains_the_start_on_every_rounds_candidates(tiny_model, tmp_pat
     assert [a["round"] for a in audited] == [1, 2]
     assert audited[1]["candidates"]["all"]["images"] == 2 * len(POOL)  # round 2's own candidates, --n 2
     assert audited[1]["sft"]["all"]["rows"] == len(got.sft)  # its SFT rows: both rounds' (restart)
+    # Every round's held-out prompts against its head's, round 1's head being the starting model
+    # (its evaluation is the run's round 0, kept apart under baselines/).
+    moved = [sum(g["prompts"] for g in a["change_by_rows"]) for a in audited]
+    assert moved[0] == moved[1] > 0
     proc = subprocess.run([sys.executable, "-m", "unigap", "audit", str(out), "--store", str(tmp_path / "empty")], capture_output=True, text=True)
     assert proc.returncode == 2 and "holds no finished round" in proc.stderr
 

@@ -112,10 +112,11 @@ def change_by_rows(data: RoundData, rates: dict[str, float], before: tuple[dict,
             for (k, solved), d in sorted(groups.items())]
 
 
-def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: int = 0) -> list[dict]:
+def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: int = 0, baseline: str | None = None) -> list[dict]:
     """`audit_round` for every finished round of a loop run (`run`: its `runs/<key>` prefix), its
     tokens decoded by the model that sampled them; and `change_by_rows` for each round whose head
-    model is one of the run's own rounds (its evaluation is then in the run)."""
+    model's evaluation is found: one of the run's own rounds, or the starting model's when
+    `baseline` names its record (`loop.baseline_record`)."""
     from unigap.loop import heldout_arrays
     from unigap.model.adapter import UnifiedModel
     from unigap.store import records as rec
@@ -125,6 +126,8 @@ def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: 
         return heldout_arrays(store, rec.get_json(store, m["eval"]), eval_per_category)
 
     rounds, manifests, r = [], {}, 1
+    if baseline is not None and (m0 := rec.get_record_json(store, f"{baseline}/manifest.json")) is not None:
+        manifests[m0["checkpoint"]] = m0
     while (m := rec.get_record_json(store, f"{run}/round-{r}/manifest.json")) is not None:
         manifests[m["checkpoint"]] = m
         um = UnifiedModel.load(rec.fetch_checkpoint(store, m["base"], cache))

@@ -517,16 +517,18 @@ def audit(
     held-out prompts moved by the SFT rows each round gave them (what --focus does to the prompts it
     calls solved). A report only: the loop never sees these figures."""
     from unigap.audit import SOLVED_RATE, audit_run
+    from unigap.loop import baseline_record
     from unigap.store import StoreError
 
     try:
         result = json.loads(run.read_text())
         key, per_category = result["run"], result["config"]["eval_per_category"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        baseline = baseline_record(LoopConfig.from_dict(result["config"]), result["rounds"][0]["checkpoint"])
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
         fail(f"{run}: not a `unigap loop --json` result ({e.__class__.__name__}: {e})")
     store, cache = open_store_or_fail(store_url)
     try:
-        rounds = audit_run(store, key, cache, eval_per_category=per_category)
+        rounds = audit_run(store, key, cache, eval_per_category=per_category, baseline=baseline)
     except StoreError as e:
         fail(str(e))
     if not rounds:

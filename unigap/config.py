@@ -68,6 +68,11 @@ class LoopConfig:
     # seed: the figure it was promoted for is its luckiest (1.5 NU points on average, README).
     gate_fresh_val: bool = False
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoopConfig":
+        """The inverse of `asdict`: a job record's or a loop JSON's settings."""
+        return cls(**{**d, "train": TrainConfig(**d["train"])})
+
     def key(self, start_ref: str, pool_texts: list[str]) -> str:
         """A run's identity: the same command on the same model resumes the same run. Settings at
         their defaults are left out, so a setting added later (its default keeping the old

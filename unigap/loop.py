@@ -31,6 +31,15 @@ from unigap.train.data import Candidates, concat_candidates, get_candidates, get
 from unigap.train.round import TrainJob, collect
 
 
+def baseline_record(c: LoopConfig, start_ref: str) -> str:
+    """Where the starting model's evaluation (round 0) is kept: shared by every run from that model
+    with the same evaluation settings."""
+    settings = [c.judge_mode, c.eval_n, c.eval_seed, c.eval_per_category, start_ref]
+    settings += ([c.val_n] if c.val_n else []) + ([{"val_pairs": c.val_pairs}] if c.val_pairs != 1 else [])
+    blob = json.dumps(settings)  # the val sample only when set: baselines stored before keep their key
+    return f"baselines/{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
 def pool_texts(pool: str) -> list[str]:
     """Prompt TEXTS of the pool (never labels): a named pool (its splits' texts, in the order
     named) or a file, one prompt per line."""
@@ -122,13 +131,7 @@ class Loop:
     def _round_key(self, r: int) -> str:
         """Round 0 (the starting model's evaluation) is shared by every run from the same model
         with the same evaluation settings; later rounds belong to their run."""
-        if r == 0:
-            c = self.cfg
-            settings = [c.judge_mode, c.eval_n, c.eval_seed, c.eval_per_category, self.start_ref]
-            settings += ([c.val_n] if c.val_n else []) + ([{"val_pairs": c.val_pairs}] if c.val_pairs != 1 else [])
-            blob = json.dumps(settings)  # the val sample only when set: baselines stored before keep their key
-            return f"baselines/{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
-        return f"{self.run}/round-{r}"
+        return baseline_record(self.cfg, self.start_ref) if r == 0 else f"{self.run}/round-{r}"
 
     def manifest(self, r: int) -> dict | None:
         return rec.get_record_json(self.store, f"{self._round_key(r)}/manifest.json")

@@ -44,8 +44,7 @@ class TrainJob:
 
     @property
     def config(self) -> LoopConfig:
-        d = dict(self.loop)
-        return LoopConfig(**{**d, "train": TrainConfig(**d["train"])})
+        return LoopConfig.from_dict(self.loop)
 
 
 def collect(generator, judge, prompts: list[str], cfg: LoopConfig, seed: int, progress: bool = True) -> Candidates:
