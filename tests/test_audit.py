@@ -72,3 +72,9 @@ def test_change_by_rows_groups_prompts_by_their_sft_rows_and_whether_they_were_c
     assert got[1, True] == {"rows": 1, "solved": True, "prompts": 1, "nu_change": 1.0, "gen_change": -0.5}
     assert got[2, False] == {"rows": 2, "solved": False, "prompts": 1, "nu_change": -1.0, "gen_change": 0.5}
     assert got[0, False] == {"rows": 0, "solved": False, "prompts": 1, "nu_change": 0.0, "gen_change": 0.0}
+    # With the head's own head's evaluation, each group also has the change from there to the head.
+    earlier = {"accepted": np.array([0, 0, 0, 0, 1, 1, 0, 1], bool), "correct": np.array([0, 1, 0, 0, 0, 0, 0, 0], bool)}
+    got = {(g["rows"], g["solved"]): g for g in change_by_rows(data, rates, (before, per_image), (after, per_image), (earlier, per_image))}
+    assert got[1, True] == {"rows": 1, "solved": True, "prompts": 1, "nu_change": 1.0, "gen_change": -0.5,
+                            "nu_change_before": -0.5, "gen_change_before": 1.0}
+    assert (got[0, False]["nu_change_before"], got[0, False]["gen_change_before"]) == (0.5, 0.0)

@@ -148,6 +148,8 @@ def test_restart_trains_the_start_on_every_rounds_candidates(tiny_model, tmp_pat
     # (its evaluation is the run's round 0, kept apart under baselines/).
     moved = [sum(g["prompts"] for g in a["change_by_rows"]) for a in audited]
     assert moved[0] == moved[1] > 0
+    assert all("nu_change_before" in g for g in audited[1]["change_by_rows"]) == (two["base"] != start)  # round 2 has a head before its head only if round 1 was promoted
+    assert not any("nu_change_before" in g for g in audited[0]["change_by_rows"])  # the start has no head before it
     proc = subprocess.run([sys.executable, "-m", "unigap", "audit", str(out), "--store", str(tmp_path / "empty")], capture_output=True, text=True)
     assert proc.returncode == 2 and "holds no finished round" in proc.stderr
 

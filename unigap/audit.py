@@ -90,14 +90,17 @@ def audit_round(candidates: Candidates, data: RoundData, correct: Callable[[np.n
 SOLVED_RATE = 0.5
 
 
-def change_by_rows(data: RoundData, rates: dict[str, float], before: tuple[dict, list[str]], after: tuple[dict, list[str]]) -> list[dict]:
+def change_by_rows(data: RoundData, rates: dict[str, float], before: tuple[dict, list[str]], after: tuple[dict, list[str]],
+                   earlier: tuple[dict, list[str]] | None = None) -> list[dict]:
     """What the SFT rule did to each kind of prompt: per held-out prompt, the change in NU and
     external accuracy from the head model's evaluation (`before`) to the round's model's (`after`),
     each its stored arrays (`accepted`, `correct`) and the prompt of each image, averaged over the
     prompts grouped by how many SFT rows the round gave them and by whether the round's candidates
     (`rates`: each prompt's acceptance rate) call them solved. `--focus` gives the prompts it calls
     solved `--solved-rows`; a run without it gives them full rows, which tells the loss of rows
-    apart from what befalls solved prompts whatever they are given."""
+    apart from what befalls solved prompts whatever they are given. With `earlier` (the head's own
+    head's evaluation), each group also has its change from there to the head (`*_before`): how
+    the prompts moved before the round's candidates called them solved or not."""
     def per_prompt(a: dict, prompts: list[str]) -> dict[str, np.ndarray]:
         names, idx = np.unique(np.array(prompts), return_inverse=True)
         n = np.bincount(idx)
@@ -105,11 +108,17 @@ def change_by_rows(data: RoundData, rates: dict[str, float], before: tuple[dict,
         return {t: np.array([nu[i], acc[i]]) for i, t in enumerate(names)}
 
     old, new, counts = per_prompt(*before), per_prompt(*after), Counter(p for p, _ in data.sft)
+    first = per_prompt(*earlier) if earlier is not None else old  # no earlier: the "before" change is 0, not reported
     groups: dict[tuple[int, bool], list[np.ndarray]] = {}
     for t in new:
-        groups.setdefault((counts.get(t, 0), rates.get(t, 0.0) > SOLVED_RATE), []).append(new[t] - old[t])
-    return [{"rows": k, "solved": solved, "prompts": len(d), "nu_change": float(np.mean(d, 0)[0]), "gen_change": float(np.mean(d, 0)[1])}
-            for (k, solved), d in sorted(groups.items())]
+        groups.setdefault((counts.get(t, 0), rates.get(t, 0.0) > SOLVED_RATE), []).append(np.concatenate([new[t] - old[t], old[t] - first[t]]))
+    out = []
+    for (k, solved), d in sorted(groups.items()):
+        mean = np.mean(d, 0)
+        out.append({"rows": k, "solved": solved, "prompts": len(d), "nu_change": float(mean[0]), "gen_change": float(mean[1])})
+        if earlier is not None:
+            out[-1] |= {"nu_change_before": float(mean[2]), "gen_change_before": float(mean[3])}
+    return out
 
 
 def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: int = 0, baseline: str | None = None) -> list[dict]:
@@ -135,7 +144,9 @@ def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: 
         data, candidates = get_round_data(store, m["data"]), get_candidates(store, m["candidates"])
         row = {"round": r, "promoted": m["promoted"], **audit_round(candidates, data, verdicts)}
         if (head := manifests.get(m["base"])) is not None and head is not m:
-            row["change_by_rows"] = change_by_rows(data, acceptance_rates(candidates), heldout(head), heldout(m))
+            earlier = manifests.get(head.get("base", ""))  # the starting model's round 0 has no base
+            row["change_by_rows"] = change_by_rows(data, acceptance_rates(candidates), heldout(head), heldout(m),
+                                                   heldout(earlier) if earlier is not None else None)
         rounds.append(row)
         r += 1
     return rounds

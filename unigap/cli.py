@@ -551,13 +551,18 @@ def audit(
     console.print(rates)
     if any("change_by_rows" in r for r in rounds):
         change = Table(title="Held-out prompts from the head model to the round's, by the SFT rows the round gave each prompt "
-                             f"and whether its candidates called it solved (accepted in over {SOLVED_RATE:.0%})")
-        for col in ("round", "SFT rows", "solved", "prompts", "NU change, points", "gen change, points"):
+                             f"and whether its candidates called it solved (accepted in over {SOLVED_RATE:.0%}); "
+                             "before: from the head's own head to the head")
+        for col in ("round", "SFT rows", "solved", "prompts", "NU change, points", "gen change, points", "before: NU", "before: gen"):
             change.add_column(col, justify="right")
+
+        def points(g: dict, name: str) -> str:
+            return f"{100 * g[name]:+.1f}" if name in g else ""
+
         for r in rounds:
             for g in r.get("change_by_rows", []):
                 change.add_row(str(r["round"]), str(g["rows"]), "yes" if g["solved"] else "no", str(g["prompts"]),
-                               f"{100 * g['nu_change']:+.1f}", f"{100 * g['gen_change']:+.1f}")
+                               *(points(g, k) for k in ("nu_change", "gen_change", "nu_change_before", "gen_change_before")))
         console.print(change)
     if json_out:
         write_json(json_out, {"run": key, "rounds": rounds})
