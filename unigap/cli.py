@@ -514,8 +514,9 @@ def audit(
     """How clean is the data the loop trained on? Each round's judged candidates and SFT rows,
     decoded and checked by the external evaluator, per task category: the judge's precision and
     recall, the prompts SFT could learn from, and the share of SFT rows that are right; and how the
-    held-out prompts moved by the SFT rows each round gave them (what --focus does to the prompts it
-    calls solved). A report only: the loop never sees these figures."""
+    held-out prompts moved, by the SFT rows each round gave them and whether its candidates called
+    them solved (what --focus does to those), from the head model to the round's and, before, from
+    the head's own head to the head. A report only: the loop never sees these figures."""
     from unigap.audit import SOLVED_RATE, audit_run
     from unigap.loop import baseline_record
     from unigap.store import StoreError
