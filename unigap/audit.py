@@ -7,6 +7,7 @@ where the judge lets wrong images through, which bounds what SFT on its picks ca
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from functools import partial
 from typing import Callable
@@ -131,8 +132,12 @@ def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: 
     from unigap.store import records as rec
     from unigap.train.data import get_candidates, get_round_data
 
+    @functools.cache  # a model's evaluation serves up to three rounds (as theirs, their head's, their head's head)
+    def evaluation(ref: str) -> tuple[dict, list[str]]:
+        return heldout_arrays(store, rec.get_json(store, ref), eval_per_category)
+
     def heldout(m: dict) -> tuple[dict, list[str]]:
-        return heldout_arrays(store, rec.get_json(store, m["eval"]), eval_per_category)
+        return evaluation(m["eval"])
 
     rounds, manifests, r = [], {}, 1
     if baseline is not None and (m0 := rec.get_record_json(store, f"{baseline}/manifest.json")) is not None:
