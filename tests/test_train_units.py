@@ -333,6 +333,23 @@ def test_the_understanding_replay_trains_the_pretraining_understanding_loss(tiny
     assert after[1.0] < 0.8 * after[0.0], after
 
 
+def test_the_understanding_replay_captions_und_batch_renders_and_asks_yes_no_of_the_first(tiny_random, monkeypatch):
+    """TrainConfig.und_batch sets the replay's renders per step (its cost): that many captions,
+    plus YES_NO yes/no questions on the first of them."""
+    from unigap.config import YES_NO, TrainConfig
+    from unigap.model.judge import CAPTION_QUESTION
+    from unigap.train.round import regulariser
+
+    asked = []
+    real = tiny_random.answer_token_logprobs
+    monkeypatch.setattr(tiny_random, "answer_token_logprobs", lambda images, questions, answers: asked.append(questions) or real(images, questions, answers))
+    tokens = torch.as_tensor(np.random.default_rng(0).integers(0, 64, (2, 64)))
+    for batch in (12, 32):
+        with torch.no_grad():
+            regulariser(tiny_random, None, TrainConfig(und_replay=1.0, und_batch=batch))(["x", "y"], tokens)
+        assert asked[-1].count(CAPTION_QUESTION) == batch and len(asked[-1]) == batch + YES_NO
+
+
 def test_run_key_ignores_settings_at_their_defaults():
     """The same command resumes the same run; a changed setting is another run; a setting added
     later at its default (a field of LoopConfig or TrainConfig) does not change old runs' keys."""

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from unigap.config import CONTROL_ARMS, MODULES, LoopConfig, TrainConfig
+from unigap.config import CONTROL_ARMS, MODULES, YES_NO, LoopConfig, TrainConfig
 from unigap.paths import DEFAULT_MODEL
 
 LOOP, TRAIN = LoopConfig(), TrainConfig()  # the default recipe, in one place
@@ -115,6 +115,8 @@ def check_regulariser(train: TrainConfig) -> None:
     renders ride in the understanding replay's batches, so they need the replay."""
     if min(train.und_anchor, train.und_replay, train.gen_replay) < 0:
         fail("--und-anchor, --und-replay and --gen-replay must be >= 0")
+    if train.und_batch < YES_NO:
+        fail(f"--und-batch must be >= {YES_NO} (the replay asks yes/no of its first {YES_NO} renders), not {train.und_batch}")
     if train.und_flawed < 0 or (train.und_flawed and not train.und_replay):
         fail(f"--und-flawed must be >= 0 and needs --und-replay > 0 (it adds to the replayed batch), "
              f"got {train.und_flawed} with --und-replay {train.und_replay}")
@@ -339,6 +341,7 @@ def loop(
     und_replay: float = typer.Option(TRAIN.und_replay, help="Weight of the understanding replay: each training step adds the pretraining understanding loss (captions and yes/no) on fresh renders, so the judge keeps what it knew while generation trains hard."),
     gen_replay: float = typer.Option(TRAIN.gen_replay, help="Weight of the generation replay: each training step adds the pretraining generation loss on fresh renders of `train` prompts (never an evaluated one), so a round that trains only where the model fails does not make it forget the rest."),
     und_flawed: int = typer.Option(TRAIN.und_flawed, help="With --und-replay: flawed renders (an extra object, a squashed or bitten shape) per replayed batch, captioned as showing no prompt; the judge's reject caption competes with every prompt, so the judge learns to refuse the errors its clean-scene negatives never showed it."),
+    und_batch: int = typer.Option(TRAIN.und_batch, help="With --und-replay: renders captioned per replayed batch (pretraining used 32). The replay takes about two thirds of a training step's time at 32."),
     modules: str = typer.Option(TRAIN.modules, help="What trains: lm (the shared language model) or lm+head."),
     lora_rank: int = typer.Option(TRAIN.lora_rank, help="Train the language model through LoRA adapters of this rank (peft; merged into the checkpoint). 0: full weights."),
     sample_cfg: float = typer.Option(LOOP.cfg, "--cfg", help="Guidance scale of the candidates (low for a weak generator: FINDINGS.md)."),
@@ -384,7 +387,7 @@ def loop(
     check_device(device)
     train = TrainConfig(epochs=epochs, lr=lr, beta=beta, nll_weight=nll_weight, kl_weight=kl_weight, modules=modules,
                         lora_rank=lora_rank, und_anchor=und_anchor, und_replay=und_replay, gen_replay=gen_replay, und_flawed=und_flawed,
-                        seed=seed)
+                        und_batch=und_batch, seed=seed)
     check_sft_rule(threshold, max_per_prompt, balance, focus, solved_rows, min_accept_rate)
     check_regulariser(train)
     cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,

@@ -11,6 +11,7 @@ METHODS = ("sft", "dpo", "c-sft", "c-dpo")
 POOLS = ("train+heldout", "train", "heldout+val")  # named pools: splits joined by "+"
 MODULES = ("lm", "lm+head")
 CONTROL_ARMS = ("render", "oracle", "judge", "all")  # `unigap controls` (unigap/controls.py)
+YES_NO = 8  # yes/no rows of each understanding batch, pretraining's and the replay's (its first renders asked)
 
 
 @dataclass
@@ -25,6 +26,7 @@ class TrainConfig:
     und_replay: float = 0.0  # weight of the understanding replay (the pretraining captioning and yes/no loss on fresh renders)
     gen_replay: float = 0.0  # weight of the generation replay (the pretraining generation loss on fresh renders of `train` prompts)
     und_flawed: int = 0  # flawed renders per replay batch, captioned as showing no prompt (the judge's reject caption)
+    und_batch: int = 32  # renders per understanding-replay batch (pretraining's): the replay is most of a step's time
     modules: str = "lm"
     lora_rank: int = 0  # > 0: the LM trains through LoRA adapters of this rank (peft), merged after
     seed: int = 0

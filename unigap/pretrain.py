@@ -27,6 +27,7 @@ from safetensors.torch import load_model, save_model
 from transformers import JanusForConditionalGeneration
 
 from unigap import world
+from unigap.config import YES_NO
 from unigap.model.adapter import UnifiedModel, gen_text, und_text
 from unigap.model.build import TinySize, build_tiny
 from unigap.model.judge import CAPTION_QUESTION, REJECT_CAPTION, answer, question
@@ -38,7 +39,7 @@ class PretrainConfig:
     seed: int = 0
     batch: int = 32
     gen_batch: int = 48
-    yes_no: int = 8  # yes/no rows per understanding batch (their question is long; captions carry most signal)
+    yes_no: int = YES_NO  # yes/no rows per understanding batch (their question is long; captions carry most signal)
     vq_steps: int = 1000
     vq_lr: float = 2e-3
     und_steps: int = 400
