@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from unigap.config import LoopConfig, TrainConfig
+from unigap.config import LoopConfig
 from unigap.evaluate import make_judge
 from unigap.loop import evaluate_split, evaluated_specs
 from unigap.model.adapter import UnifiedModel
@@ -32,7 +32,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=520)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    cfg = LoopConfig(train=TrainConfig(lr=1e-3, modules="lm+head", und_replay=1.0, gen_replay=1.0, seed=1000 + 1))
+    # The settings the control was measured with, pinned: today's defaults differ (unigap/config.py FIRST).
+    cfg = LoopConfig.from_dict({"train": {"lr": 1e-3, "modules": "lm+head", "und_replay": 1.0, "gen_replay": 1.0, "seed": 1000 + 1}})
     torch.manual_seed(cfg.train.seed)
     um = UnifiedModel.load(DEFAULT_MODEL)
     params = trainable_parameters(um, cfg.train.modules)

@@ -57,11 +57,11 @@ def test_help_explains_itself():
         (["loop", "--method", "c-sft", "--epochs", "4", "--curriculum-epoch", "4"], ["--curriculum-epoch", "between 1 and"]),
         (["controls", "--arms", "render,vibes"], ["--arms", "vibes"]),
         (["controls", "--rounds", "0"], ["--rounds"]),
-        (["loop", "--balance"], ["--balance", "--max-per-prompt >= 1"]),
+        (["loop", "--balance", "--max-per-prompt", "0"], ["--balance", "--max-per-prompt >= 1"]),
         (["controls", "--balance", "--max-per-prompt", "0"], ["--balance", "--max-per-prompt >= 1"]),
         (["loop", "--focus", "0"], ["--focus", "(0, 1]"]),
         (["controls", "--focus", "1.5"], ["--focus", "(0, 1]"]),
-        (["loop", "--und-flawed", "4"], ["--und-flawed", "--und-replay > 0"]),
+        (["loop", "--und-flawed", "4", "--und-replay", "0"], ["--und-flawed", "--und-replay > 0"]),
         (["loop", "--und-replay", "1", "--und-batch", "4"], ["--und-batch", ">= 8"]),
         (["loop", "--focus", "0.5", "--solved-rows", "-1"], ["--solved-rows", ">= 0"]),
         (["loop", "--val-n", "-1"], ["--val-n", ">= 0"]),
@@ -117,3 +117,20 @@ def test_promote_sets_the_serving_record(tmp_path):
     proc = run("promote", ref, "--store", str(tmp_path / "store"))
     assert proc.returncode == 0, proc.stderr
     assert rec.get_serving(store) == ref
+
+
+def test_demo_scores_the_shipped_model_then_runs_the_default_loop(tmp_path, monkeypatch):
+    """`unigap demo` wires its steps right: the gap of the shipped model (score.json, score.png),
+    then the loop with every setting at its default. The loop itself is replaced here (it takes
+    about 10 minutes: README); the tests of tests/test_loop.py run it."""
+    from typer.testing import CliRunner
+
+    from unigap import cli
+    from unigap.config import LoopConfig
+
+    called = []
+    monkeypatch.setattr(cli, "run_loop", lambda cfg, store, model, json_out, report: called.append((cfg, store, report)))
+    result = CliRunner().invoke(cli.app, ["demo", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "score.json").is_file() and (tmp_path / "score.png").is_file()
+    assert called == [(LoopConfig(rounds=3), str(tmp_path / "store"), tmp_path)]

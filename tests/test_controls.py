@@ -15,7 +15,8 @@ PROMPTS = ["a red circle", "a blue square left of a red circle", "two green circ
 
 @pytest.fixture(scope="module")
 def cfg():
-    return LoopConfig(n=3, rounds=1, eval_n=1, eval_per_category=1)
+    # The first defaults, as `unigap controls` has them (cli.CONTROL): every kept sample is a row.
+    return LoopConfig.from_dict({"n": 3, "rounds": 1, "eval_n": 1, "eval_per_category": 1, "train": {}})
 
 
 def test_render_arm_trains_on_ground_truth_renders(shipped, cfg):

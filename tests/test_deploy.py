@@ -49,7 +49,7 @@ VALUE_SETS = {
     "trainer-4-procs": {
         "trainer": {"procsPerNode": 4, "gpus": 4, "cpu": "16", "memory": "64Gi"},
         "loop": {"schedule": "30 1 * * 6", "timeZone": "Europe/Berlin", "method": "c-dpo",
-                 "extraArgs": ["--n", "8", "--lr", "1e-4"]},
+                 "extraArgs": ["--n", "8", "--lr", "1e-4", "--und-replay", "0", "--gen-replay", "0"]},
     },
     "auth": {"auth": {"enabled": True}},
     "tls": {"tls": {"enabled": True, "secretName": "unigap-tls"},
@@ -767,6 +767,7 @@ CROSS_FIELD = [
     ({"minio": {"enabled": False}}, "store.endpoint is required when minio.enabled is false"),
     ({"tls": {"enabled": True}}, "tls.secretName is required when tls.enabled is true"),
     ({"trainer": {"gpus": 2, "procsPerNode": 4}}, "trainer.procsPerNode (4) must not exceed trainer.gpus (2)"),
+    ({"trainer": {"gpus": 2, "procsPerNode": 2}}, "trainer.procsPerNode (2) above 1 needs loop.extraArgs to set the replays off"),
     ({"generation": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}}, "minReplicas (5) is above maxReplicas (2)"),
     ({"generation": {"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": None}}}}, "needs generation.resources.requests.cpu"),
 ]

@@ -106,23 +106,28 @@ def test_loop_bad_input(tiny_model, tmp_path):
     assert proc.returncode == 2 and "no prompts" in proc.stderr
 
 
-def test_restart_trains_the_start_on_every_rounds_candidates(tiny_model, tmp_path):
+@pytest.mark.parametrize("warm", [False, True])
+def test_restart_trains_the_start_on_every_rounds_candidates(tiny_model, tmp_path, warm):
     """--restart (STaR): round 2 fine-tunes the starting model, not round 1's, on the candidates of
-    rounds 1 and 2 together; --val-n and --val-pairs size the gate's val sample."""
+    rounds 1 and 2 together (with --warm: the last promoted model, on the same rows); --val-n and
+    --val-pairs size the gate's val sample."""
     from unigap.train.data import concat_candidates, get_candidates, get_round_data, split_candidates
 
     model, pool = tiny_model
     store = tmp_path / "store"
     out = tmp_path / "loop.json"
+    every_accept = ["--max-per-prompt", "0", "--no-balance", "--focus", "1", "--threshold", "1e-9"]  # the rows: every candidate
     proc = subprocess.run(loop_cmd(model, pool, store, "--rounds", "2", "--restart", "--val-n", "3", "--val-pairs", "2", "--lr", "1e-2",
-                                   "--threshold", "1e-9", "--json", str(out)), capture_output=True, text=True, timeout=600)
+                                   *every_accept, "--warm" if warm else "--no-warm", "--json", str(out)), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     st = LocalStore(store)
     run = next(k for k in st.list_records("runs/") if k.endswith("round-2/manifest.json")).rsplit("/round-2", 1)[0]
     one, two = (rec.get_record_json(st, f"{run}/round-{r}/manifest.json") for r in (1, 2))
     start = one["base"]
-    assert one["trained_from"] == two["trained_from"] == start
     assert two["base"] == (one["checkpoint"] if one["promoted"] else start)  # candidates still come from the head
+    assert one["trained_from"] == start and two["trained_from"] == (two["base"] if warm else start)
+    if warm:
+        return  # the rows are the same as without --warm: checked below (which model trains: below)
 
     first, second = get_candidates(st, one["candidates"]), get_candidates(st, two["candidates"])
     both = concat_candidates([first, second])
@@ -204,3 +209,18 @@ def test_named_pools_are_their_splits_texts(tmp_path):
     assert pool_texts(str(same)) == pool_texts("heldout+val")
     with pytest.raises(ValueError, match="heldout\\+val"):
         pool_texts("val+heldout")
+
+
+def test_restart_rounds_train_the_start_or_with_warm_the_head(tiny_model, tmp_path):
+    """Which model a round trains (Loop.trains_from, what the round's TrainJob gets): the head
+    without --restart, the start with --restart --no-warm (STaR), the head with --restart --warm."""
+    from dataclasses import replace
+
+    from unigap.config import LoopConfig
+    from unigap.loop import Loop
+
+    model, _ = tiny_model
+    base = LoopConfig.from_dict({"pool": "train", "train": {}})
+    for restart, warm, trains in ((False, False, "head"), (False, True, "head"), (True, False, "start"), (True, True, "head")):
+        loop = Loop(replace(base, restart=restart, warm=warm), LocalStore(tmp_path / "store"), tmp_path / "cache", model, progress=False)
+        assert loop.trains_from("head-ref") == {"head": "head-ref", "start": loop.start_ref}[trains], (restart, warm)

@@ -8,7 +8,7 @@ from dataclasses import asdict
 import pytest
 from scipy import stats
 
-from unigap.config import LoopConfig, TrainConfig
+from unigap.config import LoopConfig
 from unigap.methods import markdown, mean_ci, method_table, recipe, shipped
 
 
@@ -18,9 +18,8 @@ def row(r, gen, nu, und=0.95, promoted=True, win=0.6, div=0.9):
 
 
 def result(seed, rounds, **cfg):
-    c = LoopConfig(seed=seed, **cfg)
-    c.train = TrainConfig(seed=seed, **({"lr": 3e-4} if cfg.get("method") == "dpo" else {}))
-    return {"config": asdict(c), "rounds": rounds}
+    train = {"seed": seed, **({"lr": 3e-4} if cfg.get("method") == "dpo" else {})}
+    return {"config": asdict(LoopConfig.from_dict({"seed": seed, **cfg, "train": train})), "rounds": rounds}
 
 
 def test_mean_ci_is_the_student_t_interval():
@@ -39,9 +38,12 @@ def test_the_shipped_model_is_the_last_promoted_round():
 
 
 def test_recipes_are_named_by_their_flags_and_grouped_over_seeds():
-    assert recipe(asdict(LoopConfig(seed=4))) == "--method sft"
-    cfg = asdict(LoopConfig(method="c-dpo", judge_mode="probability", gate_external=False, train=TrainConfig(lora_rank=8)))
+    # Named against the first defaults (config.FIRST), so a row keeps its name when a default changes.
+    assert recipe(asdict(LoopConfig.from_dict({"seed": 4, "train": {}}))) == "--method sft"
+    cfg = asdict(LoopConfig.from_dict({"method": "c-dpo", "judge_mode": "probability", "gate_external": False, "train": {"lora_rank": 8}}))
     assert recipe(cfg) == "--method c-dpo --no-gate-external --mode probability --lora-rank 8"
+    today = recipe(asdict(LoopConfig()))
+    assert "--pool heldout+val" in today and "--restart" in today and "--und-replay 1.0" in today
     good = [result(s, [row(0, 0.2, 0.8), row(1, 0.25 + 0.01 * s, 0.7), row(2, 0.32 + 0.01 * s, 0.5)]) for s in range(3)]
     flat = [result(s, [row(0, 0.2, 0.8), row(1, 0.19, 0.82, promoted=False)], method="dpo") for s in range(2)]
     rows = {r["recipe"]: r for r in method_table(good + flat)}
@@ -75,3 +77,21 @@ def test_table_command(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"rounds": []}))
     bad = subprocess.run([sys.executable, "-m", "unigap", "table", str(tmp_path / "bad.json")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "not a `unigap loop --json` result" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_readmes_first_flags_put_back_every_first_default():
+    """Table 1's commands start with $FIRST (README): those flags must set every setting whose
+    default changed back to its first default, or the commands would rerun other recipes."""
+    import shlex
+    from pathlib import Path
+
+    import typer
+
+    from unigap import cli
+    from unigap.config import FIRST
+
+    line = next(l for l in (Path(__file__).parents[1] / "README.md").read_text().splitlines() if l.startswith('FIRST="'))
+    loop = typer.main.get_command(cli.app).commands["loop"]
+    params = loop.make_context("loop", shlex.split(line.split("=", 1)[1].strip('"'))).params
+    first = {**{k: v for k, v in FIRST.items() if k != "train"}, **FIRST["train"]}
+    assert {k: params[k] for k in first} == first

@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from unigap import progress
-from unigap.config import TrainConfig
+from recipes import first_train
 from unigap.train import trainer
 
 
@@ -29,7 +29,7 @@ def test_a_disabled_bar_says_nothing_and_still_takes_figures(capsys):
 
 def test_training_in_a_log_writes_a_line_per_epoch(tiny_random, capsys):
     rows = [("a red circle", np.random.default_rng(0).integers(0, 64, 64)) for _ in range(4)]
-    trainer.train_sft(copy.deepcopy(tiny_random), rows, TrainConfig(epochs=2, batch=2), progress=True)
+    trainer.train_sft(copy.deepcopy(tiny_random), rows, first_train(epochs=2, batch=2), progress=True)
     lines = capsys.readouterr().err.splitlines()
     assert [line.split(" in ")[0] for line in lines] == ["SFT epoch 1: 2/2", "SFT epoch 2: 2/2"]
 

@@ -145,7 +145,7 @@ def test_curriculum_samples_are_trained_at_a_live_rate(tiny_random, monkeypatch)
     """Samples the curriculum adds before epoch 2 must not fall past the end of the schedule."""
     import copy
 
-    from unigap.config import TrainConfig
+    from recipes import first_train
     from unigap.model.adapter import UnifiedModel
     from unigap.train import trainer
 
@@ -156,7 +156,7 @@ def test_curriculum_samples_are_trained_at_a_live_rate(tiny_random, monkeypatch)
     rng = np.random.default_rng(0)
     first = [("a red circle", rng.integers(0, 64, 64)) for _ in range(4)]
     more = [("two blue squares", rng.integers(0, 64, 64)) for _ in range(8)]
-    trainer.train_sft(um, first, TrainConfig(epochs=2, batch=4), on_epoch=lambda e: more, progress=False)
+    trainer.train_sft(um, first, first_train(epochs=2, batch=4), on_epoch=lambda e: more, progress=False)
     assert len(rates) == 1 + 3  # epoch 1: one batch; epoch 2: three batches with the replayed samples
     assert all(r > 0 for r in rates)
 
@@ -166,7 +166,7 @@ def test_lora_trains_a_low_rank_change_of_the_lm_and_merges_it(tiny_random, tmp_
     left afterwards is a plain Janus (no adapter weights) that saves and loads like any other."""
     import copy
 
-    from unigap.config import TrainConfig
+    from recipes import first_train
     from unigap.model.adapter import UnifiedModel
     from unigap.train.trainer import train_sft
 
@@ -175,7 +175,7 @@ def test_lora_trains_a_low_rank_change_of_the_lm_and_merges_it(tiny_random, tmp_
     rng = np.random.default_rng(0)
     samples = [("a red circle", rng.integers(0, 64, 64)) for _ in range(8)]
     torch.manual_seed(0)
-    train_sft(um, samples, TrainConfig(epochs=2, batch=4, lr=1e-2, lora_rank=2), progress=False)
+    train_sft(um, samples, first_train(epochs=2, batch=4, lr=1e-2, lora_rank=2), progress=False)
     after = um.model.state_dict()
     assert set(after) == set(before)  # merged: no lora_A / lora_B left
     moved = {k for k in before if not torch.equal(before[k], after[k])}
@@ -190,7 +190,7 @@ def test_lora_trains_a_low_rank_change_of_the_lm_and_merges_it(tiny_random, tmp_
 def test_dpo_with_the_reference_run_in_each_step_trains_as_with_precomputed_log_probs(tiny_random):
     import copy
 
-    from unigap.config import TrainConfig
+    from recipes import first_train
     from unigap.model.adapter import UnifiedModel
     from unigap.train.trainer import sequence_logps, train_dpo
 
@@ -198,7 +198,7 @@ def test_dpo_with_the_reference_run_in_each_step_trains_as_with_precomputed_log_
     pairs = [("a red circle", rng.integers(0, 64, 64), rng.integers(0, 64, 64)) for _ in range(6)]
     prompts = [p for p, _, _ in pairs]
     ref = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
-    cfg = TrainConfig(epochs=2, batch=3, lr=1e-3)
+    cfg = first_train(epochs=2, batch=3, lr=1e-3)
     a, b = (UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor) for _ in range(2))
     log_a = train_dpo(a, pairs, sequence_logps(ref, prompts, np.array([w for _, w, _ in pairs])),
                       sequence_logps(ref, prompts, np.array([x for _, _, x in pairs])), cfg, progress=False)
@@ -227,7 +227,7 @@ def test_the_understanding_anchor_holds_the_judge_while_generation_trains(tiny_r
     change of environment flipped it; at lr 1e-2 the drift is 0.08 and the anchor cuts it ~6x."""
     import copy
 
-    from unigap.config import TrainConfig
+    from recipes import first_train
     from unigap.model.adapter import UnifiedModel
     from unigap.train.round import understanding_anchor_loss, regulariser
     from unigap.train.trainer import train_sft
@@ -240,15 +240,15 @@ def test_the_understanding_anchor_holds_the_judge_while_generation_trains(tiny_r
     tokens = torch.as_tensor(np.stack([t for _, t in samples]))
     for weight in (0.0, 1.0):
         um = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
-        cfg = TrainConfig(epochs=4, batch=4, lr=1e-2, und_anchor=weight)
+        cfg = first_train(epochs=4, batch=4, lr=1e-2, und_anchor=weight)
         train_sft(um, samples, cfg, progress=False, anchor=regulariser(um, reference, cfg))
         with torch.no_grad():
             drift[weight] = understanding_anchor_loss(um, reference)([p for p, _ in samples], tokens).item()
     assert drift[1.0] < 0.5 * drift[0.0], drift
     with pytest.raises(ValueError, match="need an anchor"):  # a weight with nothing to weigh is refused, not ignored
-        train_sft(um, samples, TrainConfig(und_anchor=1.0), progress=False)
+        train_sft(um, samples, first_train(und_anchor=1.0), progress=False)
     with pytest.raises(ValueError, match="need an anchor"):
-        train_sft(um, samples, TrainConfig(und_replay=1.0), progress=False)
+        train_sft(um, samples, first_train(und_replay=1.0), progress=False)
 
 
 def test_the_generation_replay_trains_the_pretraining_generation_loss(tiny_random):
@@ -257,7 +257,7 @@ def test_the_generation_replay_trains_the_pretraining_generation_loss(tiny_rando
     fixed batch of renders) lower than without it. A weight with no regulariser is refused."""
     import copy
 
-    from unigap.config import TrainConfig
+    from recipes import first_train
     from unigap.model.adapter import UnifiedModel
     from unigap.train.round import generation_replay_loss, regulariser
     from unigap.train.trainer import train_sft
@@ -271,13 +271,13 @@ def test_the_generation_replay_trains_the_pretraining_generation_loss(tiny_rando
     after = {}
     for weight in (0.0, 1.0):
         um = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
-        cfg = TrainConfig(epochs=4, batch=4, lr=1e-2, modules="lm+head", gen_replay=weight)
+        cfg = first_train(epochs=4, batch=4, lr=1e-2, modules="lm+head", gen_replay=weight)
         train_sft(um, samples, cfg, progress=False, anchor=regulariser(um, None, cfg))
         with torch.no_grad():
             after[weight] = generation_replay_loss(um, seed=99, batch=8)(["x"], a).item()
     assert after[1.0] < after[0.0] - 0.3, after  # nats per image token; uniform over the codebook is 4.16
     with pytest.raises(ValueError, match="need an anchor"):
-        train_sft(um, samples, TrainConfig(gen_replay=1.0), progress=False)
+        train_sft(um, samples, first_train(gen_replay=1.0), progress=False)
 
 
 def test_the_understanding_replay_teaches_the_reject_caption_on_flawed_renders(tiny_random):
@@ -286,7 +286,7 @@ def test_the_understanding_replay_teaches_the_reject_caption_on_flawed_renders(t
     import copy
 
     from unigap import world
-    from unigap.config import TrainConfig
+    from recipes import first_train
     from unigap.model.adapter import UnifiedModel
     from unigap.model.judge import CAPTION_QUESTION, REJECT_CAPTION
     from unigap.train.round import regulariser
@@ -299,7 +299,7 @@ def test_the_understanding_replay_teaches_the_reject_caption_on_flawed_renders(t
     reject = {}
     for n in (0, 8):
         um = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
-        cfg = TrainConfig(epochs=4, batch=4, lr=3e-3, und_replay=1.0, und_flawed=n)
+        cfg = first_train(epochs=4, batch=4, lr=3e-3, und_replay=1.0, und_flawed=n)
         train_sft(um, samples, cfg, progress=False, anchor=regulariser(um, None, cfg))
         with torch.no_grad():
             reject[n] = um.answer_logprobs(flawed, [CAPTION_QUESTION] * len(flawed), [REJECT_CAPTION] * len(flawed)).mean().item()
@@ -312,7 +312,7 @@ def test_the_understanding_replay_trains_the_pretraining_understanding_loss(tiny
     leaves that loss (on a fixed batch of renders) lower than without it."""
     import copy
 
-    from unigap.config import TrainConfig
+    from recipes import first_train
     from unigap.model.adapter import UnifiedModel
     from unigap.train.round import regulariser, understanding_replay_loss
     from unigap.train.trainer import train_sft
@@ -326,7 +326,7 @@ def test_the_understanding_replay_trains_the_pretraining_understanding_loss(tiny
     after = {}
     for weight in (0.0, 1.0):
         um = UnifiedModel(copy.deepcopy(tiny_random.model), tiny_random.processor)
-        cfg = TrainConfig(epochs=4, batch=4, lr=3e-3, und_replay=weight)
+        cfg = first_train(epochs=4, batch=4, lr=3e-3, und_replay=weight)
         train_sft(um, samples, cfg, progress=False, anchor=regulariser(um, None, cfg))
         with torch.no_grad():
             after[weight] = understanding_replay_loss(um, seed=99)(["x"], a).item()
@@ -336,7 +336,8 @@ def test_the_understanding_replay_trains_the_pretraining_understanding_loss(tiny
 def test_the_understanding_replay_captions_und_batch_renders_and_asks_yes_no_of_the_first(tiny_random, monkeypatch):
     """TrainConfig.und_batch sets the replay's renders per step (its cost): that many captions,
     plus YES_NO yes/no questions on the first of them."""
-    from unigap.config import YES_NO, TrainConfig
+    from recipes import first_train
+    from unigap.config import YES_NO
     from unigap.model.judge import CAPTION_QUESTION
     from unigap.train.round import regulariser
 
@@ -346,22 +347,40 @@ def test_the_understanding_replay_captions_und_batch_renders_and_asks_yes_no_of_
     tokens = torch.as_tensor(np.random.default_rng(0).integers(0, 64, (2, 64)))
     for batch in (12, 32):
         with torch.no_grad():
-            regulariser(tiny_random, None, TrainConfig(und_replay=1.0, und_batch=batch))(["x", "y"], tokens)
+            regulariser(tiny_random, None, first_train(und_replay=1.0, und_batch=batch))(["x", "y"], tokens)
         assert asked[-1].count(CAPTION_QUESTION) == batch and len(asked[-1]) == batch + YES_NO
 
 
 def test_run_key_ignores_settings_at_their_defaults():
     """The same command resumes the same run; a changed setting is another run; a setting added
     later at its default (a field of LoopConfig or TrainConfig) does not change old runs' keys."""
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from unigap import config
-    from unigap.config import LoopConfig, TrainConfig
+    from unigap.config import LoopConfig
 
-    base = LoopConfig(n=32, train=TrainConfig(lr=1e-3))
+    base = LoopConfig.from_dict({"n": 32, "train": {"lr": 1e-3}})  # the first defaults, but for n and lr
     key = base.key("start", ["a red circle"])
-    assert LoopConfig(n=32, rounds=9, train=TrainConfig(lr=1e-3)).key("start", ["a red circle"]) == key
-    assert LoopConfig(n=32, train=TrainConfig(lr=1e-3, gen_replay=1.0)).key("start", ["a red circle"]) != key
+    assert replace(base, rounds=9).key("start", ["a red circle"]) == key
+    assert replace(base, train=replace(base.train, gen_replay=1.0)).key("start", ["a red circle"]) != key
     assert base.key("other start", ["a red circle"]) != key and base.key("start", ["a blue square"]) != key
-    # Written as it would be without the newest settings: the default-valued fields drop out.
-    assert config._changed(asdict(base), asdict(LoopConfig())) == {"n": 32, "train": {"lr": 1e-3}}
+    # Keyed against the first defaults: the fields at those drop out, whatever today's defaults are.
+    first = LoopConfig.from_dict({"train": {}})
+    assert config._changed(asdict(first), config.first_defaults()) == {}
+    assert config._changed(asdict(base), config.first_defaults()) == {"n": 32, "train": {"lr": 1e-3}}
+    assert first.key("start", ["a red circle"]) != LoopConfig().key("start", ["a red circle"])
+
+
+def test_a_result_written_before_a_setting_existed_reads_it_as_it_was_then():
+    """A loop JSON or job record without a field means the field's first default, not today's:
+    runs made before the demo-time recipe became the default read back as what they ran."""
+    from dataclasses import asdict
+
+    from unigap.config import FIRST, LoopConfig
+
+    old = asdict(LoopConfig.from_dict({"train": {}}))
+    for field in ("pool", "n", "restart"):
+        assert old[field] == FIRST[field] != asdict(LoopConfig())[field]
+    restart_run = asdict(LoopConfig())
+    del restart_run["warm"]  # a --restart run written before --warm existed trained from the start
+    assert LoopConfig.from_dict(restart_run).warm is False and LoopConfig().warm is True

@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 
 from pipelines.executors import JobFailed, LocalExecutor, submit
 from pipelines.trainer import job_record, result_record
-from unigap.config import LoopConfig, TrainConfig
+from recipes import first_train
+from unigap.config import LoopConfig
 from unigap.store import open_store
 from unigap.store import records as rec
 from unigap.train.data import RoundData, put_round_data
@@ -32,7 +33,7 @@ TOL = 2e-5
 PROMPTS = ["a red circle", "two blue squares", "a green circle left of a red square", "a blue triangle",
            "three red circles", "a green square", "a red square above a blue circle", "two green triangles"]
 # Batches that split unequally over two ranks (3/2, 2/1) and end with a single row (one rank empty).
-TRAIN = {"sft": TrainConfig(epochs=1, batch=5), "dpo": TrainConfig(epochs=1, batch=3)}
+TRAIN = {"sft": first_train(epochs=1, batch=5), "dpo": first_train(epochs=1, batch=3)}
 
 
 @pytest.fixture(scope="module")

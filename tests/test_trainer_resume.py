@@ -33,7 +33,8 @@ from safetensors.torch import load_file
 
 from pipelines.executors import trainer_command
 from pipelines.trainer import job_record, result_record, state_record
-from unigap.config import LoopConfig, TrainConfig
+from recipes import first_train
+from unigap.config import LoopConfig
 from unigap.model.adapter import UnifiedModel
 from unigap.store import open_store
 from unigap.store import records as rec
@@ -82,7 +83,7 @@ def _run(method: str, um: UnifiedModel, data, calls: list | None = None, **kw):
     """3 epochs of batch 3 (3 + 4 + 4 = 11 steps); before epoch 2 the curriculum adds samples."""
     first, more = data
     method, _, extra = method.partition("+")
-    cfg = TrainConfig(epochs=3, batch=3, lora_rank=2 if extra == "lora" else 0, und_replay=1.0 if extra == "replay" else 0.0)
+    cfg = first_train(epochs=3, batch=3, lora_rank=2 if extra == "lora" else 0, und_replay=1.0 if extra == "replay" else 0.0)
     if extra == "replay":  # its batches are drawn from the trained batch's tokens: a resume replays the same
         kw["anchor"] = regulariser(um, None, cfg)
     torch.manual_seed(0)  # the LoRA adapters' initialisation
@@ -140,9 +141,9 @@ def test_a_state_from_another_run_is_refused(tiny_random, data):
     first = data[0]
     for other in (first[:5], [(p, t[::-1].copy()) for p, t in first]):  # other samples, as many other samples
         with pytest.raises(ValueError, match="not from this run"):
-            trainer.train_sft(_copy(tiny_random), other, TrainConfig(epochs=3, batch=3), progress=False, resume_state=states[0])
+            trainer.train_sft(_copy(tiny_random), other, first_train(epochs=3, batch=3), progress=False, resume_state=states[0])
     with pytest.raises(ValueError, match="not from this run"):  # other settings
-        trainer.train_sft(_copy(tiny_random), first, TrainConfig(epochs=3, batch=3, lr=1e-3), progress=False, resume_state=states[0])
+        trainer.train_sft(_copy(tiny_random), first, first_train(epochs=3, batch=3, lr=1e-3), progress=False, resume_state=states[0])
     with pytest.raises(ValueError, match="not from this run"):
         _run("dpo", _copy(tiny_random), data, resume_state=states[0])
 
@@ -163,7 +164,7 @@ def setup(tmp_path_factory, tiny_random):
     s = tiny_random.sample(PROMPTS, 4, seed=0, decode=False)
     rows = [(s.prompts[p], t.numpy()) for p, t in zip(s.prompt_index, s.tokens)]
     data = put_round_data(store, RoundData(sft=rows[:31]))
-    job = TrainJob(base=base, data=data, loop=asdict(LoopConfig(method="sft", train=TrainConfig(epochs=4, batch=2))), round=1)
+    job = TrainJob(base=base, data=data, loop=asdict(LoopConfig(method="sft", train=first_train(epochs=4, batch=2))), round=1)
     # The uninterrupted run, in this process (as the loop runs it): a job in one process with as
     # many threads makes the same float operations in the same order, so it must match it exactly.
     ref, log = train_round(store, job, tmp / "cache", progress=False, log=lambda line: None)

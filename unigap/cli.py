@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +20,8 @@ from unigap.config import CONTROL_ARMS, MODULES, YES_NO, LoopConfig, TrainConfig
 from unigap.paths import DEFAULT_MODEL
 
 LOOP, TRAIN = LoopConfig(), TrainConfig()  # the default recipe, in one place
+# `unigap controls` keeps the first defaults (config.FIRST): the ladder (README) was measured with them.
+CONTROL = LoopConfig.from_dict({"train": {}})
 app = typer.Typer(
     help="Measure and close the generation-understanding gap of unified multimodal models.",
     no_args_is_help=True,
@@ -348,7 +351,8 @@ def loop(
     temperature: float = typer.Option(LOOP.temperature, help="Sampling temperature of the candidates (0: greedy)."),
     canonical: bool = typer.Option(LOOP.canonical, help="Train on canonical tokens (decode, then re-encode) rather than the sampled ones."),
     curriculum_epoch: int = typer.Option(LOOP.curriculum_epoch, help="C-SFT / C-DPO: the epoch (counted from 0) before which the discard pool is replayed; with --rounds 1 and many --epochs this is the paper's one-pass Algorithm 1."),
-    restart: bool = typer.Option(LOOP.restart, help="Each round trains the starting model on the candidates of every round so far (sampled by the last promoted model), as STaR does, instead of training the last promoted model on its own round's."),
+    restart: bool = typer.Option(LOOP.restart, help="Each round trains on the candidates of every round so far (sampled by the last promoted model), from the model --warm says, instead of training the last promoted model on its own round's (--no-restart)."),
+    warm: bool = typer.Option(LOOP.warm, help="With --restart: each round trains the last promoted model, not the starting one, on the candidates of every round so far, so the rounds' epochs add up (--no-warm: from the start, as STaR). Without --restart the last promoted model trains anyway."),
     gate_external: bool = typer.Option(LOOP.gate_external, help="The gate also requires val external accuracy not to fall."),
     gate_ext_tolerance: float = typer.Option(LOOP.gate_ext_tolerance, help="The external check lets val external accuracy fall by at most this (an accuracy, e.g. 0.01: one point), so a change within the noise of the val sample does not reject a round."),
     gate_fresh_val: bool = typer.Option(LOOP.gate_fresh_val, help="The gate evaluates the last promoted model again beside the round's model, on a val sample of the round's own seed, instead of reusing the figure it was promoted for (its luckiest: 1.5 NU points too low on average). Costs two val evaluations a round."),
@@ -393,7 +397,7 @@ def loop(
     cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
                      threshold=threshold, max_per_prompt=max_per_prompt, balance=balance, focus=focus, solved_rows=solved_rows, min_accept_rate=min_accept_rate, gate_external=gate_external,
                      gate_ext_tolerance=gate_ext_tolerance, gate_fresh_val=gate_fresh_val, eval_n=eval_n, val_n=val_n, val_pairs=val_pairs, eval_per_category=eval_per_category, cfg=sample_cfg, temperature=temperature,
-                     canonical=canonical, curriculum_epoch=curriculum_epoch, restart=restart)
+                     canonical=canonical, curriculum_epoch=curriculum_epoch, restart=restart, warm=warm)
     if via_services:
         if device != "cpu":
             fail("--device is for the in-process loop; with --via-services the services and the trainer choose theirs")
@@ -407,25 +411,25 @@ def loop(
 def controls(
     arms: str = typer.Option(",".join(CONTROL_ARMS), help="Comma-separated: render (ground-truth renders of the pool), oracle (own samples the exact evaluator accepts), judge (own samples the own judge accepts), all (every own sample)."),
     rounds: int = typer.Option(1, help="SFT rounds per arm, each from the arm's previous model (no gate)."),
-    n: int = typer.Option(LOOP.n, help="Candidates (or renders) per pool prompt and round."),
-    seed: int = typer.Option(LOOP.seed, help="Training and sampling seed (evaluation seeds are fixed)."),
-    pool: str = typer.Option(LOOP.pool, help="Prompt TEXTS to train on: train+heldout, train, heldout+val, or a file."),
+    n: int = typer.Option(CONTROL.n, help="Candidates (or renders) per pool prompt and round."),
+    seed: int = typer.Option(CONTROL.seed, help="Training and sampling seed (evaluation seeds are fixed)."),
+    pool: str = typer.Option(CONTROL.pool, help="Prompt TEXTS to train on: train+heldout, train, heldout+val, or a file."),
     model: Path = typer.Option(DEFAULT_MODEL, help="Starting model folder."),
-    lr: float = typer.Option(TRAIN.lr, help="Learning rate of each round."),
-    epochs: int = typer.Option(TRAIN.epochs, help="Epochs over each round's data."),
-    modules: str = typer.Option(TRAIN.modules, help="What trains: lm or lm+head."),
-    und_anchor: float = typer.Option(TRAIN.und_anchor, help="Weight of the understanding anchor (as in `unigap loop`)."),
-    und_replay: float = typer.Option(TRAIN.und_replay, help="Weight of the understanding replay (as in `unigap loop`)."),
-    gen_replay: float = typer.Option(TRAIN.gen_replay, help="Weight of the generation replay (as in `unigap loop`)."),
-    und_flawed: int = typer.Option(TRAIN.und_flawed, help="Flawed renders per replayed batch (as in `unigap loop`)."),
-    max_per_prompt: int = typer.Option(LOOP.max_per_prompt, help="Own-sample arms: at most this many kept candidates per prompt (0: all), as in `unigap loop`."),
-    balance: bool = typer.Option(LOOP.balance, help="Own-sample arms: every prompt with a kept candidate gives exactly --max-per-prompt rows, as in `unigap loop`."),
-    focus: float = typer.Option(LOOP.focus, help="Own-sample arms: a prompt whose share of kept candidates is above this gives --solved-rows rows only, as in `unigap loop`."),
-    solved_rows: int = typer.Option(LOOP.solved_rows, help="Own-sample arms: rows a prompt above --focus gives, as in `unigap loop`."),
-    min_accept_rate: float = typer.Option(LOOP.min_accept_rate, help="Own-sample arms: a prompt kept less often than this gives no rows, as in `unigap loop`."),
-    threshold: float = typer.Option(LOOP.threshold, help="The judge arm: accept when the judge's p_yes >= this, as in `unigap loop`."),
-    eval_n: int = typer.Option(LOOP.eval_n, help="Images per held-out prompt in each evaluation."),
-    eval_per_category: int = typer.Option(LOOP.eval_per_category, help="Evaluate at most this many prompts per category (0: all)."),
+    lr: float = typer.Option(CONTROL.train.lr, help="Learning rate of each round."),
+    epochs: int = typer.Option(CONTROL.train.epochs, help="Epochs over each round's data."),
+    modules: str = typer.Option(CONTROL.train.modules, help="What trains: lm or lm+head."),
+    und_anchor: float = typer.Option(CONTROL.train.und_anchor, help="Weight of the understanding anchor (as in `unigap loop`)."),
+    und_replay: float = typer.Option(CONTROL.train.und_replay, help="Weight of the understanding replay (as in `unigap loop`)."),
+    gen_replay: float = typer.Option(CONTROL.train.gen_replay, help="Weight of the generation replay (as in `unigap loop`)."),
+    und_flawed: int = typer.Option(CONTROL.train.und_flawed, help="Flawed renders per replayed batch (as in `unigap loop`)."),
+    max_per_prompt: int = typer.Option(CONTROL.max_per_prompt, help="Own-sample arms: at most this many kept candidates per prompt (0: all), as in `unigap loop`."),
+    balance: bool = typer.Option(CONTROL.balance, help="Own-sample arms: every prompt with a kept candidate gives exactly --max-per-prompt rows, as in `unigap loop`."),
+    focus: float = typer.Option(CONTROL.focus, help="Own-sample arms: a prompt whose share of kept candidates is above this gives --solved-rows rows only, as in `unigap loop`."),
+    solved_rows: int = typer.Option(CONTROL.solved_rows, help="Own-sample arms: rows a prompt above --focus gives, as in `unigap loop`."),
+    min_accept_rate: float = typer.Option(CONTROL.min_accept_rate, help="Own-sample arms: a prompt kept less often than this gives no rows, as in `unigap loop`."),
+    threshold: float = typer.Option(CONTROL.threshold, help="The judge arm: accept when the judge's p_yes >= this, as in `unigap loop`."),
+    eval_n: int = typer.Option(CONTROL.eval_n, help="Images per held-out prompt in each evaluation."),
+    eval_per_category: int = typer.Option(CONTROL.eval_per_category, help="Evaluate at most this many prompts per category (0: all)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every arm's figures per round to this JSON file."),
 ):
     """The ladder of controls (FINDINGS.md): the loop's SFT trained on ground-truth renders, on own
@@ -452,9 +456,9 @@ def controls(
         prompts = pool_texts(pool)
     except ValueError as e:
         fail(str(e))
-    cfg = LoopConfig(rounds=rounds, n=n, seed=seed, pool=pool, eval_n=eval_n, eval_per_category=eval_per_category,
-                     max_per_prompt=max_per_prompt, balance=balance, focus=focus, solved_rows=solved_rows, min_accept_rate=min_accept_rate, threshold=threshold,
-                     train=train)
+    cfg = replace(CONTROL, rounds=rounds, n=n, seed=seed, pool=pool, eval_n=eval_n, eval_per_category=eval_per_category,
+                  max_per_prompt=max_per_prompt, balance=balance, focus=focus, solved_rows=solved_rows, min_accept_rate=min_accept_rate,
+                  threshold=threshold, train=train)
     result = run_controls(load_model(model), chosen, prompts, cfg, log=console.print)
     out = Table(title="Ladder of controls: held-out generation accuracy (external evaluator) and NU (own judge) per round")
     for col in ("arm", "trained on, per round", "gen % per round", "NU % per round"):
@@ -798,12 +802,13 @@ def demo(
     rounds: int = typer.Option(LOOP.rounds, help="Self-improvement rounds."),
 ):
     """The whole loop on the shipped model, on one machine: measure the gap, then run rounds of
-    self-judged SFT and evaluate each on held-out prompts (about 6 minutes on 2 cores)."""
+    self-judged SFT with the default recipe and evaluate each on held-out prompts (about 10.5
+    minutes on 2 cores)."""
     out.mkdir(parents=True, exist_ok=True)
     console.rule("1. The internal gap of the shipped tiny model (held-out prompts)")
     score(
         model=DEFAULT_MODEL, split="heldout", n=4, seed=0, mode=LOOP.judge_mode, per_category=16,
-        cfg=1.5, temperature=0.7, json_out=out / "score.json", plot=out / "score.png",
+        cfg=1.5, temperature=0.7, best_of=1, json_out=out / "score.json", plot=out / "score.png",
     )
     console.rule(f"2. The self-improvement loop: {rounds} rounds of SFT on the model's own judgment")
     run_loop(LoopConfig(rounds=rounds), str(out / "store"), DEFAULT_MODEL, None, out)

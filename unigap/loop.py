@@ -225,7 +225,7 @@ class Loop:
         data = get_round_data(self.store, data_ref)
         if not data.sft and not data.pairs:
             self.log(f"  round {r}: no accepted sample and no pair: nothing to train on; the round keeps the model")
-        job = TrainJob(base=self.start_ref if cfg.restart else base_ref, data=data_ref, loop=asdict(cfg), round=r)
+        job = TrainJob(base=self.trains_from(base_ref), data=data_ref, loop=asdict(cfg), round=r)
         ckpt = self._step(r, progress, "checkpoint", lambda: json.dumps(self.backend.train(job)))
         ckpt_ref, train_log = json.loads(ckpt)
         ev = self._step(r, progress, "eval", lambda: self._evaluate(ckpt_ref, ("val", "heldout") + (("novel",) if r == cfg.rounds else ())))
@@ -249,6 +249,11 @@ class Loop:
         rec.put_record_json(self.store, f"{self._round_key(r)}/manifest.json", m)  # last: the round is done
         return m
 
+    def trains_from(self, head: str) -> str:
+        """The model a round trains: the head (the last promoted model), or the start for restart
+        rounds without `warm` (STaR)."""
+        return self.start_ref if self.cfg.restart and not self.cfg.warm else head
+
     def _candidates_ref(self, ref: str, r: int) -> str:
         generator, judge = self.backend.generator(ref), self.backend.judge(ref, self.cfg.threshold)
         c = collect(generator, judge, self.pool, self.cfg, self.cfg.seed * 1000 + r, self.progress)
@@ -257,7 +262,7 @@ class Loop:
     def _training_candidates(self, r: int, cand: str) -> Candidates:
         """Round r's candidates; with `restart`, those of every round of the run so far (STaR:
         each round fine-tunes the starting model on all it has found, instead of piling one
-        round's drift on the last)."""
+        round's drift on the last; with `warm`, the last promoted model, so the epochs add up)."""
         earlier = [self.manifest(k)["candidates"] for k in range(1, r)] if self.cfg.restart else []
         return concat_candidates([get_candidates(self.store, ref) for ref in earlier + [cand]])
 

@@ -16,7 +16,7 @@ from dataclasses import asdict
 import numpy as np
 from scipy import stats
 
-from unigap.config import LoopConfig
+from unigap.config import first_defaults
 
 # The issue's required outcome, after the rounds, on held-out prompts (mean over seeds).
 TARGET = {"nu_rel_drop": 0.30, "gen_gain": 0.10, "und_max_drop": 0.02}
@@ -32,8 +32,9 @@ def _flat(config: dict) -> dict:
 
 def recipe(config: dict) -> str:
     """What distinguishes a recipe: the `unigap loop` flags of its settings that differ from the
-    defaults, the training seed left out."""
-    defaults = _flat(asdict(LoopConfig()))
+    FIRST defaults (unigap/config.py), the training seed left out. Against those, a row keeps its
+    name when a default changes; to run it, put `$FIRST` (README) before its flags."""
+    defaults = _flat(first_defaults())
     flags = [f"--method {config['method']}"]
     for k, v in sorted(_flat(config).items()):
         if k in ("method", "seed", "train.seed") or defaults.get(k) == v:
