@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -145,7 +144,7 @@ def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: 
     while (m := rec.get_record_json(store, f"{run}/round-{r}/manifest.json")) is not None:
         manifests[m["checkpoint"]] = m
         um = UnifiedModel.load(rec.fetch_checkpoint(store, m["base"], cache))
-        verdicts = partial(external_verdicts, um, progress=progress)
+        verdicts = functools.partial(external_verdicts, um, progress=progress)
         data, candidates = get_round_data(store, m["data"]), get_candidates(store, m["candidates"])
         row = {"round": r, "promoted": m["promoted"], **audit_round(candidates, data, verdicts)}
         if (head := manifests.get(m["base"])) is not None and head is not m:
