@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from unigap.model.adapter import UnifiedModel, gen_text
+from unigap.model.adapter import UnifiedModel, gen_text, und_text
 from unigap.model.judge import Judge, question
 
 PROMPTS = ["a red circle", "a blue square left of a green triangle", "two yellow circles"]
@@ -127,6 +127,33 @@ def test_encode_decode_and_save_load_round_trip(tiny_random, tmp_path):
     assert torch.equal(loaded.encode(images), tokens)
     with pytest.raises(FileNotFoundError, match="no model"):
         UnifiedModel.load(tmp_path / "missing")
+
+
+def _vq_round_trip(um, chunk: int | None, tokens):
+    um.cpu_vq_images = chunk
+    try:
+        images = um.decode(tokens)
+        return images, um.encode(images)
+    finally:
+        del um.cpu_vq_images  # back to the class's default
+
+
+def test_chunked_vq_passes_equal_one_pass(tiny_random):
+    tokens = torch.randint(0, tiny_random.model.config.vq_config.num_embeddings, (37, tiny_random.num_image_tokens),
+                           generator=torch.Generator().manual_seed(0))
+    images, codes = _vq_round_trip(tiny_random, 8, tokens)  # 5 chunks, the last of 5 images
+    one_images, one_codes = _vq_round_trip(tiny_random, None, tokens)
+    assert np.array_equal(images, one_images) and torch.equal(codes, one_codes)
+
+
+def test_remembered_token_ids_pad_as_the_tokenizer_does(tiny_random):
+    texts = [gen_text(p) for p in PROMPTS] + [und_text(tiny_random.image_block, "what is shown?"), "", PROMPTS[0]]
+    for batch in (texts, texts[::-1], texts[2:4], [""]):
+        for _ in range(2):  # tokenised, then remembered
+            enc = tiny_random.tokenizer(batch, padding=True, return_tensors="pt", padding_side="left")
+            ids, mask = tiny_random._tokenize(batch)
+            assert torch.equal(ids, enc.input_ids) and torch.equal(mask, enc.attention_mask)
+            assert tiny_random.token_ids(batch, special=False) == tiny_random.tokenizer(batch, add_special_tokens=False).input_ids
 
 
 def test_answer_logprobs_equal_a_full_forward_and_share_prefixes(tiny_random):

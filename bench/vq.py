@@ -1,0 +1,48 @@
+"""VQ decode and encode on CPU: chunks of `UnifiedModel.cpu_vq_images` (32) against one pass.
+
+The loop decodes every candidate it samples (5,152 a round by default, 1,024 per sampler call)
+and re-encodes them for canonical tokens. One pass over a thousand 32x32 images keeps activations
+far larger than the caches; chunks stay inside them. Same model, same images and tokens; the
+benchmark fails unless both give identical pixels and identical tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.common import Result, interleaved, machine, median, paired_ratio
+
+
+def run(um, quick: bool = False, log=print) -> list[Result]:
+    n, reps = (64, 1) if quick else (1024, 3)
+    tokens = torch.randint(0, um.model.config.vq_config.num_embeddings, (n, um.num_image_tokens), generator=torch.Generator().manual_seed(0))
+    chunk = um.cpu_vq_images
+
+    def with_chunks(images: int | None, fn):
+        def call():
+            um.cpu_vq_images = images
+            try:
+                return fn()
+            finally:
+                um.cpu_vq_images = chunk
+        return call
+
+    decode, encode = (lambda: um.decode(tokens)), (lambda: um.encode(images))
+    images = with_chunks(None, decode)()
+    if not (with_chunks(chunk, decode)() == images).all():
+        raise AssertionError("chunked VQ decode gives other pixels than one pass")
+    if not torch.equal(with_chunks(chunk, encode)(), with_chunks(None, encode)()):
+        raise AssertionError("chunked VQ encode gives other tokens than one pass")
+    check = f"identical pixels and tokens for {n} images"
+    log(f"vq: {check}")
+    times = interleaved({"decode one pass": with_chunks(None, decode), "decode chunks": with_chunks(chunk, decode),
+                         "encode one pass": with_chunks(None, encode), "encode chunks": with_chunks(chunk, encode)}, reps, log)
+    m = machine()
+    common = {"images": n, "chunk": chunk, "reps": reps, "check": check}
+    return [
+        Result(f"VQ {what} {n} images: chunks of {chunk} / one pass", n / median(times[f"{what} one pass"]),
+               n / median(times[f"{what} chunks"]), "images/s", target,
+               f"UnifiedModel.{what} with cpu_vq_images None vs {chunk}",
+               {**common, "paired_ratio": paired_ratio(times[f"{what} one pass"], times[f"{what} chunks"])}, m)
+        for what, target in (("decode", 2.0), ("encode", 1.5))
+    ]
