@@ -143,7 +143,7 @@ def test_chunked_vq_passes_equal_one_pass(tiny_random):
                            generator=torch.Generator().manual_seed(0))
     images, codes = _vq_round_trip(tiny_random, 8, tokens)  # 5 chunks, the last of 5 images
     one_images, one_codes = _vq_round_trip(tiny_random, None, tokens)
-    assert np.array_equal(images, one_images) and torch.equal(codes, one_codes)
+    assert np.array_equal(images, one_images) and torch.equal(codes, one_codes)  # may flip at near-ties; none on these
 
 
 def test_remembered_token_ids_pad_as_the_tokenizer_does(tiny_random):

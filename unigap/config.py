@@ -59,8 +59,8 @@ class LoopConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     curriculum_epoch: int = 1  # C-SFT / C-DPO: replay the discard pool before this epoch (0-based)
     eval_n: int = 5
-    val_n: int = 10  # images per val prompt in each evaluation, the gate's (0: eval_n)
-    val_pairs: int = 5  # rendered understanding pairs per val prompt, the gate's understanding sample
+    val_n: int = 20  # images per val prompt in each evaluation, the gate's (0: eval_n)
+    val_pairs: int = 20  # rendered understanding pairs per val prompt, the gate's understanding sample
     eval_per_category: int = 0  # 0: every prompt of each evaluated split (tests use fewer)
     eval_seed: int = 12345  # fixed: every round is evaluated on the same seeds
     gate_und_tolerance: float = 0.02
