@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from unigap import world
-from unigap.audit import audit_round, by_acceptance, change_by_rows, external_verdicts
+from unigap.audit import audit_round, by_acceptance, change_by_rows, external_verdicts, judge_on_own_images
 from unigap.train.data import Candidates, RoundData
 
 PROMPTS = ["a red circle", "two blue squares"]
@@ -54,6 +54,16 @@ def test_precision_by_acceptance_rate(rows):
     got = {(b["rate_from"], b["rate_to"]): (b["prompts"], b["accepted"], b["judge_precision"]) for b in bins}
     assert got[(0.25, 0.5)] == (1, 1, 0.0) and got[(0.5, 1.0)] == (1, 2, 1.0)
     assert got[(0.0, 0.0625)] == (0, 0, None)
+
+
+def test_judge_on_own_images_splits_the_accepted_share_into_right_images_and_judge_errors():
+    accepted = np.array([True, True, False, True, False, False, False, True])
+    correct = np.array([True, False, False, False, True, False, False, True])
+    j = judge_on_own_images(accepted, correct)
+    assert j == {"images": 8, "right": 3 / 8, "accepted": 0.5, "agreement": 5 / 8, "accepts_right": 2 / 3,
+                 "accepts_wrong": 2 / 5, "false_accepts": 2 / 8, "false_rejects": 1 / 8}
+    assert j["accepted"] == pytest.approx(j["right"] - j["false_rejects"] + j["false_accepts"])
+    assert judge_on_own_images(np.ones(2, bool), np.zeros(2, bool))["accepts_right"] is None
 
 
 def test_change_by_rows_groups_prompts_by_their_sft_rows_and_whether_they_were_called_solved():

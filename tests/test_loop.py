@@ -155,6 +155,11 @@ def test_restart_trains_the_start_on_every_rounds_candidates(tiny_model, tmp_pat
     assert moved[0] == moved[1] > 0
     assert all("nu_change_before" in g for g in audited[1]["change_by_rows"]) == (two["base"] != start)  # round 2 has a head before its head only if round 1 was promoted
     assert not any("nu_change_before" in g for g in audited[0]["change_by_rows"])  # the start has no head before it
+    # The judge on each model's own held-out images: the run's JSON says what share it accepted.
+    result = json.loads(out.read_text())["rounds"]
+    judged = [audited[0]["judge_on_own_start"]] + [a["judge_on_own"] for a in audited]
+    assert [j["accepted"] for j in judged] == pytest.approx([1 - r["nu"] for r in result])
+    assert "The judge on each model's own held-out images" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "unigap", "audit", str(out), "--store", str(tmp_path / "empty")], capture_output=True, text=True)
     assert proc.returncode == 2 and "holds no finished round" in proc.stderr
 

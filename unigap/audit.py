@@ -85,6 +85,16 @@ def audit_round(candidates: Candidates, data: RoundData, correct: Callable[[np.n
     return out
 
 
+def judge_on_own_images(accepted: np.ndarray, correct: np.ndarray) -> dict:
+    """The judge against the external evaluator on one model's own held-out images. The accepted
+    share (1 - NU) is right - false_rejects + false_accepts: across rounds it tells a NU that falls
+    because the images got right from one that falls because the judge accepts more wrong ones."""
+    a, c = np.asarray(accepted, dtype=bool), np.asarray(correct, dtype=bool)
+    return {"images": len(a), "right": float(c.mean()), "accepted": float(a.mean()), "agreement": float((a == c).mean()),
+            "accepts_right": float(a[c].mean()) if c.any() else None, "accepts_wrong": float(a[~c].mean()) if (~c).any() else None,
+            "false_accepts": float((a & ~c).mean()), "false_rejects": float((~a & c).mean())}
+
+
 # A prompt the head model's candidates pass more often than this is "called solved": `--focus`'s
 # usual value, fixed here so runs without --focus (which call nothing solved) are grouped alike.
 SOLVED_RATE = 0.5
@@ -125,7 +135,9 @@ def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: 
     """`audit_round` for every finished round of a loop run (`run`: its `runs/<key>` prefix), its
     tokens decoded by the model that sampled them; and `change_by_rows` for each round whose head
     model's evaluation is found: one of the run's own rounds, or the starting model's when
-    `baseline` names its record (`loop.baseline_record`)."""
+    `baseline` names its record (`loop.baseline_record`). Each round has `judge_on_own` for its
+    model's held-out evaluation, and round 1 `judge_on_own_start` for the starting model's when
+    `baseline` names it."""
     from unigap.loop import heldout_arrays
     from unigap.model.adapter import UnifiedModel
     from unigap.store import records as rec
@@ -147,6 +159,9 @@ def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: 
         verdicts = functools.partial(external_verdicts, um, progress=progress)
         data, candidates = get_round_data(store, m["data"]), get_candidates(store, m["candidates"])
         row = {"round": r, "promoted": m["promoted"], **audit_round(candidates, data, verdicts)}
+        row["judge_on_own"] = judge_on_own_images(heldout(m)[0]["accepted"], heldout(m)[0]["correct"])
+        if r == 1 and (start := manifests.get(m["base"])) is not None:
+            row["judge_on_own_start"] = judge_on_own_images(heldout(start)[0]["accepted"], heldout(start)[0]["correct"])
         if (head := manifests.get(m["base"])) is not None and head is not m:
             earlier = manifests.get(head.get("base", ""))  # the starting model's round 0 has no base
             row["change_by_rows"] = change_by_rows(data, acceptance_rates(candidates), heldout(head), heldout(m),

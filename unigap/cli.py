@@ -572,6 +572,15 @@ def audit(
                 change.add_row(str(r["round"]), str(g["rows"]), "yes" if g["solved"] else "no", str(g["prompts"]),
                                *(points(g, k) for k in ("nu_change", "gen_change", "nu_change_before", "gen_change_before")))
         console.print(change)
+    own = Table(title="The judge on each model's own held-out images, against the external evaluator: accepted = right - false "
+                      "rejects + false accepts, so NU can fall by right images or by a judge that lets more wrong ones through")
+    for col in ("model", "images", "right %", "accepted %", "agreement %", "accepts right %", "accepts wrong %", "false accepts %", "false rejects %"):
+        own.add_column(col, justify="right")
+    judged = ([("start", rounds[0]["judge_on_own_start"])] if "judge_on_own_start" in rounds[0] else [])
+    for model, j in judged + [(f"round {r['round']}", r["judge_on_own"]) for r in rounds]:
+        own.add_row(model, str(j["images"]), *(pct(j[k]) for k in ("right", "accepted", "agreement", "accepts_right", "accepts_wrong",
+                                                                      "false_accepts", "false_rejects")))
+    console.print(own)
     if json_out:
         write_json(json_out, {"run": key, "rounds": rounds})
 
