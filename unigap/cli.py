@@ -811,7 +811,7 @@ def demo(
     rounds: int = typer.Option(LOOP.rounds, help="Self-improvement rounds."),
 ):
     """The whole loop on the shipped model, on one machine: measure the gap, then run rounds of
-    self-judged SFT with the default recipe and evaluate each on held-out prompts (about 10.5
+    self-judged SFT with the default recipe and evaluate each on held-out prompts (about 9
     minutes on 2 cores)."""
     out.mkdir(parents=True, exist_ok=True)
     console.rule("1. The internal gap of the shipped tiny model (held-out prompts)")
