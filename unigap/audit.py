@@ -150,6 +150,10 @@ def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: 
     def heldout(m: dict) -> tuple[dict, list[str]]:
         return evaluation(m["eval"])
 
+    def judged(m: dict) -> dict:
+        a = heldout(m)[0]
+        return judge_on_own_images(a["accepted"], a["correct"])
+
     rounds, manifests, r = [], {}, 1
     if baseline is not None and (m0 := rec.get_record_json(store, f"{baseline}/manifest.json")) is not None:
         manifests[m0["checkpoint"]] = m0
@@ -159,9 +163,9 @@ def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: 
         verdicts = functools.partial(external_verdicts, um, progress=progress)
         data, candidates = get_round_data(store, m["data"]), get_candidates(store, m["candidates"])
         row = {"round": r, "promoted": m["promoted"], **audit_round(candidates, data, verdicts)}
-        row["judge_on_own"] = judge_on_own_images(heldout(m)[0]["accepted"], heldout(m)[0]["correct"])
+        row["judge_on_own"] = judged(m)
         if r == 1 and (start := manifests.get(m["base"])) is not None:
-            row["judge_on_own_start"] = judge_on_own_images(heldout(start)[0]["accepted"], heldout(start)[0]["correct"])
+            row["judge_on_own_start"] = judged(start)
         if (head := manifests.get(m["base"])) is not None and head is not m:
             earlier = manifests.get(head.get("base", ""))  # the starting model's round 0 has no base
             row["change_by_rows"] = change_by_rows(data, acceptance_rates(candidates), heldout(head), heldout(m),

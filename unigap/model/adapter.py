@@ -150,12 +150,14 @@ class UnifiedModel:
         training step tokenised the same prompts, questions and captions again and again, a
         twentieth of its time. Past KNOWN_TEXTS texts (a service's stream of new prompts) it starts over."""
         known = self._known_ids
-        new = [t for t in dict.fromkeys(texts) if (t, special) not in known]
+        found = {t: known.get((t, special)) for t in texts}  # read once: another thread may start over meanwhile
+        new = [t for t, ids in found.items() if ids is None]
         if new:
+            found.update(zip(new, self.tokenizer(new, add_special_tokens=special).input_ids))
             if len(known) + len(new) > KNOWN_TEXTS:
                 known.clear()
-            known.update(((t, special), ids) for t, ids in zip(new, self.tokenizer(new, add_special_tokens=special).input_ids))
-        return [known[t, special] for t in texts]
+            known.update(((t, special), found[t]) for t in new)
+        return [found[t] for t in texts]
 
     def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids and attention mask, as the tokenizer pads them with padding_side="left"."""
