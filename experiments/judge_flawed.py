@@ -75,7 +75,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     shipped = UnifiedModel.load(DEFAULT_MODEL)
-    cfg = LoopConfig.from_dict({"n": 32, "train": {}})  # the pool it was measured on (train+heldout), pinned
+    cfg = LoopConfig.from_dict({"n": 32})  # the pool it was measured on (train+heldout), pinned
     sampling = Sampling(n=cfg.n, seed=1, cfg=cfg.cfg, temperature=cfg.temperature)
     c = sample_and_judge(shipped, make_judge(shipped, cfg.judge_mode), pool_texts(cfg.pool), sampling)
     correct = world.evaluate_batch(c.images, [world.parse(t) for t in c.prompts])

@@ -225,7 +225,7 @@ def test_restart_rounds_train_the_start_or_with_warm_the_head(tiny_model, tmp_pa
     from unigap.loop import Loop
 
     model, _ = tiny_model
-    base = LoopConfig.from_dict({"pool": "train", "train": {}})
+    base = LoopConfig.from_dict({"pool": "train"})
     for restart, warm, trains in ((False, False, "head"), (False, True, "head"), (True, False, "start"), (True, True, "head")):
         loop = Loop(replace(base, restart=restart, warm=warm), LocalStore(tmp_path / "store"), tmp_path / "cache", model, progress=False)
         assert loop.trains_from("head-ref") == {"head": "head-ref", "start": loop.start_ref}[trains], (restart, warm)

@@ -39,7 +39,7 @@ def test_the_shipped_model_is_the_last_promoted_round():
 
 def test_recipes_are_named_by_their_flags_and_grouped_over_seeds():
     # Named against the first defaults (config.FIRST), so a row keeps its name when a default changes.
-    assert recipe(asdict(LoopConfig.from_dict({"seed": 4, "train": {}}))) == "--method sft"
+    assert recipe(asdict(LoopConfig.from_dict({"seed": 4}))) == "--method sft"
     cfg = asdict(LoopConfig.from_dict({"method": "c-dpo", "judge_mode": "probability", "gate_external": False, "train": {"lora_rank": 8}}))
     assert recipe(cfg) == "--method c-dpo --no-gate-external --mode probability --lora-rank 8"
     today = recipe(asdict(LoopConfig()))

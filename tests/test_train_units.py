@@ -365,7 +365,7 @@ def test_run_key_ignores_settings_at_their_defaults():
     assert replace(base, train=replace(base.train, gen_replay=1.0)).key("start", ["a red circle"]) != key
     assert base.key("other start", ["a red circle"]) != key and base.key("start", ["a blue square"]) != key
     # Keyed against the first defaults: the fields at those drop out, whatever today's defaults are.
-    first = LoopConfig.from_dict({"train": {}})
+    first = LoopConfig.from_dict({})
     assert config._changed(asdict(first), config.first_defaults()) == {}
     assert config._changed(asdict(base), config.first_defaults()) == {"n": 32, "train": {"lr": 1e-3}}
     assert first.key("start", ["a red circle"]) != LoopConfig().key("start", ["a red circle"])
@@ -378,7 +378,7 @@ def test_a_result_written_before_a_setting_existed_reads_it_as_it_was_then():
 
     from unigap.config import FIRST, LoopConfig
 
-    old = asdict(LoopConfig.from_dict({"train": {}}))
+    old = asdict(LoopConfig.from_dict({}))
     for field in ("pool", "n", "restart"):
         assert old[field] == FIRST[field] != asdict(LoopConfig())[field]
     restart_run = asdict(LoopConfig())

@@ -21,7 +21,7 @@ from unigap.paths import DEFAULT_MODEL
 
 LOOP, TRAIN = LoopConfig(), TrainConfig()  # the default recipe, in one place
 # `unigap controls` keeps the first defaults (config.FIRST): the ladder (README) was measured with them.
-CONTROL = LoopConfig.from_dict({"train": {}})
+CONTROL = LoopConfig.from_dict({})
 app = typer.Typer(
     help="Measure and close the generation-understanding gap of unified multimodal models.",
     no_args_is_help=True,

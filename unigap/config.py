@@ -74,9 +74,10 @@ class LoopConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "LoopConfig":
         """The inverse of `asdict`: a job record's or a loop JSON's settings. A setting the dict
-        lacks (written before the setting existed) takes the value it had then (FIRST)."""
+        lacks (written before the setting existed) takes the value it had then (FIRST), so
+        `from_dict({})` is the first defaults and `from_dict({"n": 32})` those but for n."""
         first = first_defaults()
-        return cls(**{**first, **d, "train": TrainConfig(**{**first["train"], **d["train"]})})
+        return cls(**{**first, **d, "train": TrainConfig(**{**first["train"], **d.get("train", {})})})
 
     def key(self, start_ref: str, pool_texts: list[str]) -> str:
         """A run's identity: the same settings on the same model resume the same run. Settings at
