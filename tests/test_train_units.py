@@ -351,6 +351,27 @@ def test_the_understanding_replay_captions_und_batch_renders_and_asks_yes_no_of_
         assert asked[-1].count(CAPTION_QUESTION) == batch and len(asked[-1]) == batch + YES_NO
 
 
+def test_the_understanding_replay_every_k_joins_about_one_batch_in_k_at_k_times_its_loss(tiny_random, monkeypatch):
+    """TrainConfig.und_every K: the replay runs on about one batch in K, chosen by the batch (the
+    same batch always decides alike, as a resumed run needs), and weighs K times its loss there."""
+    from recipes import first_train
+    from unigap.train import round as round_mod
+
+    losses = []
+    real = round_mod.understanding_loss
+    monkeypatch.setattr(round_mod, "understanding_loss", lambda *a: losses.append(real(*a)) or losses[-1])
+    replay = round_mod.regulariser(tiny_random, None, first_train(und_replay=1.0, und_every=3))
+    rng = np.random.default_rng(0)
+    batches = [torch.as_tensor(rng.integers(0, 64, (2, 64))) for _ in range(60)]
+    with torch.no_grad():
+        out = [replay(["x", "y"], t) for t in batches]
+        again = [replay(["x", "y"], t) for t in batches[:10]]
+    ran = [float(v) != 0 for v in out]
+    assert 10 <= sum(ran) <= 30 and len(losses) == sum(ran) + sum(float(v) != 0 for v in again)
+    assert [float(v) for v in out if float(v)] == pytest.approx([3 * float(v) for v in losses[: sum(ran)]])
+    assert [float(v) for v in again] == [float(v) for v in out[:10]]
+
+
 def test_run_key_ignores_settings_at_their_defaults():
     """The same command resumes the same run; a changed setting is another run; a setting added
     later at its default (a field of LoopConfig or TrainConfig) does not change old runs' keys."""

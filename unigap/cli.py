@@ -120,6 +120,8 @@ def check_regulariser(train: TrainConfig) -> None:
         fail("--und-anchor, --und-replay and --gen-replay must be >= 0")
     if train.und_batch < YES_NO:
         fail(f"--und-batch must be >= {YES_NO} (the replay asks yes/no of its first {YES_NO} renders), not {train.und_batch}")
+    if train.und_every < 1:
+        fail(f"--und-every must be >= 1 (1: the replay joins every batch), not {train.und_every}")
     if train.und_flawed < 0 or (train.und_flawed and not train.und_replay):
         fail(f"--und-flawed must be >= 0 and needs --und-replay > 0 (it adds to the replayed batch), "
              f"got {train.und_flawed} with --und-replay {train.und_replay}")
@@ -345,6 +347,7 @@ def loop(
     gen_replay: float = typer.Option(TRAIN.gen_replay, help="Weight of the generation replay: each training step adds the pretraining generation loss on fresh renders of `train` prompts (never an evaluated one), so a round that trains only where the model fails does not make it forget the rest."),
     und_flawed: int = typer.Option(TRAIN.und_flawed, help="With --und-replay: flawed renders (an extra object, a squashed or bitten shape) per replayed batch, captioned as showing no prompt; the judge's reject caption competes with every prompt, so the judge learns to refuse the errors its clean-scene negatives never showed it."),
     und_batch: int = typer.Option(TRAIN.und_batch, help="With --und-replay: renders captioned per replayed batch (pretraining used 32). The replay takes about two thirds of a training step's time at 32."),
+    und_every: int = typer.Option(TRAIN.und_every, help="With --und-replay: the replay joins one batch in this many (drawn per batch) at this many times its weight: the same expected gradient, about 1/K of its cost."),
     modules: str = typer.Option(TRAIN.modules, help="What trains: lm (the shared language model) or lm+head."),
     lora_rank: int = typer.Option(TRAIN.lora_rank, help="Train the language model through LoRA adapters of this rank (peft; merged into the checkpoint). 0: full weights."),
     sample_cfg: float = typer.Option(LOOP.cfg, "--cfg", help="Guidance scale of the candidates (low for a weak generator: FINDINGS.md)."),
@@ -391,7 +394,7 @@ def loop(
     check_device(device)
     train = TrainConfig(epochs=epochs, lr=lr, beta=beta, nll_weight=nll_weight, kl_weight=kl_weight, modules=modules,
                         lora_rank=lora_rank, und_anchor=und_anchor, und_replay=und_replay, gen_replay=gen_replay, und_flawed=und_flawed,
-                        und_batch=und_batch, seed=seed)
+                        und_batch=und_batch, und_every=und_every, seed=seed)
     check_sft_rule(threshold, max_per_prompt, balance, focus, solved_rows, min_accept_rate)
     check_regulariser(train)
     cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,

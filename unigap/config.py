@@ -27,6 +27,7 @@ class TrainConfig:
     gen_replay: float = 1.0  # weight of the generation replay (the pretraining generation loss on fresh renders of `train` prompts)
     und_flawed: int = 0  # flawed renders per replay batch, captioned as showing no prompt (the judge's reject caption)
     und_batch: int = 32  # renders per understanding-replay batch (pretraining's): two thirds of a step's time, yet 8 lost generation (README)
+    und_every: int = 1  # the understanding replay joins one batch in this many (drawn per batch), at this many times its weight
     modules: str = "lm+head"
     lora_rank: int = 0  # > 0: the LM trains through LoRA adapters of this rank (peft), merged after
     seed: int = 0

@@ -127,20 +127,24 @@ def _batch_rng(tokens: torch.Tensor, seed: int) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def understanding_replay_loss(um: UnifiedModel, seed: int, flawed: int = 0, batch: int = PretrainConfig.batch) -> Anchor:
+def understanding_replay_loss(um: UnifiedModel, seed: int, flawed: int = 0, batch: int = PretrainConfig.batch, every: int = 1) -> Anchor:
     """The pretraining understanding loss (captioning and yes/no with hard negatives, on fresh
     renders and their VQ reconstructions of every prompt outside `novel`): the data the judge was
     trained on, replayed while generation trains, so the judge keeps what it knew of renders. The
     anchor above only holds the judge on the round's own images; on them it still lost 4-6 points
     of rendered understanding. With `flawed`, each batch also teaches the reject caption on that
     many flawed renders. `batch` renders are captioned per step (the first YES_NO of them also
-    asked yes/no)."""
+    asked yes/no). With `every` > 1, a batch replays with probability 1/every (drawn from the
+    batch's own draws, so a resumed run replays the same batches), at `every` times the loss: the
+    same expected gradient for about 1/every of the cost (the replay is two thirds of a step)."""
     data = SimpleNamespace(und=Data(seed, um.image_size, UNDERSTANDING_SPLITS))
     pcfg = PretrainConfig(batch=batch, flawed=flawed)
 
     def replay(prompts: list[str], tokens: torch.Tensor) -> torch.Tensor:
         data.und.rng = _batch_rng(tokens, seed)
-        return understanding_loss(um, data, pcfg)
+        if every > 1 and data.und.rng.integers(every):
+            return torch.zeros((), device=um.device)
+        return every * understanding_loss(um, data, pcfg)
 
     return replay
 
@@ -170,7 +174,7 @@ def regulariser(um: UnifiedModel, reference: UnifiedModel | None, cfg: TrainConf
         anchor = understanding_anchor_loss(um, reference)
         terms.append(lambda p, t: cfg.und_anchor * anchor(p, t))
     if cfg.und_replay:
-        und = understanding_replay_loss(um, cfg.seed, cfg.und_flawed, cfg.und_batch)
+        und = understanding_replay_loss(um, cfg.seed, cfg.und_flawed, cfg.und_batch, cfg.und_every)
         terms.append(lambda p, t: cfg.und_replay * und(p, t))
     if cfg.gen_replay:
         gen = generation_replay_loss(um, cfg.seed, cfg.batch)
