@@ -43,3 +43,7 @@ def test_run_controls_reports_every_round(shipped, cfg):
     rows = out["arms"]["judge"]
     assert [r["round"] for r in rows] == [0, 1] and rows[1]["n_train"] >= 0
     assert {"gen_acc", "nu", "und_acc", "diversity", "by_category"} <= set(rows[1])
+    for r in rows:  # the judge split adds up to the accepted share, 1 - NU
+        split = r["judge_on_own"]
+        assert split["right"] == pytest.approx(r["gen_acc"]) and split["accepted"] == pytest.approx(1 - r["nu"])
+        assert split["accepted"] == pytest.approx(split["right"] - split["false_rejects"] + split["false_accepts"])

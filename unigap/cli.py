@@ -464,11 +464,11 @@ def controls(
                   threshold=threshold, train=train)
     result = run_controls(load_model(model), chosen, prompts, cfg, log=console.print)
     out = Table(title="Ladder of controls: held-out generation accuracy (external evaluator) and NU (own judge) per round")
-    for col in ("arm", "trained on, per round", "gen % per round", "NU % per round"):
+    for col in ("arm", "trained on, per round", "gen % per round", "NU % per round", "judge's false accepts % per round"):
         out.add_column(col, justify="left" if col == "arm" else "right")
     for arm, rows in result["arms"].items():
         out.add_row(arm, ", ".join(str(r["n_train"]) for r in rows[1:]), " -> ".join(pct(r["gen_acc"]) for r in rows),
-                    " -> ".join(pct(r["nu"]) for r in rows))
+                    " -> ".join(pct(r["nu"]) for r in rows), " -> ".join(pct(r["judge_on_own"]["false_accepts"]) for r in rows))
     console.print(out)
     if json_out:
         write_json(json_out, result)

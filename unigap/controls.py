@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from unigap import world
-from unigap.audit import external_verdicts
+from unigap.audit import external_verdicts, judge_on_own_images
 from unigap.config import CONTROL_ARMS as ARMS
 from unigap.config import LoopConfig, TrainConfig
 from unigap.evaluate import make_judge
@@ -54,10 +54,13 @@ def control_samples(arm: str, um: UnifiedModel, prompts: list[str], cfg: LoopCon
 
 
 def evaluate(um: UnifiedModel, cfg: LoopConfig, progress: bool) -> dict:
-    """The loop's held-out figures of a model (same prompts, seeds and judge as `unigap loop`)."""
+    """The loop's held-out figures of a model (same prompts, seeds and judge as `unigap loop`), and
+    its judge against the external evaluator on those images (`judge_on_own`: does an arm's
+    training make the judge accept more of the model's wrong images?)."""
     specs = evaluated_specs("heldout", cfg.eval_per_category)
-    figures, _ = evaluate_split(um, make_judge(um, cfg.judge_mode, cfg.threshold), specs, cfg.eval_n, cfg.eval_seed, progress)
-    return {k: figures[k] for k in ("gen_acc", "nu", "und_acc", "diversity", "by_category")}
+    figures, arrays = evaluate_split(um, make_judge(um, cfg.judge_mode, cfg.threshold), specs, cfg.eval_n, cfg.eval_seed, progress)
+    return {**{k: figures[k] for k in ("gen_acc", "nu", "und_acc", "diversity", "by_category")},
+            "judge_on_own": judge_on_own_images(arrays["accepted"], arrays["correct"])}
 
 
 def run_controls(start: UnifiedModel, arms: list[str], prompts: list[str], cfg: LoopConfig, progress: bool = True,
