@@ -44,7 +44,7 @@ def test_quick_run_writes_a_list_of_results(tmp_path):
     r = _run("-m", "bench", "--quick", "--out", str(out), timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = json.loads(out.read_text())
-    assert isinstance(rows, list) and len(rows) == 9
+    assert isinstance(rows, list) and len(rows) == 10
     for row in rows:
         assert KEYS <= set(row), row
         assert row["ratio"] == pytest.approx(row["candidate"] / row["baseline"], rel=1e-3)
