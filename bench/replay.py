@@ -9,7 +9,6 @@ batches, learning rate 0 (the weights stay as they are, so both arms time the sa
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from bench.common import Result, interleaved, machine, median, paired_ratio

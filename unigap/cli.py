@@ -450,8 +450,9 @@ def controls(
         fail("--rounds, --n, --epochs and --eval-n must be at least 1, --lr > 0")
     if modules not in MODULES:
         fail(f"--modules must be one of {', '.join(MODULES)}")
-    train = TrainConfig(lr=lr, epochs=epochs, modules=modules, und_anchor=und_anchor, und_replay=und_replay,
-                        gen_replay=gen_replay, und_flawed=und_flawed, seed=seed)
+    # What the options do not set stays at the first defaults, as the rest of the controls' settings.
+    train = replace(CONTROL.train, lr=lr, epochs=epochs, modules=modules, und_anchor=und_anchor, und_replay=und_replay,
+                    gen_replay=gen_replay, und_flawed=und_flawed, seed=seed)
     check_sft_rule(threshold, max_per_prompt, balance, focus, solved_rows, min_accept_rate)
     check_regulariser(train)
     check_model(model)

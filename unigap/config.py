@@ -16,7 +16,7 @@ YES_NO = 8  # yes/no rows of each understanding batch, pretraining's and the rep
 
 @dataclass
 class TrainConfig:
-    epochs: int = 5  # with und_every 3 a step costs 0.6 of one with the replay each batch: 5 epochs in the time of 3
+    epochs: int = 6  # with und_every 4 a step costs half of one with the replay each batch: 6 epochs in the time of 3
     lr: float = 1e-3
     batch: int = 16
     beta: float = 0.1  # DPO temperature
@@ -27,7 +27,7 @@ class TrainConfig:
     gen_replay: float = 1.0  # weight of the generation replay (the pretraining generation loss on fresh renders of `train` prompts)
     und_flawed: int = 0  # flawed renders per replay batch, captioned as showing no prompt (the judge's reject caption)
     und_batch: int = 32  # renders per understanding-replay batch (pretraining's): two thirds of a step's time, yet 8 lost generation (README)
-    und_every: int = 3  # the understanding replay joins one batch in this many (drawn per batch), at this many times its weight
+    und_every: int = 4  # the understanding replay joins one batch in this many (drawn per batch), at this many times its weight
     modules: str = "lm+head"
     lora_rank: int = 0  # > 0: the LM trains through LoRA adapters of this rank (peft), merged after
     seed: int = 0
