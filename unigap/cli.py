@@ -347,7 +347,7 @@ def loop(
     gen_replay: float = typer.Option(TRAIN.gen_replay, help="Weight of the generation replay: each training step adds the pretraining generation loss on fresh renders of `train` prompts (never an evaluated one), so a round that trains only where the model fails does not make it forget the rest."),
     und_flawed: int = typer.Option(TRAIN.und_flawed, help="With --und-replay: flawed renders (an extra object, a squashed or bitten shape) per replayed batch, captioned as showing no prompt; the judge's reject caption competes with every prompt, so the judge learns to refuse the errors its clean-scene negatives never showed it."),
     und_batch: int = typer.Option(TRAIN.und_batch, help="With --und-replay: renders captioned per replayed batch (pretraining used 32). The replay takes about two thirds of a training step's time at 32."),
-    und_every: int = typer.Option(TRAIN.und_every, help="With --und-replay: the replay joins one batch in this many (drawn per batch) at this many times its weight: the same expected gradient, about 1/K of its cost."),
+    und_every: int = typer.Option(TRAIN.und_every, help="With --und-replay: the replay joins one batch in this many (drawn per batch) at this many times its weight: the same expected gradient for that fraction of its cost (1: every batch)."),
     modules: str = typer.Option(TRAIN.modules, help="What trains: lm (the shared language model) or lm+head."),
     lora_rank: int = typer.Option(TRAIN.lora_rank, help="Train the language model through LoRA adapters of this rank (peft; merged into the checkpoint). 0: full weights."),
     sample_cfg: float = typer.Option(LOOP.cfg, "--cfg", help="Guidance scale of the candidates (low for a weak generator: FINDINGS.md)."),
