@@ -1,9 +1,9 @@
 """A training step of the default SFT recipe: the understanding replay in every step against one
-step in three (`TrainConfig.und_every`), at three times its weight.
+step in K (`TrainConfig.und_every`, the default 4), at K times its weight.
 
 The replay (32 renders captioned, 8 asked yes/no, half of them VQ reconstructions) is about two
 thirds of a step at 32; joining one batch in K keeps its expected gradient for about 1/K of its
-cost, which is what lets the default train 5 epochs a round in the time 3 took. Same model, same
+cost, which is what lets the default train 6 epochs a round in the time 3 took. Same model, same
 batches, learning rate 0 (the weights stay as they are, so both arms time the same model).
 """
 
