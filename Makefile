@@ -1,5 +1,5 @@
-# make demo / make test set themselves up on a fresh machine: a .venv, torch 2.13.0 (the CPU
-# build on local disk; see ENVIRONMENT.md) first, then the project. A second run reuses them.
+# make demo / make test set themselves up on a fresh machine: a .venv, torch 2.13.0 first (the CPU
+# build on local disk; a bare torch would fetch a CUDA build), then the project and its dev tools.
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
@@ -13,7 +13,7 @@ PASSIVE := OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE}
 $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[services,test]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[services,dev]"
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)

@@ -8,6 +8,7 @@ drain, and kills a group that outlives it. A child that dies early stops the oth
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -65,6 +66,8 @@ def plan(model: str, store: str | None, generation_port: int, judge_port: int, s
     py = sys.executable
     children, env = [], {}
     if s3_port is not None:
+        if importlib.util.find_spec("moto") is None:
+            raise ValueError("--s3-port starts a local S3 endpoint with moto, which is a dev tool: pip install 'unigap[dev]'")
         children.append(Child("s3", [py, "-m", "moto.server", "-H", host, "-p", str(s3_port)], f"{host}:{s3_port}", kind="http"))
         env = {"UNIGAP_S3_ENDPOINT": f"http://{host}:{s3_port}", "UNIGAP_S3_ACCESS_KEY": os.environ.get("UNIGAP_S3_ACCESS_KEY", "unigap"),
                "UNIGAP_S3_SECRET_KEY": os.environ.get("UNIGAP_S3_SECRET_KEY", "unigap-local")}

