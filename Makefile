@@ -8,7 +8,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 # model); one process alone (the demo) runs about a quarter faster with them spinning.
 PASSIVE := OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE}
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench results clean
 
 $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: install
 bench: install
 	$(PASSIVE) $(PY) bench/gpu.py --dry-run
 	$(PASSIVE) $(PY) -m bench
+
+# docs/results.md from results/<recipe>/s<seed>.json (seconds; nothing is run, the runs' JSONs are read)
+results: install
+	$(PY) -m unigap.results_doc
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache
