@@ -754,9 +754,9 @@ def test_lint_reports_bad_values():
     assert any("/trainer/procsPerNode" in err for err in report["errors"]), report
 
 
-# --------------------------------------------------------------------------------- the README
-def test_deploy_readme_covers_the_platform_team_s_questions():
-    text = (ROOT / "README.md").read_text()
+# ------------------------------------------------------------------------------ docs/deploy.md
+def test_deploy_doc_covers_the_platform_team_s_questions():
+    text = (ROOT / "docs" / "deploy.md").read_text()
     for heading in ("Install", "Values that matter", "Upgrade", "A retraining round on the cluster",
                     "Rolling back a promoted model", "Images"):
         assert re.search(rf"^#+ .*{re.escape(heading)}", text, re.M | re.I), heading
@@ -765,9 +765,9 @@ def test_deploy_readme_covers_the_platform_team_s_questions():
         assert command in text, command
 
 
-def test_readme_values_example_installs(chart, validate):
-    """The production values file shown in the README renders and validates as it stands."""
-    text = (ROOT / "README.md").read_text()
+def test_deploy_doc_values_example_installs(chart, validate):
+    """The production values file shown in docs/deploy.md renders and validates as it stands."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
     block = re.search(r"```yaml\n(# values-prod\.yaml\n.*?)```", text, re.S).group(1)
     values = yaml.safe_load(block)
     chart.validate_schema(values)
