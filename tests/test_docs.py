@@ -33,16 +33,11 @@ TOP = (
 PATH = re.compile(r"(?<![\w./:@-])((?:" + "|".join(re.escape(t) for t in TOP) + r")/[\w.*/$<>{}\[\]-]*[\w*/])")
 SCANNED = re.compile(r"(\.(md|py|ya?ml|toml|txt|proto|tpl)|Makefile|Dockerfile|/run)$")
 
-# Files another change adds (the recipe files and the generated results page) and the two modules
-# it rewrites; they join the checks once that change is in: then empty this set.
-ELSEWHERE = {
-    "recipes/default.yaml",
-    "recipes/paper-sft.yaml",
-    "recipes/",
-    "docs/results.md",
-    "unigap/cli.py",
-    "unigap/config.py",
-}
+# Files another change adds (the recipe files and the generated results page), and the two modules
+# whose help texts and comments it rewrites (they still cite a private note); once that change is
+# in, empty both sets.
+ELSEWHERE = {"recipes/default.yaml", "recipes/paper-sft.yaml", "recipes/", "docs/results.md"}
+REWRITTEN_ELSEWHERE = {"unigap/cli.py", "unigap/config.py"}
 
 
 def _files() -> list[str]:
@@ -110,7 +105,7 @@ def test_every_file_a_file_names_exists(name):
 
 def test_no_private_note_is_cited():
     notes = [stem + ".md" for stem in ("METHOD", "FINDINGS", "ENVIRONMENT", "DESIGN")]  # spelt so as not to match
-    hits = [(f, n) for f in FILES if f not in ELSEWHERE for n in notes if n in _text(f)]
+    hits = [(f, n) for f in FILES if f not in REWRITTEN_ELSEWHERE for n in notes if n in _text(f)]
     assert not hits, f"cite docs/ instead: {hits}"
 
 
