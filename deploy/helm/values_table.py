@@ -82,7 +82,8 @@ def _leaves(values: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Text safe in a Markdown table cell: `|` would end the cell, `<release>` would read as HTML."""
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def table(values_path: Path = VALUES) -> str:
