@@ -123,7 +123,7 @@ def test_promote_sets_the_serving_record(tmp_path):
 def test_demo_scores_the_shipped_model_then_runs_the_default_loop(tmp_path, monkeypatch):
     """`unigap demo` wires its steps right: the gap of the shipped model (score.json, score.png),
     then the loop with every setting at its default. The loop itself is replaced here (it takes
-    about 10 minutes: README); the tests of tests/test_loop.py run it."""
+    about 10 minutes: README.md); the tests of tests/test_loop.py run it."""
     from typer.testing import CliRunner
 
     from unigap import cli

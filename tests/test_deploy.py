@@ -29,45 +29,13 @@ RELEASE, NAMESPACE = "r", "ml"
 KUBE_VERSIONS = ["1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0"]
 PREFIX = f"{RELEASE}-unigap"
 
-# Realistic value sets a platform team would install with.
-VALUE_SETS = {
-    "default": {},
-    "external-minio": {
-        "minio": {"enabled": False},
-        "store": {"url": "s3://ml-prefs/unigap", "endpoint": "https://s3.eu-west-1.example.com",
-                  "region": "eu-west-1", "existingSecret": "unigap-s3"},
-    },
-    "gpu-judge": {
-        "gpuResource": "nvidia.com/gpu",
-        "judge": {"gpus": 1, "shmSize": "4Gi",
-                  "resources": {"requests": {"cpu": "4", "memory": "24Gi"}, "limits": {"cpu": "8", "memory": "32Gi"}},
-                  "nodeSelector": {"nvidia.com/gpu.present": "true"},
-                  "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
-        "generation": {"gpus": 1, "nodeSelector": {"nvidia.com/gpu.present": "true"},
-                       "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
-    },
-    "trainer-4-procs": {
-        "trainer": {"procsPerNode": 4, "gpus": 4, "cpu": "16", "memory": "64Gi"},
-        "loop": {"schedule": "30 1 * * 6", "timeZone": "Europe/Berlin", "method": "c-dpo",
-                 "extraArgs": ["--n", "8", "--lr", "1e-4", "--und-replay", "0", "--gen-replay", "0"]},
-    },
-    "auth": {"auth": {"enabled": True}},
-    "tls": {"tls": {"enabled": True, "secretName": "unigap-tls"},
-            "auth": {"enabled": True, "existingSecret": "unigap-token"}},
-    "production": {
-        "image": {"registry": "registry.example.com/ml", "pullSecrets": ["regcred"]},
-        "images": {"judge": {"repository": "unigap-judge", "digest": "sha256:" + "ab" * 32}},
-        "model": "0123456789abcdef" * 4,
-        "models": {"existingClaim": "unigap-checkpoints"},
-        "auth": {"enabled": True, "token": "s3cr3t-t0ken-0123456789"},
-        "store": {"secretKey": "minio-secret-key-123"},
-        "generation": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6}},
-        "judge": {"triton": {"exposeInService": True}},
-        "networkPolicy": {"clients": [{"namespaceSelector": {"matchLabels": {"team": "ml"}},
-                                       "podSelector": {"matchLabels": {"app": "eval"}}}]},
-    },
-    "services-only": {"loop": {"enabled": False}, "networkPolicy": {"enabled": False}},
-}
+# Realistic value sets a platform team would install with: ci/values-<name>.yaml, the defaults first.
+def _value_sets() -> dict[str, dict]:
+    files = sorted((CHART / "ci").glob("values-*.yaml"), key=lambda p: (p.stem != "values-default", p.stem))
+    return {p.stem.removeprefix("values-"): yaml.safe_load(p.read_text()) or {} for p in files}
+
+
+VALUE_SETS = _value_sets()
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -786,9 +754,9 @@ def test_lint_reports_bad_values():
     assert any("/trainer/procsPerNode" in err for err in report["errors"]), report
 
 
-# --------------------------------------------------------------------------------- the README
-def test_deploy_readme_covers_the_platform_team_s_questions():
-    text = (ROOT / "README.md").read_text()
+# ------------------------------------------------------------------------------ docs/deploy.md
+def test_deploy_doc_covers_the_platform_team_s_questions():
+    text = (ROOT / "docs" / "deploy.md").read_text()
     for heading in ("Install", "Values that matter", "Upgrade", "A retraining round on the cluster",
                     "Rolling back a promoted model", "Images"):
         assert re.search(rf"^#+ .*{re.escape(heading)}", text, re.M | re.I), heading
@@ -797,9 +765,9 @@ def test_deploy_readme_covers_the_platform_team_s_questions():
         assert command in text, command
 
 
-def test_readme_values_example_installs(chart, validate):
-    """The production values file shown in the README renders and validates as it stands."""
-    text = (ROOT / "README.md").read_text()
+def test_deploy_doc_values_example_installs(chart, validate):
+    """The production values file shown in docs/deploy.md renders and validates as it stands."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
     block = re.search(r"```yaml\n(# values-prod\.yaml\n.*?)```", text, re.S).group(1)
     values = yaml.safe_load(block)
     chart.validate_schema(values)

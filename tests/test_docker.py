@@ -107,7 +107,7 @@ def test_installs_the_pinned_torch_first_then_the_services_extra(name):
     lo, hi = re.search(r'"torch>=([\d.]+),<([\d.]+)"', pyproject).groups()
     version = tuple(int(x) for x in args["TORCH_VERSION"].split("."))
     assert tuple(int(x) for x in lo.split(".")) <= version < tuple(int(x) for x in hi.split("."))
-    assert args["TORCH_VERSION"] == "2.13.0"  # ENVIRONMENT.md: the build the project is tested on
+    assert args["TORCH_VERSION"] == "2.13.0"  # the build the project is tested on
     assert args["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"  # the CPU build unless asked otherwise
     runs = [rest for ins, rest in stages(path)[0] if ins == "RUN"]
     torch_at = next(i for i, r in enumerate(runs) if '"torch==${TORCH_VERSION}"' in r and "--index-url" in r)

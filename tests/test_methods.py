@@ -79,9 +79,9 @@ def test_table_command(tmp_path):
     assert bad.returncode == 2 and "not a `unigap loop --json` result" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_the_readmes_first_flags_put_back_every_first_default():
-    """Table 1's commands start with $FIRST (README): those flags must set every setting whose
-    default changed back to its first default, or the commands would rerun other recipes."""
+def test_the_docs_first_flags_put_back_every_first_default():
+    """The first recipes are named by their flags against $FIRST (docs/findings.md): those flags must
+    set every setting whose default changed back to its first default, or they would name other recipes."""
     import shlex
     from pathlib import Path
 
@@ -90,7 +90,7 @@ def test_the_readmes_first_flags_put_back_every_first_default():
     from unigap import cli
     from unigap.config import FIRST
 
-    line = next(l for l in (Path(__file__).parents[1] / "README.md").read_text().splitlines() if l.startswith('FIRST="'))
+    line = next(l for l in (Path(__file__).parents[1] / "docs" / "findings.md").read_text().splitlines() if l.startswith('FIRST="'))
     loop = typer.main.get_command(cli.app).commands["loop"]
     params = loop.make_context("loop", shlex.split(line.split("=", 1)[1].strip('"'))).params
     first = {**{k: v for k, v in FIRST.items() if k != "train"}, **FIRST["train"]}

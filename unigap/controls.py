@@ -1,4 +1,4 @@
-"""`unigap controls`: the ladder of controls of FINDINGS.md, which tells what limits the loop.
+"""`unigap controls`: the ladder of controls (docs/findings.md), which tells what limits the loop.
 
 A diagnostic, never a recipe: two of its arms train on what the loop must never see (renders of
 the pool's prompts, the exact evaluator's verdicts). Every arm runs the loop's SFT trainer for

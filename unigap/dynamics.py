@@ -1,4 +1,4 @@
-"""Learning dynamics through the shared language model: the empirical NTK (METHOD.md section 5).
+"""Learning dynamics through the shared language model: the empirical NTK (docs/method.md).
 
 A gradient step on sample u changes the log-likelihood of sample o by about
     delta log p(o) ~= lr * <grad log p(o), grad log p(u)>

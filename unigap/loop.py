@@ -1,4 +1,4 @@
-"""The self-improvement loop (METHOD.md sections 2-4), resumable round by round.
+"""The self-improvement loop (docs/method.md), resumable round by round.
 
 One round: sample N candidates per pool prompt -> judge them with the model's own understanding
 -> SFT set / DPO pairs / discard pool -> train (SFT or DPO, optionally with the curriculum) ->

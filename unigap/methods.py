@@ -33,7 +33,7 @@ def _flat(config: dict) -> dict:
 def recipe(config: dict) -> str:
     """What distinguishes a recipe: the `unigap loop` flags of its settings that differ from the
     FIRST defaults (unigap/config.py), the training seed left out. Against those, a row keeps its
-    name when a default changes; to run it, put `$FIRST` (README) before its flags."""
+    name when a default changes; to run it, put `$FIRST` (docs/findings.md) before its flags."""
     defaults = _flat(first_defaults())
     flags = [f"--method {config['method']}"]
     for k, v in sorted(_flat(config).items()):

@@ -1,6 +1,6 @@
 """Train the shipped tiny unified model from scratch on the shapes world (seeded, CPU).
 
-Stages, as METHOD.md section 6 asks: a VQ tokenizer; then understanding (captioning + yes/no on
+Stages (docs/method.md): a VQ tokenizer; then understanding (captioning + yes/no on
 clean renders, VQ reconstructions and hard negatives) alone; then understanding and generation
 together. Generation is deliberately stopped early: single objects come out clean, composition
 stays weak, which leaves the self-improvement loop room to work.
@@ -104,7 +104,7 @@ def to_pixels(images: np.ndarray) -> torch.Tensor:
 def vq_reconstruct(vq, x: torch.Tensor):
     """Straight-through quantiser on unit vectors, reusing JanusVQVAE's modules.
 
-    `JanusVQVAE.forward` is not trainable end to end (ENVIRONMENT.md), and its `decode` normalises
+    `JanusVQVAE.forward` is not trainable end to end (its quantiser passes no gradient), and its `decode` normalises
     the codebook: training on normalised codes keeps encode/decode consistent afterwards.
     """
     z = F.normalize(vq.quant_conv(vq.encoder(x)), dim=1)

@@ -1,4 +1,4 @@
-"""Metrics of the gap (METHOD.md section 1): NU with a bootstrap interval, accuracies, agreement.
+"""Metrics of the gap (docs/method.md): NU with a bootstrap interval, accuracies, agreement.
 
 Pure functions over arrays; nothing here knows about models or servers.
 """

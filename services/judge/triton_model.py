@@ -40,7 +40,7 @@ MAX_BATCH = 64
 
 def use_own_libpython() -> None:
     """Make Triton's Python backend stub link this interpreter's libpython, not the system's
-    (a mismatched one fails model load with '_thread.RLock' errors; ENVIRONMENT.md). pytriton
+    (a mismatched one fails model load with '_thread.RLock' errors). pytriton
     passes the environment on to tritonserver, so this must run before `Triton()` starts."""
     libdir = sysconfig.get_config_var("LIBDIR")
     parts = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]

@@ -27,7 +27,7 @@ SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, IMAGE, BOI, EOI, USER, ASSISTANT]
 
 @dataclass(frozen=True)
 class TinySize:
-    """Sizes of the tiny model; the constraints of ENVIRONMENT.md are checked in `janus_config`."""
+    """Sizes of the tiny model; the constraints transformers' Janus puts on them are checked in `janus_config`."""
 
     image_size: int = 32
     patch_size: int = 4
@@ -111,7 +111,7 @@ def janus_config(tokenizer: PreTrainedTokenizerFast, size: TinySize = TinySize()
 
 def build_processor(tokenizer: PreTrainedTokenizerFast, size: TinySize = TinySize()) -> JanusProcessor:
     # Mean/std 0.5 maps pixels to [-1, 1]: the range the VQ decoder produces, so understanding and
-    # generation share one normalisation (ENVIRONMENT.md: the default is CLIP's, which differs).
+    # generation share one normalisation (the processor's default is CLIP's, which differs).
     image_processor = JanusImageProcessorPil(
         size={"height": size.image_size, "width": size.image_size},
         image_mean=[0.5, 0.5, 0.5],

@@ -1,4 +1,4 @@
-"""The model's own understanding as a judge of its images (METHOD.md section 1).
+"""The model's own understanding as a judge of its images (docs/method.md).
 
 Three readings of the same understanding branch:
 - `probability`: p_yes = P(yes) / (P(yes) + P(no)) at the answer position, one forward pass;

@@ -1,6 +1,6 @@
 """Candidates judged by the model's own understanding -> SFT set, DPO pairs, discard pool.
 
-METHOD.md Algorithm 1. The external evaluator is never called here: the only signal is the
+Algorithm 1 of the method (docs/method.md). The external evaluator is never called here: the only signal is the
 model's own judgment.
 """
 
@@ -49,12 +49,11 @@ def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = Fal
     right once in N then weighs as much as a single object it always gets right. With `focus`
     below 1, a prompt whose acceptance rate is above `focus` gives `solved_rows` rows only: what
     the model mostly does already it has little to learn from, but dropping it altogether
-    (`solved_rows` 0) makes the model forget it unless something else holds it (measured: single
-    objects fell from 87% to 40% when only hard prompts trained, without the generation replay).
-    A prompt accepted in fewer than `min_accept_rate` of its candidates gives no SFT rows: where
-    the judge accepts 1 to 4 of 32, its accepts were right only 30-46% of the time (`unigap
-    audit`), and `balance` would repeat them. Measured: 0.15 raised the rows right from 55 to 67%
-    but cost held-out generation (README), so the default keeps every accepting prompt.
+    (`solved_rows` 0) makes the model forget it unless something else (the generation replay)
+    holds it. A prompt accepted in fewer than `min_accept_rate` of its candidates gives no SFT
+    rows: the judge's rare accepts are its least reliable (`unigap audit`), and `balance` would
+    repeat them; yet dropping them cost held-out generation (docs/findings.md), so the default
+    keeps every accepting prompt.
     DPO: per prompt, the best accepted against the worst rejected (by p_yes); prompts lacking
     either give no pair. Discard: prompts with none accepted."""
     if balance and max_per_prompt < 1:

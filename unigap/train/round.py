@@ -131,8 +131,8 @@ def understanding_replay_loss(um: UnifiedModel, seed: int, flawed: int = 0, batc
     """The pretraining understanding loss (captioning and yes/no with hard negatives, on fresh
     renders and their VQ reconstructions of every prompt outside `novel`): the data the judge was
     trained on, replayed while generation trains, so the judge keeps what it knew of renders. The
-    anchor above only holds the judge on the round's own images; on them it still lost 4-6 points
-    of rendered understanding. With `flawed`, each batch also teaches the reject caption on that
+    anchor above only holds the judge on the round's own images, not on renders (docs/findings.md).
+    With `flawed`, each batch also teaches the reject caption on that
     many flawed renders. `batch` renders are captioned per step (the first YES_NO of them also
     asked yes/no). With `every` > 1, a batch replays with probability 1/every (drawn from the
     batch's own draws, so a resumed run replays the same batches), at `every` times the loss: the

@@ -1,4 +1,4 @@
-"""SFT and DPO on image tokens, one round at a time (METHOD.md sections 2 and 3).
+"""SFT and DPO on image tokens, one round at a time (docs/method.md).
 
 Plain loops over the adapter's teacher-forced log-probs: no Trainer class hierarchy. Only the
 shared language model is trained by default; the generation head and aligner can be added.
