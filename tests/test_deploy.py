@@ -478,6 +478,36 @@ def test_cronjob_gives_the_executor_every_setting_it_reads(rendered):
     assert loop_cm["UNIGAP_K8S_SECRET"] == f"{PREFIX}-store"
 
 
+def _pool_arg(r: Rendered) -> str | None:
+    args = container(cronjob_pod(r), "loop")["args"]
+    return args[args.index("--pool") + 1] if "--pool" in args else None
+
+
+def test_cronjob_takes_its_prompt_pool_from_a_configmap_or_the_store(chart, rendered):
+    """loop.pool: prompts listed in the values become the chart's ConfigMap, mounted read-only and
+    passed as --pool (the loop parses the mounted text as it does any pool file); an existing
+    ConfigMap is mounted the same way; an S3 URL is passed as it is; none set leaves the default."""
+    from unigap.loop import pool_file_texts
+
+    assert _pool_arg(rendered("default")) is None
+    assert not rendered("default").has("ConfigMap", f"{PREFIX}-pool")
+    assert _pool_arg(rendered("pool-store")) == "s3://unigap/prompts/pool.txt"
+    assert "pool" not in {v["name"] for v in cronjob_pod(rendered("pool-store"))["volumes"]}
+
+    own = Rendered(chart, {"loop": {"pool": {"configMap": "team-prompts", "configMapKey": "t2i.txt"}}})
+    for r, name, key in ((rendered("pool-prompts"), f"{PREFIX}-pool", "pool.txt"), (own, "team-prompts", "t2i.txt")):
+        pod = cronjob_pod(r)
+        mount = next(m for m in container(pod, "loop")["volumeMounts"] if m["name"] == "pool")
+        assert mount["readOnly"] is True
+        assert _pool_arg(r) == f"{mount['mountPath']}/{key}"
+        volume = next(v for v in pod["volumes"] if v["name"] == "pool")
+        assert volume["configMap"] == {"name": name, "items": [{"key": key, "path": key}]}
+    assert not own.has("ConfigMap", f"{PREFIX}-pool")  # the team's own ConfigMap, not one of the chart's
+    data = rendered("pool-prompts").get("ConfigMap", f"{PREFIX}-pool")["data"]
+    prompts = VALUE_SETS["pool-prompts"]["loop"]["pool"]["prompts"]
+    assert pool_file_texts(data["pool.txt"], "pool.txt") == prompts
+
+
 def _executor_env(r: Rendered) -> dict:
     cm = r.get("ConfigMap", f"{PREFIX}-loop")["data"]
     return {**cm, "UNIGAP_K8S_NAMESPACE": NAMESPACE}
@@ -719,6 +749,12 @@ BAD_VALUES = [
     ({"networkPolicy": {"clients": [{"podSelectr": {}}]}}, "podSelectr"),
     ({"minio": {"persistence": {"size": "big"}}}, "/minio/persistence/size"),
     ({"replicas": 2}, "replicas"),
+    ({"loop": {"pool": {"url": "s3://unigap/prompts/"}}}, "/loop/pool/url"),
+    ({"loop": {"pool": {"url": "prompts.txt"}}}, "/loop/pool/url"),
+    ({"loop": {"pool": {"url": "s3://unigap/pool.txt", "configMap": "team-prompts"}}}, "/loop/pool"),
+    ({"loop": {"pool": {"configMap": "team-prompts", "prompts": ["a red circle"]}}}, "/loop/pool"),
+    ({"loop": {"pool": {"configMapKey": "prompts/pool.txt"}}}, "/loop/pool/configMapKey"),
+    ({"loop": {"pool": {"prompts": ["a red circle\ntwo blue squares"]}}}, "/loop/pool/prompts/0"),
 ]
 
 
@@ -736,6 +772,7 @@ CROSS_FIELD = [
     ({"tls": {"enabled": True}}, "tls.secretName is required when tls.enabled is true"),
     ({"trainer": {"gpus": 2, "procsPerNode": 4}}, "trainer.procsPerNode (4) must not exceed trainer.gpus (2)"),
     ({"trainer": {"gpus": 2, "procsPerNode": 2}}, "trainer.procsPerNode (2) above 1 needs loop.extraArgs to set the replays off"),
+    ({"loop": {"pool": {"url": "train"}, "extraArgs": ["--pool", "heldout+val"]}}, "loop.extraArgs sets --pool while loop.pool"),
     ({"generation": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}}, "minReplicas (5) is above maxReplicas (2)"),
     ({"generation": {"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": None}}}}, "needs generation.resources.requests.cpu"),
 ]
@@ -819,12 +856,13 @@ def test_servers_take_the_chart_s_args_and_env(rendered, monkeypatch, tmp_path, 
             assert s.generation == f"{PREFIX}-generation.{NAMESPACE}.svc:50051" and s.mode == "likelihood"
 
 
-@pytest.mark.parametrize("name", ["default", "trainer-4-procs"])
+@pytest.mark.parametrize("name", ["default", "trainer-4-procs", "pool-prompts", "pool-store"])
 def test_unigap_loop_takes_the_cronjob_s_args(rendered, monkeypatch, name):
     """`unigap loop` (the real typer CLI) accepts the CronJob's command line as it stands."""
     from typer.testing import CliRunner
 
     import unigap.cli as cli
+    from unigap.config import LoopConfig
 
     r = rendered(name)
     c = container(cronjob_pod(r), "loop")
@@ -838,3 +876,4 @@ def test_unigap_loop_takes_the_cronjob_s_args(rendered, monkeypatch, name):
     assert (more_rounds, cfg.method, cfg.judge_mode) == (1, r.values["loop"]["method"], r.values["judge"]["mode"])
     if name == "trainer-4-procs":
         assert cfg.n == 8 and cfg.train.lr == 1e-4
+    assert cfg.pool == (_pool_arg(r) or LoopConfig().pool)
