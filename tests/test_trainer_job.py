@@ -80,6 +80,42 @@ def test_processes_train_the_same_model_as_in_process(setup, method, procs):
             assert train_log[0][k] == pytest.approx(log[0][k], rel=1e-5, abs=1e-6), k
 
 
+@pytest.mark.parametrize("method,modules", [("sft", "lm"), ("dpo", "lm+head")])
+def test_sharded_processes_train_the_same_model_as_in_process(setup, method, modules):
+    """`--shard fsdp` (UNIGAP_TRAINER_SHARD): 2 gloo processes each holding half of the trained
+    weights, gradients and AdamW moments train the same model as `train_round` in this process, log
+    the same figures, and rank 0 writes the whole checkpoint (every tensor, at its full shape)."""
+    store, url, jobs, tmp = setup
+    job = jobs[method]
+    job = TrainJob(**{**asdict(job), "loop": {**job.loop, "train": {**job.loop["train"], "modules": modules}}})
+    in_process, log = train_round(store, job, tmp / "cache", progress=False, log=lambda line: None)
+    executor = LocalExecutor(url, nproc=2, timeout_s=300, env={"UNIGAP_TRAINER_SHARD": "fsdp"})
+    ref, train_log = submit(store, job, f"jobs/{method}-fsdp-2", executor)
+    ref_w, sharded_w = weights(store, in_process, tmp / "cache"), weights(store, ref, tmp / "cache")
+    assert {k: v.shape for k, v in sharded_w.items()} == {k: v.shape for k, v in ref_w.items()}
+    diff, moved = max_diff(ref_w, sharded_w), max_diff(ref_w, weights(store, job.base, tmp / "cache"))
+    print(f"{method} {modules}: max |w| diff, 2 sharded processes vs in-process {diff:.2e}; moved from base {moved:.2e}")
+    assert moved > 5 * TOL and diff < TOL
+    assert train_log[0].keys() == log[0].keys() and train_log[0]["n"] == log[0]["n"]
+    for k in set(log[0]) - {"epoch", "n"}:
+        assert train_log[0][k] == pytest.approx(log[0][k], rel=1e-5, abs=1e-6), k
+
+
+def test_shard_refuses_what_it_cannot_run(setup):
+    """A bad --shard, and a job a sharded trainer cannot run (LoRA), exit 2 with one line, before training."""
+    store, url, jobs, _ = setup
+    lora = TrainJob(**{**asdict(jobs["sft"]), "loop": {**jobs["sft"].loop, "train": {**jobs["sft"].loop["train"], "lora_rank": 4}}})
+    rec.put_record_json(store, job_record("jobs/lora"), asdict(lora))
+    for args, what in ((["--job", "jobs/sft-fsdp-bad", "--shard", "zero3"], "--shard (or UNIGAP_TRAINER_SHARD) must be one of none, fsdp"),
+                       (["--job", "jobs/lora", "--shard", "fsdp"], "--shard fsdp trains full weights")):
+        if "jobs/sft-fsdp-bad" in args:
+            rec.put_record_json(store, job_record("jobs/sft-fsdp-bad"), asdict(jobs["sft"]))
+        proc = subprocess.run([sys.executable, "-m", "pipelines.trainer", "--store", url, *args],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and what in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_rerun_of_a_finished_job_does_nothing(setup):
     store, url, jobs, _ = setup
     key = "jobs/sft-1"  # done already when the test above ran first
