@@ -470,8 +470,13 @@ def test_cronjob_gives_the_executor_every_setting_it_reads(rendered):
     read = set(re.findall(r"UNIGAP_K8S_[A-Z_]+", (ROOT / "pipelines" / "executors.py").read_text()))
     r = rendered("trainer-4-procs")
     loop_cm = r.get("ConfigMap", f"{PREFIX}-loop")["data"]
-    given = set(loop_cm) | {k for k in env_of(container(cronjob_pod(r), "loop")) if k.startswith("UNIGAP_K8S_")}
+    given = {k for k in loop_cm if k.startswith("UNIGAP_K8S_")}
+    given |= {k for k in env_of(container(cronjob_pod(r), "loop")) if k.startswith("UNIGAP_K8S_")}
     assert given == read
+    # the rest of the ConfigMap the executor passes on to the trainer pods as it is
+    assert set(loop_cm) - given == {"UNIGAP_TRAINER_SHARD"} and "UNIGAP_TRAINER_SHARD" in executors_passed_on()
+    assert loop_cm["UNIGAP_TRAINER_SHARD"] == "none" and rendered("trainer-fsdp").get(
+        "ConfigMap", f"{PREFIX}-loop")["data"]["UNIGAP_TRAINER_SHARD"] == "fsdp"
     assert loop_cm["UNIGAP_K8S_GPUS"] == "4" and loop_cm["UNIGAP_K8S_CPU"] == "16" and loop_cm["UNIGAP_K8S_MEMORY"] == "64Gi"
     assert loop_cm["UNIGAP_K8S_IMAGE"] == "unigap-loop:0.1.0"
     assert loop_cm["UNIGAP_K8S_SERVICE_ACCOUNT"] == f"{PREFIX}-trainer"
@@ -508,12 +513,16 @@ def test_cronjob_takes_its_prompt_pool_from_a_configmap_or_the_store(chart, rend
     assert pool_file_texts(data["pool.txt"], "pool.txt") == prompts
 
 
+def executors_passed_on() -> tuple[str, ...]:
+    return pytest.importorskip("pipelines.executors").PASSED_ON
+
+
 def _executor_env(r: Rendered) -> dict:
     cm = r.get("ConfigMap", f"{PREFIX}-loop")["data"]
     return {**cm, "UNIGAP_K8S_NAMESPACE": NAMESPACE}
 
 
-@pytest.mark.parametrize("name", ["default", "trainer-4-procs", "external-minio", "production"])
+@pytest.mark.parametrize("name", ["default", "trainer-4-procs", "trainer-fsdp", "external-minio", "production"])
 def test_trainer_job_template_matches_the_executor(rendered, monkeypatch, name):
     """The chart's reference trainer Job is exactly what KubernetesExecutor.build_job makes from
     the settings the chart gives the loop: torchrun with the configured processes, GPUs, store."""
@@ -532,6 +541,8 @@ def test_trainer_job_template_matches_the_executor(rendered, monkeypatch, name):
     if procs > 1:
         assert command[:5] == ["torchrun", "--standalone", "--nproc-per-node", str(procs), "-m"]
     assert "pipelines.trainer" in command
+    trainer_env = {e["name"]: e["value"] for e in built["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert trainer_env["UNIGAP_TRAINER_SHARD"] == r.values["trainer"]["shard"]  # what pipelines.trainer reads
     # the trainer's labels are what the MinIO NetworkPolicy admits
     assert built["spec"]["template"]["metadata"]["labels"] == executors.LABELS
 
@@ -733,6 +744,7 @@ BAD_VALUES = [
     ({"trainer": {"procsPerNode": 0}}, "/trainer/procsPerNode"),
     ({"trainer": {"gpus": -1}}, "/trainer/gpus"),
     ({"trainer": {"memory": "lots"}}, "/trainer/memory"),
+    ({"trainer": {"shard": "zero3"}}, "/trainer/shard"),
     ({"judge": {"mode": "vibes"}}, "/judge/mode"),
     ({"judge": {"gpus": "one"}}, "/judge/gpus"),
     ({"generation": {"port": 70000}}, "/generation/port"),
@@ -773,6 +785,10 @@ CROSS_FIELD = [
     ({"trainer": {"gpus": 2, "procsPerNode": 4}}, "trainer.procsPerNode (4) must not exceed trainer.gpus (2)"),
     ({"trainer": {"gpus": 2, "procsPerNode": 2}}, "trainer.procsPerNode (2) above 1 needs loop.extraArgs to set the replays off"),
     ({"loop": {"pool": {"url": "train"}, "extraArgs": ["--pool", "heldout+val"]}}, "loop.extraArgs sets --pool while loop.pool"),
+    ({"trainer": {"shard": "fsdp"}}, "trainer.shard fsdp splits the model over the trainer's processes"),
+    ({"trainer": {"shard": "fsdp", "procsPerNode": 2},
+      "loop": {"method": "c-sft", "extraArgs": ["--und-replay", "0", "--gen-replay", "0"]}},
+     "trainer.shard fsdp does not run the curriculum's replay (loop.method c-sft)"),
     ({"generation": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}}, "minReplicas (5) is above maxReplicas (2)"),
     ({"generation": {"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": None}}}}, "needs generation.resources.requests.cpu"),
 ]
