@@ -1,4 +1,5 @@
-"""The trainer job: `python -m pipelines.trainer --store URL --job KEY [--cache DIR] [--checkpoint-every N] [--shard fsdp]`.
+"""The trainer job: `python -m pipelines.trainer --store URL --job KEY [--cache DIR] [--checkpoint-every N]
+[--shard fsdp]`.
 
 Reads the job record `KEY/job.json` (a `TrainJob` as JSON), runs `train_round`, and writes
 `KEY/result.json` = {"checkpoint": ref, "log": [...]}. A job whose result exists is done: a rerun
@@ -99,7 +100,8 @@ def check_shardable(job) -> None:
     if cfg.method.startswith("c-"):
         raise BadInput(f"--shard fsdp does not run the curriculum's replay ({cfg.method}): use sft or dpo")
     if cfg.train.regularised:
-        raise BadInput("--shard fsdp runs without the understanding anchor and the replays (--und-anchor, --und-replay, --gen-replay 0)")
+        raise BadInput("--shard fsdp runs without the understanding anchor and the replays "
+                       "(--und-anchor, --und-replay, --gen-replay 0)")
 
 
 @contextmanager
@@ -123,7 +125,8 @@ def distributed():
         dist.destroy_process_group()
 
 
-def train(store: Store, key: str, job, cache: Path, log, checkpoint_every: int = CHECKPOINT_EVERY, shard: str = "none") -> None:
+def train(store: Store, key: str, job, cache: Path, log, checkpoint_every: int = CHECKPOINT_EVERY,
+          shard: str = "none") -> None:
     import torch
     import torch.distributed as dist
     from unigap.progress import quiet_transformers_in_logs
@@ -138,7 +141,8 @@ def train(store: Store, key: str, job, cache: Path, log, checkpoint_every: int =
                 rec.fetch_checkpoint(store, job.base, cache)
             dist.barrier()
         sharded = shard == "fsdp" and world > 1
-        log(f"job {key}: rank {rank}/{world} trains round {job.round} ({job.config.method}{', sharded' if sharded else ''})")
+        how = f"{job.config.method}, sharded" if sharded else job.config.method
+        log(f"job {key}: rank {rank}/{world} trains round {job.round} ({how})")
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         # Every rank resumes from the same state; only rank 0 takes new ones. A sharded job takes none.
         ref, train_log = train_round(store if rank == 0 else _ReadOnly(store), job, cache, progress=False, log=log, device=device,

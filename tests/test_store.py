@@ -283,7 +283,7 @@ def test_loop_pool_from_an_s3_object(moto, monkeypatch, tmp_path):
             read_s3_object(bad)
 
     missing = f"s3://{bucket}/prompts/none.txt"
-    proc = subprocess.run([sys.executable, "-m", "unigap", "loop", "--pool", missing, "--store", str(tmp_path / "store")],
-                          capture_output=True, text=True, timeout=120)
+    cmd = [sys.executable, "-m", "unigap", "loop", "--pool", missing, "--store", str(tmp_path / "store")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert f"pool {missing}: no such object" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr

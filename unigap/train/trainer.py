@@ -403,8 +403,8 @@ def train_sft(
             loss = loss + anchor(prompts, tokens)
         return loss, {}
 
-    return _train("sft", um, samples, cfg, batch_loss, on_epoch, progress, checkpoint_every, save_state, resume_state, anchor,
-                  shard)
+    return _train("sft", um, samples, cfg, batch_loss, on_epoch, progress, checkpoint_every, save_state, resume_state,
+                  anchor, shard)
 
 
 def _with_references(pairs: list, ref_chosen: torch.Tensor | None, ref_rejected: torch.Tensor | None) -> list[tuple]:
@@ -462,4 +462,5 @@ def train_dpo(
         raise ValueError("train_dpo needs the reference log-probs or the reference model")
     more = None if on_epoch is None else (lambda e: _with_references(*on_epoch(e)))
     rows = _with_references(pairs, ref_chosen, ref_rejected)
-    return _train("dpo", um, rows, cfg, batch_loss, more, progress, checkpoint_every, save_state, resume_state, anchor, shard)
+    return _train("dpo", um, rows, cfg, batch_loss, more, progress, checkpoint_every, save_state, resume_state,
+                  anchor, shard)
