@@ -28,9 +28,9 @@ LOG_TAIL_LINES = 40
 CACHE_DIR = "/cache"  # in the container: an emptyDir for fetched checkpoints
 
 
-# Where the store is (not who may read it: credentials come from the Secret) goes from the loop to its
-# trainer pods as it is.
-PASSED_ON = ("UNIGAP_S3_ENDPOINT", "UNIGAP_S3_REGION")
+# Where the store is (not who may read it: credentials come from the Secret), and how the trainer
+# shards the model (pipelines/trainer.py, --shard), go from the loop to its trainer pods as they are.
+PASSED_ON = ("UNIGAP_S3_ENDPOINT", "UNIGAP_S3_REGION", "UNIGAP_TRAINER_SHARD")
 
 
 class JobFailed(Exception):

@@ -1,9 +1,14 @@
-"""The trainer job: `python -m pipelines.trainer --store URL --job KEY [--cache DIR] [--checkpoint-every N]`.
+"""The trainer job: `python -m pipelines.trainer --store URL --job KEY [--cache DIR] [--checkpoint-every N]
+[--shard fsdp]`.
 
 Reads the job record `KEY/job.json` (a `TrainJob` as JSON), runs `train_round`, and writes
 `KEY/result.json` = {"checkpoint": ref, "log": [...]}. A job whose result exists is done: a rerun
 exits at once, so a retried pod or a resubmitted job never trains twice. Under torchrun every rank
-trains its share of each batch (DDP); only rank 0 writes to the store.
+trains its share of each batch (DDP); only rank 0 writes to the store. With `--shard fsdp`
+(UNIGAP_TRAINER_SHARD) the trained weights, their gradients and AdamW's moments are sharded over the
+ranks instead of copied on each (FSDP2), for a model too big to train on one device; rank 0 gathers
+the weights and writes the whole checkpoint. A sharded job takes no training states: a killed one
+trains again from the start.
 
 Every N optimizer steps (default 50, UNIGAP_CHECKPOINT_EVERY; 0: never) rank 0 saves the training
 state to the store and points `KEY/state.json` at it. A job killed mid-training (a pod evicted, a
@@ -86,6 +91,19 @@ def read_job(store: Store, key: str):
     return job
 
 
+def check_shardable(job) -> None:
+    """A sharded trainer trains full weights, without a curriculum or a regulariser (see
+    unigap.train.trainer._train): refused before any model is loaded."""
+    cfg = job.config
+    if cfg.train.lora_rank > 0:
+        raise BadInput("--shard fsdp trains full weights: LoRA (lora_rank > 0) trains few enough to need no sharding")
+    if cfg.method.startswith("c-"):
+        raise BadInput(f"--shard fsdp does not run the curriculum's replay ({cfg.method}): use sft or dpo")
+    if cfg.train.regularised:
+        raise BadInput("--shard fsdp runs without the understanding anchor and the replays "
+                       "(--und-anchor, --und-replay, --gen-replay 0)")
+
+
 @contextmanager
 def distributed():
     """torch.distributed from torchrun's environment (gloo on CPU, nccl for CUDA tensors), or
@@ -107,7 +125,8 @@ def distributed():
         dist.destroy_process_group()
 
 
-def train(store: Store, key: str, job, cache: Path, log, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+def train(store: Store, key: str, job, cache: Path, log, checkpoint_every: int = CHECKPOINT_EVERY,
+          shard: str = "none") -> None:
     import torch
     import torch.distributed as dist
     from unigap.progress import quiet_transformers_in_logs
@@ -121,11 +140,14 @@ def train(store: Store, key: str, job, cache: Path, log, checkpoint_every: int =
             if local_rank == 0:
                 rec.fetch_checkpoint(store, job.base, cache)
             dist.barrier()
-        log(f"job {key}: rank {rank}/{world} trains round {job.round} ({job.config.method})")
+        sharded = shard == "fsdp" and world > 1
+        how = f"{job.config.method}, sharded" if sharded else job.config.method
+        log(f"job {key}: rank {rank}/{world} trains round {job.round} ({how})")
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-        # Every rank resumes from the same state; only rank 0 takes new ones.
+        # Every rank resumes from the same state; only rank 0 takes new ones. A sharded job takes none.
         ref, train_log = train_round(store if rank == 0 else _ReadOnly(store), job, cache, progress=False, log=log, device=device,
-                                     state_record=state_record(key), checkpoint_every=checkpoint_every if rank == 0 else 0)
+                                     state_record=None if sharded else state_record(key),
+                                     checkpoint_every=checkpoint_every if rank == 0 and not sharded else 0, shard=shard)
         if rank == 0:
             rec.put_record_json(store, result_record(key), {"checkpoint": ref, "log": train_log})
             drop_state(store, state_record(key))
@@ -139,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=os.environ.get("UNIGAP_CACHE_DIR"), help="folder for fetched checkpoints (default: UNIGAP_CACHE_DIR, else a temporary folder)")
     parser.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                         help=f"save the training state to the store every N optimizer steps, 0 never (default: UNIGAP_CHECKPOINT_EVERY, else {CHECKPOINT_EVERY})")
+    parser.add_argument("--shard", default=None, metavar="{none,fsdp}",
+                        help="fsdp: shard the trained weights, gradients and optimizer state over the torchrun "
+                             "processes (default: UNIGAP_TRAINER_SHARD, else none)")
     args = parser.parse_args(argv)
 
     def log(line: str) -> None:
@@ -158,12 +183,19 @@ def main(argv: list[str] | None = None) -> int:
         if every < 0:
             raise BadInput(f"--checkpoint-every must be >= 0, not {every}")
         job = read_job(store, args.job)
+        from unigap.train.trainer import SHARDS  # torch: loaded by read_job already
+
+        shard = args.shard or os.environ.get("UNIGAP_TRAINER_SHARD") or "none"
+        if shard not in SHARDS:
+            raise BadInput(f"--shard (or UNIGAP_TRAINER_SHARD) must be one of {', '.join(SHARDS)}, not {shard!r}")
+        if shard == "fsdp":
+            check_shardable(job)
     except (BadInput, ValueError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # A training failure is not caught: its traceback ends the job's log and the status is 1.
     with nullcontext(args.cache) if args.cache else tempfile.TemporaryDirectory(prefix="unigap-cache-") as cache:
-        train(store, args.job, job, Path(cache), log, every)
+        train(store, args.job, job, Path(cache), log, every, shard)
     return 0
 
 

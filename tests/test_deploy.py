@@ -470,12 +470,51 @@ def test_cronjob_gives_the_executor_every_setting_it_reads(rendered):
     read = set(re.findall(r"UNIGAP_K8S_[A-Z_]+", (ROOT / "pipelines" / "executors.py").read_text()))
     r = rendered("trainer-4-procs")
     loop_cm = r.get("ConfigMap", f"{PREFIX}-loop")["data"]
-    given = set(loop_cm) | {k for k in env_of(container(cronjob_pod(r), "loop")) if k.startswith("UNIGAP_K8S_")}
+    given = {k for k in loop_cm if k.startswith("UNIGAP_K8S_")}
+    given |= {k for k in env_of(container(cronjob_pod(r), "loop")) if k.startswith("UNIGAP_K8S_")}
     assert given == read
+    # the rest of the ConfigMap the executor passes on to the trainer pods as it is
+    assert set(loop_cm) - given == {"UNIGAP_TRAINER_SHARD"} and "UNIGAP_TRAINER_SHARD" in executors_passed_on()
+    assert loop_cm["UNIGAP_TRAINER_SHARD"] == "none" and rendered("trainer-fsdp").get(
+        "ConfigMap", f"{PREFIX}-loop")["data"]["UNIGAP_TRAINER_SHARD"] == "fsdp"
     assert loop_cm["UNIGAP_K8S_GPUS"] == "4" and loop_cm["UNIGAP_K8S_CPU"] == "16" and loop_cm["UNIGAP_K8S_MEMORY"] == "64Gi"
     assert loop_cm["UNIGAP_K8S_IMAGE"] == "unigap-loop:0.1.0"
     assert loop_cm["UNIGAP_K8S_SERVICE_ACCOUNT"] == f"{PREFIX}-trainer"
     assert loop_cm["UNIGAP_K8S_SECRET"] == f"{PREFIX}-store"
+
+
+def _pool_arg(r: Rendered) -> str | None:
+    args = container(cronjob_pod(r), "loop")["args"]
+    return args[args.index("--pool") + 1] if "--pool" in args else None
+
+
+def test_cronjob_takes_its_prompt_pool_from_a_configmap_or_the_store(chart, rendered):
+    """loop.pool: prompts listed in the values become the chart's ConfigMap, mounted read-only and
+    passed as --pool (the loop parses the mounted text as it does any pool file); an existing
+    ConfigMap is mounted the same way; an S3 URL is passed as it is; none set leaves the default."""
+    from unigap.loop import pool_file_texts
+
+    assert _pool_arg(rendered("default")) is None
+    assert not rendered("default").has("ConfigMap", f"{PREFIX}-pool")
+    assert _pool_arg(rendered("pool-store")) == "s3://unigap/prompts/pool.txt"
+    assert "pool" not in {v["name"] for v in cronjob_pod(rendered("pool-store"))["volumes"]}
+
+    own = Rendered(chart, {"loop": {"pool": {"configMap": "team-prompts", "configMapKey": "t2i.txt"}}})
+    for r, name, key in ((rendered("pool-prompts"), f"{PREFIX}-pool", "pool.txt"), (own, "team-prompts", "t2i.txt")):
+        pod = cronjob_pod(r)
+        mount = next(m for m in container(pod, "loop")["volumeMounts"] if m["name"] == "pool")
+        assert mount["readOnly"] is True
+        assert _pool_arg(r) == f"{mount['mountPath']}/{key}"
+        volume = next(v for v in pod["volumes"] if v["name"] == "pool")
+        assert volume["configMap"] == {"name": name, "items": [{"key": key, "path": key}]}
+    assert not own.has("ConfigMap", f"{PREFIX}-pool")  # the team's own ConfigMap, not one of the chart's
+    data = rendered("pool-prompts").get("ConfigMap", f"{PREFIX}-pool")["data"]
+    prompts = VALUE_SETS["pool-prompts"]["loop"]["pool"]["prompts"]
+    assert pool_file_texts(data["pool.txt"], "pool.txt") == prompts
+
+
+def executors_passed_on() -> tuple[str, ...]:
+    return pytest.importorskip("pipelines.executors").PASSED_ON
 
 
 def _executor_env(r: Rendered) -> dict:
@@ -483,7 +522,7 @@ def _executor_env(r: Rendered) -> dict:
     return {**cm, "UNIGAP_K8S_NAMESPACE": NAMESPACE}
 
 
-@pytest.mark.parametrize("name", ["default", "trainer-4-procs", "external-minio", "production"])
+@pytest.mark.parametrize("name", ["default", "trainer-4-procs", "trainer-fsdp", "external-minio", "production"])
 def test_trainer_job_template_matches_the_executor(rendered, monkeypatch, name):
     """The chart's reference trainer Job is exactly what KubernetesExecutor.build_job makes from
     the settings the chart gives the loop: torchrun with the configured processes, GPUs, store."""
@@ -502,6 +541,8 @@ def test_trainer_job_template_matches_the_executor(rendered, monkeypatch, name):
     if procs > 1:
         assert command[:5] == ["torchrun", "--standalone", "--nproc-per-node", str(procs), "-m"]
     assert "pipelines.trainer" in command
+    trainer_env = {e["name"]: e["value"] for e in built["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert trainer_env["UNIGAP_TRAINER_SHARD"] == r.values["trainer"]["shard"]  # what pipelines.trainer reads
     # the trainer's labels are what the MinIO NetworkPolicy admits
     assert built["spec"]["template"]["metadata"]["labels"] == executors.LABELS
 
@@ -703,6 +744,7 @@ BAD_VALUES = [
     ({"trainer": {"procsPerNode": 0}}, "/trainer/procsPerNode"),
     ({"trainer": {"gpus": -1}}, "/trainer/gpus"),
     ({"trainer": {"memory": "lots"}}, "/trainer/memory"),
+    ({"trainer": {"shard": "zero3"}}, "/trainer/shard"),
     ({"judge": {"mode": "vibes"}}, "/judge/mode"),
     ({"judge": {"gpus": "one"}}, "/judge/gpus"),
     ({"generation": {"port": 70000}}, "/generation/port"),
@@ -719,6 +761,12 @@ BAD_VALUES = [
     ({"networkPolicy": {"clients": [{"podSelectr": {}}]}}, "podSelectr"),
     ({"minio": {"persistence": {"size": "big"}}}, "/minio/persistence/size"),
     ({"replicas": 2}, "replicas"),
+    ({"loop": {"pool": {"url": "s3://unigap/prompts/"}}}, "/loop/pool/url"),
+    ({"loop": {"pool": {"url": "prompts.txt"}}}, "/loop/pool/url"),
+    ({"loop": {"pool": {"url": "s3://unigap/pool.txt", "configMap": "team-prompts"}}}, "/loop/pool"),
+    ({"loop": {"pool": {"configMap": "team-prompts", "prompts": ["a red circle"]}}}, "/loop/pool"),
+    ({"loop": {"pool": {"configMapKey": "prompts/pool.txt"}}}, "/loop/pool/configMapKey"),
+    ({"loop": {"pool": {"prompts": ["a red circle\ntwo blue squares"]}}}, "/loop/pool/prompts/0"),
 ]
 
 
@@ -736,6 +784,12 @@ CROSS_FIELD = [
     ({"tls": {"enabled": True}}, "tls.secretName is required when tls.enabled is true"),
     ({"trainer": {"gpus": 2, "procsPerNode": 4}}, "trainer.procsPerNode (4) must not exceed trainer.gpus (2)"),
     ({"trainer": {"gpus": 2, "procsPerNode": 2}}, "trainer.procsPerNode (2) above 1 needs loop.extraArgs to set the replays off"),
+    ({"loop": {"pool": {"url": "train"}, "extraArgs": ["--pool", "heldout+val"]}},
+     "loop.extraArgs sets --pool while loop.pool"),
+    ({"trainer": {"shard": "fsdp"}}, "trainer.shard fsdp splits the model over the trainer's processes"),
+    ({"trainer": {"shard": "fsdp", "procsPerNode": 2},
+      "loop": {"method": "c-sft", "extraArgs": ["--und-replay", "0", "--gen-replay", "0"]}},
+     "trainer.shard fsdp does not run the curriculum's replay (loop.method c-sft)"),
     ({"generation": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}}, "minReplicas (5) is above maxReplicas (2)"),
     ({"generation": {"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": None}}}}, "needs generation.resources.requests.cpu"),
 ]
@@ -819,12 +873,13 @@ def test_servers_take_the_chart_s_args_and_env(rendered, monkeypatch, tmp_path, 
             assert s.generation == f"{PREFIX}-generation.{NAMESPACE}.svc:50051" and s.mode == "likelihood"
 
 
-@pytest.mark.parametrize("name", ["default", "trainer-4-procs"])
+@pytest.mark.parametrize("name", ["default", "trainer-4-procs", "pool-prompts", "pool-store"])
 def test_unigap_loop_takes_the_cronjob_s_args(rendered, monkeypatch, name):
     """`unigap loop` (the real typer CLI) accepts the CronJob's command line as it stands."""
     from typer.testing import CliRunner
 
     import unigap.cli as cli
+    from unigap.config import LoopConfig
 
     r = rendered(name)
     c = container(cronjob_pod(r), "loop")
@@ -838,3 +893,4 @@ def test_unigap_loop_takes_the_cronjob_s_args(rendered, monkeypatch, name):
     assert (more_rounds, cfg.method, cfg.judge_mode) == (1, r.values["loop"]["method"], r.values["judge"]["mode"])
     if name == "trainer-4-procs":
         assert cfg.n == 8 and cfg.train.lr == 1e-4
+    assert cfg.pool == (_pool_arg(r) or LoopConfig().pool)

@@ -239,3 +239,51 @@ def test_store_package_imports_without_minio(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "st")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "LocalStore"
+
+
+def test_loop_pool_from_an_s3_object(moto, monkeypatch, tmp_path):
+    """A prompt pool a team uploads (s3://bucket/key) is read through the store's S3 settings and
+    parsed as a pool file; a missing object, a missing bucket or a bad line is one clear error, and
+    `unigap loop` reports it with status 2."""
+    from unigap import world
+    from unigap.loop import pool_texts
+    from unigap.store import read_s3_object
+
+    monkeypatch.setenv("UNIGAP_S3_ENDPOINT", moto)
+    monkeypatch.setenv("UNIGAP_S3_ACCESS_KEY", KEY)
+    monkeypatch.setenv("UNIGAP_S3_SECRET_KEY", KEY)
+    bucket = new_bucket()
+    client = raw_client(moto)
+    client.make_bucket(bucket)
+    texts = [s.text for s in world.split("val")[:5]]
+
+    def upload(key: str, text: str) -> str:
+        data = text.encode()
+        client.put_object(bucket, key, io.BytesIO(data), len(data))
+        return f"s3://{bucket}/{key}"
+
+    url = upload("prompts/pool.txt", "\n".join(texts) + "\n\n")
+    assert pool_texts(url) == texts
+    local = tmp_path / "pool.txt"
+    local.write_text("\n".join(texts))
+    assert pool_texts(str(local)) == pool_texts(url)  # the same parsing as a local file
+    upload("prompts/pool.txt", texts[0])  # a new upload is what the next run reads
+    assert pool_texts(url) == texts[:1]
+
+    with pytest.raises(ValueError, match=f"pool s3://{bucket}/prompts/none.txt: no such object"):
+        pool_texts(f"s3://{bucket}/prompts/none.txt")
+    with pytest.raises(ValueError, match=r"pool.txt:2: 'a photo of a cat' is not a prompt of the shapes world"):
+        pool_texts(upload("prompts/pool.txt", f"{texts[0]}\na photo of a cat\n"))
+    with pytest.raises(ValueError, match="has no prompts"):
+        pool_texts(upload("prompts/empty.txt", "\n \n"))
+    with pytest.raises(StoreError, match="does not exist"):
+        pool_texts(f"s3://{new_bucket()}/pool.txt")
+    for bad in ("s3://bucket", "s3://bucket/dir/", "s3://bucket/x?versionId=1"):
+        with pytest.raises(ValueError, match="s3://bucket/key"):
+            read_s3_object(bad)
+
+    missing = f"s3://{bucket}/prompts/none.txt"
+    cmd = [sys.executable, "-m", "unigap", "loop", "--pool", missing, "--store", str(tmp_path / "store")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"pool {missing}: no such object" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr

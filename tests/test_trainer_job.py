@@ -80,6 +80,92 @@ def test_processes_train_the_same_model_as_in_process(setup, method, procs):
             assert train_log[0][k] == pytest.approx(log[0][k], rel=1e-5, abs=1e-6), k
 
 
+@pytest.mark.parametrize("method,modules", [("sft", "lm"), ("dpo", "lm+head")])
+def test_sharded_processes_train_the_same_model_as_in_process(setup, method, modules):
+    """`--shard fsdp` (UNIGAP_TRAINER_SHARD): 2 gloo processes each holding half of the trained
+    weights, gradients and AdamW moments train the same model as `train_round` in this process, log
+    the same figures, and rank 0 writes the whole checkpoint (every tensor, at its full shape)."""
+    store, url, jobs, tmp = setup
+    job = jobs[method]
+    job = TrainJob(**{**asdict(job), "loop": {**job.loop, "train": {**job.loop["train"], "modules": modules}}})
+    in_process, log = train_round(store, job, tmp / "cache", progress=False, log=lambda line: None)
+    executor = LocalExecutor(url, nproc=2, timeout_s=300, env={"UNIGAP_TRAINER_SHARD": "fsdp"})
+    ref, train_log = submit(store, job, f"jobs/{method}-fsdp-2", executor)
+    ref_w, sharded_w = weights(store, in_process, tmp / "cache"), weights(store, ref, tmp / "cache")
+    assert {k: v.shape for k, v in sharded_w.items()} == {k: v.shape for k, v in ref_w.items()}
+    diff, moved = max_diff(ref_w, sharded_w), max_diff(ref_w, weights(store, job.base, tmp / "cache"))
+    print(f"{method} {modules}: max |w| diff, sharded vs in-process {diff:.2e}; moved from base {moved:.2e}")
+    assert moved > 5 * TOL and diff < TOL
+    assert train_log[0].keys() == log[0].keys() and train_log[0]["n"] == log[0]["n"]
+    for k in set(log[0]) - {"epoch", "n"}:
+        assert train_log[0][k] == pytest.approx(log[0][k], rel=1e-5, abs=1e-6), k
+
+
+def _shard_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One rank: the tiny model sharded, one AdamW step; what this rank holds goes to OUT/<rank>.json."""
+    import os
+
+    import torch.distributed as dist
+
+    from unigap.model.adapter import UnifiedModel
+    from unigap.model.build import TinySize, build_tiny
+    from unigap.pretrain import vocabulary
+    from unigap.train.trainer import shard_model, trainable_parameters
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        size = TinySize(hidden=64, layers=2, heads=2, vision_hidden=64, vision_layers=1, codebook=64)
+        um = UnifiedModel(*build_tiny(vocabulary(), size, seed=0))
+        whole = sum(p.numel() for p in trainable_parameters(um, "lm"))
+        root = shard_model(um, "lm")
+        params = [p for p in um.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4)
+        tokens = torch.randint(0, 64, (2, 4), generator=torch.Generator().manual_seed(0))
+        root(PROMPTS[:2], tokens).sum().backward()
+        opt.step()
+        local = lambda ts: sum(t.to_local().numel() for t in ts)  # noqa: E731
+        held = {"whole": whole, "weights": local(params), "grads": local(p.grad for p in params),
+                "adam": local(v for st in opt.state.values() for k, v in st.items() if k != "step")}
+        Path(out, f"{rank}.json").write_text(json.dumps(held))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharding_splits_weights_gradients_and_optimizer_state(tmp_path):
+    """What `shard_model` saves: each of 2 ranks holds half the trained weights, half their
+    gradients and half of AdamW's moments (the halves add up to the whole, nothing is copied)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_shard_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    held = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    print(f"per rank: {held}")
+    whole = held[0]["whole"]
+    for what, factor in (("weights", 1), ("grads", 1), ("adam", 2)):
+        assert sum(h[what] for h in held) == factor * whole, what
+        assert all(h[what] <= 0.55 * factor * whole for h in held), (what, held)
+
+
+def test_shard_refuses_what_it_cannot_run(setup):
+    """A bad --shard, and a job a sharded trainer cannot run (LoRA), exit 2 with one line, before training."""
+    store, url, jobs, _ = setup
+    sft = jobs["sft"]
+    lora = TrainJob(**{**asdict(sft), "loop": {**sft.loop, "train": {**sft.loop["train"], "lora_rank": 4}}})
+    rec.put_record_json(store, job_record("jobs/lora"), asdict(lora))
+    rec.put_record_json(store, job_record("jobs/sft-fsdp-bad"), asdict(sft))
+    for args, what in ((["--job", "jobs/sft-fsdp-bad", "--shard", "zero3"], "must be one of none, fsdp"),
+                       (["--job", "jobs/lora", "--shard", "fsdp"], "--shard fsdp trains full weights")):
+        proc = subprocess.run([sys.executable, "-m", "pipelines.trainer", "--store", url, *args],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and what in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_rerun_of_a_finished_job_does_nothing(setup):
     store, url, jobs, _ = setup
     key = "jobs/sft-1"  # done already when the test above ran first

@@ -42,20 +42,37 @@ def baseline_record(c: LoopConfig, start_ref: str) -> str:
 
 def pool_texts(pool: str) -> list[str]:
     """Prompt TEXTS of the pool (never labels): a named pool (its splits' texts, in the order
-    named) or a file, one prompt per line."""
+    named), a file, or an object in S3 (`s3://bucket/key`, read with the store's UNIGAP_S3_*
+    settings, so a scheduled loop takes the pool a team last uploaded); a file or object holds
+    one prompt per line. An object that is missing is a ValueError; S3 unreachable, a StoreError."""
     if pool in POOLS:
         return [s.text for name in pool.split("+") for s in world.split(name)]
+    if pool.startswith("s3://"):
+        from unigap.store import read_s3_object
+
+        try:
+            text = read_s3_object(pool).decode()
+        except KeyError:
+            raise ValueError(f"pool {pool}: no such object (upload the prompts there, one per line)") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"pool {pool} is not UTF-8 text") from None
+        return pool_file_texts(text, pool)
     path = Path(pool)
     if not path.is_file():
-        raise ValueError(f"pool {pool!r} is neither {' nor '.join(POOLS)} nor a file")
-    texts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        raise ValueError(f"pool {pool!r} is neither {' nor '.join(POOLS)} nor a file nor s3://bucket/key")
+    return pool_file_texts(path.read_text(), pool)
+
+
+def pool_file_texts(text: str, where: str) -> list[str]:
+    """The prompts of a pool file's text (from a local file or an S3 object named `where`)."""
+    texts = [line.strip() for line in text.splitlines() if line.strip()]
     if not texts:
-        raise ValueError(f"pool file {pool} has no prompts")
+        raise ValueError(f"pool file {where} has no prompts")
     for i, t in enumerate(texts, 1):
         try:
             world.parse(t)  # the embedded judge needs competing captions from the grammar
         except ValueError:
-            raise ValueError(f"{pool}:{i}: {t!r} is not a prompt of the shapes world") from None
+            raise ValueError(f"{where}:{i}: {t!r} is not a prompt of the shapes world") from None
     return texts
 
 

@@ -128,6 +128,11 @@ class S3Store:
         except S3Error:  # only NoSuchKey gets through _call
             return None
 
+    def read_key(self, key: str) -> bytes | None:
+        """An object by its key under the prefix, whatever wrote it (not the store's layout: no
+        checksum to verify); None when there is none."""
+        return self._read_or_none(self._key(key))
+
     # ------------------------------------------------------------------ the Store interface
     def put_object(self, data: bytes) -> str:
         sha = sha256(data)

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from unigap.candidates import Sampling, sample_and_judge
 from unigap.config import LoopConfig, TrainConfig
@@ -32,7 +33,7 @@ from unigap.store import records as rec
 from unigap.store.base import Store
 from unigap.train.data import Candidates, RoundData, get_round_data, split_for
 from unigap.train.losses import understanding_anchor
-from unigap.train.trainer import Anchor, sequence_logps, train_dpo, train_sft
+from unigap.train.trainer import Anchor, full_state_dict, sequence_logps, train_dpo, train_sft
 
 
 @dataclass
@@ -184,14 +185,17 @@ def regulariser(um: UnifiedModel, reference: UnifiedModel | None, cfg: TrainConf
 
 def train_round(
     store: Store, job: TrainJob, cache: str | Path, progress: bool = True, log: Callable[[str], None] = print, device: str = "cpu",
-    state_record: str | None = None, checkpoint_every: int = 0,
+    state_record: str | None = None, checkpoint_every: int = 0, shard: str = "none",
 ) -> tuple[str, list]:
     """Train the base model on the round's data; returns (checkpoint reference, training log).
 
     With nothing to train on, the round keeps the base model (its reference comes back).
     With `state_record`, a training state found there is resumed, and with `checkpoint_every` > 0
     one is saved there every that many optimizer steps (0, the default: never; the in-process loop
-    resumes whole rounds and has no job key to keep a state under)."""
+    resumes whole rounds and has no job key to keep a state under).
+    With shard="fsdp" under torch.distributed the trained modules are sharded over the ranks (see
+    `train_sft`; no state record then); rank 0 gathers the weights and saves the whole model, and
+    the other ranks return "" for the reference."""
     cfg, r, cache = job.config, job.round, Path(cache)
     data = get_round_data(store, job.data)
     torch.manual_seed(cfg.seed * 1000 + r)
@@ -212,7 +216,7 @@ def train_round(
         log(f"  training state at step {state['step']} saved, {sha[:12]}")
 
     options = dict(checkpoint_every=checkpoint_every if state_record else 0, save_state=save_state, resume_state=resume,
-                   anchor=regulariser(um, reference, tcfg))
+                   anchor=regulariser(um, reference, tcfg), shard=shard)
 
     def replay() -> RoundData:
         """Regenerate the discard pool with the CURRENT model and judge; keep what it now accepts."""
@@ -243,6 +247,12 @@ def train_round(
                      if data.pairs else [])
     if not train_log:
         return job.base, []
+    if shard == "fsdp" and dist.is_initialized() and dist.get_world_size() > 1:
+        weights = full_state_dict(um)  # every rank takes part; rank 0 gets the whole model
+        if dist.get_rank() != 0:
+            return "", train_log
+        um = load_model(store, job.base, cache, "cpu")  # a plain (unsharded) model to save
+        um.model.load_state_dict(weights)
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         um.save(tmp)

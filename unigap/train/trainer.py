@@ -6,6 +6,8 @@ shared language model is trained by default; the generation head and aligner can
 Under torch.distributed (the trainer job run by torchrun) every rank draws the same global batch
 order from the shared seed, takes its share of each batch, and DistributedDataParallel averages the
 gradients, so N processes train the same model as one, up to float error. Alone, nothing changes.
+With `shard="fsdp"` the trained modules are sharded instead (FSDP2 `fully_shard`): each rank keeps
+1/N of their weights, gradients and AdamW moments, so a model too big for one device trains on N.
 
 A run can be stopped and resumed: every `checkpoint_every` optimizer steps `save_state(state)` gets
 where it stands (step, epoch and batch, the trainable weights, AdamW's moments, the batch-order and
@@ -84,7 +86,7 @@ def _world() -> tuple[int, int]:
 
 
 class _LogProbs(torch.nn.Module):
-    """The adapter's image-token log-probs as a module, so that DDP's hooks fire on its backward."""
+    """The adapter's image-token log-probs as a module, so that DDP's (or FSDP's) hooks fire on its backward."""
 
     def __init__(self, um: UnifiedModel):
         super().__init__()
@@ -101,6 +103,42 @@ def _logprobs(um: UnifiedModel) -> Callable[[list[str], torch.Tensor], torch.Ten
         return um.image_logprobs
     cuda = um.device.type == "cuda"
     return DistributedDataParallel(_LogProbs(um), device_ids=[um.device.index] if cuda else None)
+
+
+SHARDS = ("none", "fsdp")
+
+
+def shard_model(um: UnifiedModel, modules: str = "lm") -> torch.nn.Module:
+    """Shard what trains over the torch.distributed group (FSDP2 `fully_shard`, in place) and
+    return the training forward (`um.image_logprobs` as a module) as the sharded root.
+
+    Units, each gathered whole only for its own forward and backward: every decoder layer of the
+    shared LM, and with "lm+head" the generation head and aligner. The root holds the other weights
+    that train (the input embeddings, the final norm, the generation embeddings): gathered for the
+    whole step, reduced at its end. The adapter calls the embeddings directly, outside the LM's
+    forward, and FSDP2 needs one root whose forward runs first: hence the whole training forward as
+    the root. (The input embeddings as a unit of their own, called on token ids outside the LM's
+    forward, were never updated: in the root they are.) Weights that do not train stay whole on every rank.
+    Call it after `trainable_parameters` and before the optimizer is made: the parameters become
+    DTensors holding this rank's shard. Assumes a Janus model and no LoRA."""
+    from torch.distributed.fsdp import fully_shard
+
+    units = list(um.model.model.language_model.layers)
+    if modules == "lm+head":
+        units += [um.model.model.generation_head, um.model.model.generation_aligner]
+    for unit in units:
+        fully_shard(unit)
+    in_units = {id(p) for unit in units for p in unit.parameters()}
+    frozen = {p for p in um.model.parameters() if not p.requires_grad and id(p) not in in_units}
+    return fully_shard(_LogProbs(um), ignored_params=frozen)
+
+
+def full_state_dict(um: UnifiedModel) -> dict[str, torch.Tensor]:
+    """The whole model's weights gathered from a sharded model (`shard_model`) onto rank 0's CPU;
+    other ranks get {}. A collective: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(um.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def _share(idx: np.ndarray) -> tuple[np.ndarray, float]:
@@ -266,11 +304,21 @@ def _train(
     save_state: Callable[[dict], None] | None,
     resume_state: dict | None,
     anchor: Anchor | None,
+    shard: str = "none",
 ) -> list[dict]:
     """The one training loop of SFT and DPO: epochs of shuffled batches of `rows`, the curriculum's
     rows added before an epoch, states taken and resumed. `batch_loss(logprobs, batch)` returns the
     batch's loss and any further figures to log (their epoch means go in the log, as the loss's);
-    it adds `anchor`'s loss, which is given exactly when cfg.und_anchor, cfg.und_replay or cfg.gen_replay weighs one."""
+    it adds `anchor`'s loss, which is given exactly when cfg.und_anchor, cfg.und_replay or cfg.gen_replay weighs one.
+    With shard="fsdp" in a group of several ranks, `um` is left sharded (`shard_model`): take its
+    weights with `full_state_dict`. Sharding supports full weights only (no LoRA), no curriculum,
+    no regulariser and no training states (a killed sharded job trains again from the start)."""
+    if shard not in SHARDS:
+        raise ValueError(f"shard must be one of {', '.join(SHARDS)}, not {shard!r}")
+    sharded = shard == "fsdp" and _world()[1] > 1
+    if sharded and (cfg.lora_rank > 0 or on_epoch is not None or checkpoint_every or resume_state is not None):
+        raise ValueError("a sharded trainer (fsdp) trains full weights without a curriculum or training states: "
+                         "set --lora-rank 0, a method without c-, and no checkpoints")
     if not rows:
         return []
     if cfg.regularised != (anchor is not None):
@@ -282,6 +330,9 @@ def _train(
     with lora_adapters(um, cfg.lora_rank):
         rng = np.random.default_rng(cfg.seed)
         params = trainable_parameters(um, cfg.modules, lora=cfg.lora_rank > 0)
+        if sharded:
+            root = shard_model(um, cfg.modules)
+            params = [p for p in um.model.parameters() if p.requires_grad]  # now this rank's shards
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         n0 = len(rows)
         ckpt = _Checkpoints(kind, um, params, opt, rng, cfg, rows, checkpoint_every, save_state)
@@ -291,7 +342,8 @@ def _train(
             rows = rows + _unpack(st["added"])
             log, step, start, skip = list(st["log"]), st["step"], st["epoch"], st["position"]
             running = {k: list(v) for k, v in st["running"].items()}
-        logprobs = _logprobs(um)  # after a restore: DDP starts every rank from rank 0's weights
+        # after a restore: DDP starts every rank from rank 0's weights
+        logprobs = root if sharded else _logprobs(um)
         um.model.train()
         for epoch in range(start, cfg.epochs):
             if on_epoch is not None and epoch > 0 and not (resume_state is not None and epoch == start):
@@ -329,13 +381,14 @@ def train_sft(
     save_state: Callable[[dict], None] | None = None,
     resume_state: dict | None = None,
     anchor: Anchor | None = None,
+    shard: str = "none",
 ) -> list[dict]:
     """NLL on accepted images' tokens (+ a KL anchor to `reference` when cfg.kl_weight is set,
     + `anchor(prompts, tokens)`, the understanding anchor and the replays, weighted by their cfg weights).
     `on_epoch(e)` may return new samples (the curriculum).
 
     `save_state` gets the run's state every `checkpoint_every` optimizer steps (0: never);
-    `resume_state` (one of those) continues that run where the state was taken."""
+    `resume_state` (one of those) continues that run where the state was taken. `shard` as in `_train`."""
 
     def batch_loss(logprobs, batch):
         prompts = [p for p, _ in batch]
@@ -350,7 +403,8 @@ def train_sft(
             loss = loss + anchor(prompts, tokens)
         return loss, {}
 
-    return _train("sft", um, samples, cfg, batch_loss, on_epoch, progress, checkpoint_every, save_state, resume_state, anchor)
+    return _train("sft", um, samples, cfg, batch_loss, on_epoch, progress, checkpoint_every, save_state, resume_state,
+                  anchor, shard)
 
 
 def _with_references(pairs: list, ref_chosen: torch.Tensor | None, ref_rejected: torch.Tensor | None) -> list[tuple]:
@@ -374,6 +428,7 @@ def train_dpo(
     resume_state: dict | None = None,
     reference: UnifiedModel | None = None,
     anchor: Anchor | None = None,
+    shard: str = "none",
 ) -> list[dict]:
     """Sequence-level DPO over image tokens (+ NLL on the chosen image, + the understanding
     anchor and replay on the chosen images as in `train_sft`). The reference log-probs
@@ -381,7 +436,7 @@ def train_dpo(
     `reference` model computes them in every step (no pass up front, twice the forwards).
     `on_epoch(e)` may return new pairs with their reference log-probs (the curriculum).
 
-    `checkpoint_every`, `save_state` and `resume_state` as in `train_sft`."""
+    `checkpoint_every`, `save_state`, `resume_state` and `shard` as in `train_sft`."""
 
     def batch_loss(logprobs, batch):
         prompts = [r[0] for r in batch]
@@ -407,4 +462,5 @@ def train_dpo(
         raise ValueError("train_dpo needs the reference log-probs or the reference model")
     more = None if on_epoch is None else (lambda e: _with_references(*on_epoch(e)))
     rows = _with_references(pairs, ref_chosen, ref_rejected)
-    return _train("dpo", um, rows, cfg, batch_loss, more, progress, checkpoint_every, save_state, resume_state, anchor)
+    return _train("dpo", um, rows, cfg, batch_loss, more, progress, checkpoint_every, save_state, resume_state,
+                  anchor, shard)
