@@ -61,7 +61,10 @@ def load_model(path: Path):
     from unigap.model.adapter import UnifiedModel
 
     check_model(path)
-    return UnifiedModel.load(path)
+    try:
+        return UnifiedModel.load(path)
+    except ValueError as e:
+        fail(f"--model: {e}")
 
 
 def load_prompts(split: str) -> list:

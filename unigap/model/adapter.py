@@ -9,6 +9,7 @@ fed back through the generation embeddings. Works for the shipped tiny model and
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -130,6 +131,17 @@ class _ReservedLayer(DynamicLayer):
         return self.keys, self.values
 
 
+def check_janus_folder(path: Path) -> None:
+    """ValueError naming the folder unless its config.json is a Janus model's (model_type janus)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path}: config.json is not valid JSON") from None
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    if kind != "janus":
+        raise ValueError(f"{path} is not a Janus checkpoint: its config.json says model_type {kind!r}, not 'janus'")
+
+
 class UnifiedModel:
     def __init__(self, model: JanusForConditionalGeneration, processor, path: str | None = None):
         self.model = model
@@ -147,12 +159,22 @@ class UnifiedModel:
     # ------------------------------------------------------------------ load / save
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> "UnifiedModel":
+        """Any transformers Janus checkpoint folder (the shipped model, Janus-Pro-1B/7B or a team's
+        own) with its processor and tokenizer, which are used throughout. FileNotFoundError without
+        config.json; ValueError, in one line, for a folder that is not a Janus checkpoint."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no model at {path} (expected a save_pretrained folder with config.json)")
+        check_janus_folder(path)
+        try:
+            processor = AutoProcessor.from_pretrained(path)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"{path}: cannot load its processor and tokenizer ({e.__class__.__name__})") from None
+        if not all(hasattr(processor, k) for k in ("tokenizer", "image_processor")):
+            raise ValueError(f"{path}: its processor is a {type(processor).__name__}, not a Janus processor")
         model = JanusForConditionalGeneration.from_pretrained(path, dtype=dtype or torch.float32)
         model.to(device).eval()
-        return cls(model, AutoProcessor.from_pretrained(path), str(path))
+        return cls(model, processor, str(path))
 
     def save(self, path: str | Path) -> None:
         self.model.save_pretrained(path)
