@@ -115,7 +115,7 @@ def test_score_prints_nu_on_free_text_without_an_evaluator(tmp_path):
     out = tmp_path / "score.json"
     proc = subprocess.run(
         [sys.executable, "-m", "unigap", "score", "--split", str(prompts), "--mode", "decision", "--evaluator", "none",
-         "--n", "2", "--json", str(out)],
+         "--n", "2", "--json", str(out), "--plot", str(tmp_path / "score.png")],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -128,6 +128,7 @@ def test_score_prints_nu_on_free_text_without_an_evaluator(tmp_path):
     assert report["by_category"]["animals"]["n_images"] == 4
     assert report["settings"]["evaluator"] == "none"
     assert "NU" in proc.stdout and "absent" in proc.stdout and "verdict on 0 of 6" in proc.stdout
+    assert (tmp_path / "score.png").stat().st_size > 1000  # absent figures get no bar
 
 
 def test_score_refuses_what_it_cannot_do(tmp_path):
