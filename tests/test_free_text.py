@@ -2,8 +2,10 @@
 interface, the figures without an evaluator, and `unigap score` on free text."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from unigap import world
 from unigap.evaluators import NONE, SHAPES, get_evaluator
 from unigap.prompts import FREE, Prompt, load_prompts
 from unigap.score import gap_summary
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_prompt_files_give_world_specs_or_free_text(tmp_path):
@@ -70,6 +74,10 @@ not_callable = 3
 
 def says_maybe(image, prompt, metadata):
     return "maybe"
+
+
+def crashes(image, prompt, metadata):
+    return 1 / 0
 """
 
 
@@ -86,6 +94,8 @@ def test_user_evaluator_by_import_path(tmp_path, monkeypatch):
     assert batched.batched and batched(images, ["a cat", "a big cat"]).correct.tolist() == [False, True]
     with pytest.raises(ValueError, match="'maybe'"):
         get_evaluator("team_evaluators:says_maybe")(images, ["a", "b"])
+    with pytest.raises(ValueError, match="team_evaluators:crashes failed: ZeroDivisionError"):
+        get_evaluator("team_evaluators:crashes")(images, ["a", "b"])
     for name, words in (("nosuchmodule_xyz:f", "cannot import"), ("team_evaluators:missing", "has no"),
                         ("team_evaluators:not_callable", "not callable"), ("gibberish", "module:callable")):
         with pytest.raises(ValueError, match=words) as e:
@@ -131,6 +141,15 @@ def test_score_prints_nu_on_free_text_without_an_evaluator(tmp_path):
     assert (tmp_path / "score.png").stat().st_size > 1000  # absent figures get no bar
 
 
+def test_prompts_are_balanced_over_their_own_categories():
+    from unigap.evaluate import select_prompts
+
+    prompts = [Prompt(f"p{i}", "animals" if i % 3 else "food") for i in range(12)]
+    picked = select_prompts(prompts, 2, seed=1)
+    assert [p.category for p in picked] == ["food", "food", "animals", "animals"]  # in order of appearance
+    assert picked == select_prompts(prompts, 2, seed=1) and select_prompts(prompts, 0) == prompts
+
+
 def test_score_refuses_what_it_cannot_do(tmp_path):
     free = tmp_path / "free.txt"
     free.write_text("a photo of a cat on a sofa\n")
@@ -140,6 +159,15 @@ def test_score_refuses_what_it_cannot_do(tmp_path):
                           "--evaluator", "nosuchmodule_xyz:f", "cannot import")
     assert_one_line_error(run("score", "--split", str(free), "--mode", "decision", "--evaluator", "shapes-ish"),
                           "--evaluator", "module:callable")
+    (tmp_path / "team_evaluators.py").write_text(USER_EVALUATORS)
+    proc = subprocess.run(
+        [sys.executable, "-m", "unigap", "score", "--split", str(free), "--mode", "probability", "--n", "1",
+         "--evaluator", "team_evaluators:crashes"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # after the sampling's progress line: one error line
+    assert proc.stderr.strip().splitlines()[-1] == ("error: evaluator team_evaluators:crashes failed: "
+                                                    "ZeroDivisionError: division by zero")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     assert_one_line_error(run("score", "--split", str(empty), "--mode", "decision", "--evaluator", "none"),

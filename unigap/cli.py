@@ -208,7 +208,10 @@ def score(
     check_judge_fits(mode, specs)
     um = load_model(model)
     sampling = Sampling(n=n, seed=seed, cfg=cfg, temperature=temperature, best_of=best_of)
-    report = score_report(um, make_judge(um, mode), specs, sampling, evaluator=ev)
+    try:
+        report = score_report(um, make_judge(um, mode), specs, sampling, evaluator=ev)
+    except ValueError as e:  # a user's evaluator that fails or answers something else
+        fail(str(e))
     samples = report.pop("_samples")
     report["settings"]["split"] = split
     print_report(report)

@@ -58,12 +58,15 @@ class Evaluator:
         metadata = list(metadata) if metadata is not None else [{} for _ in prompts]
         if self.fn is None:
             return Verdicts.of([None] * len(prompts))
-        if self.batched:
-            answers = list(self.fn(list(images), list(prompts), metadata))
-            if len(answers) != len(prompts):
-                raise ValueError(f"evaluator {self.name} gave {len(answers)} answers for {len(prompts)} images")
-        else:
-            answers = [self.fn(np.asarray(im), p, m) for im, p, m in zip(images, prompts, metadata)]
+        try:
+            if self.batched:
+                answers = list(self.fn(list(images), list(prompts), metadata))
+            else:
+                answers = [self.fn(np.asarray(im), p, m) for im, p, m in zip(images, prompts, metadata)]
+        except Exception as e:  # a user's code may fail in any way: one line naming it, not a traceback
+            raise ValueError(f"evaluator {self.name} failed: {e.__class__.__name__}: {e}") from e
+        if len(answers) != len(prompts):
+            raise ValueError(f"evaluator {self.name} gave {len(answers)} answers for {len(prompts)} images")
         for a in answers:
             if a is not None and not isinstance(a, (bool, np.bool_)):
                 raise ValueError(f"evaluator {self.name} answered {a!r}: expected True, False or None")
