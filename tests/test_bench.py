@@ -30,6 +30,8 @@ def test_gpu_script_dry_run(tmp_path):
     assert "Janus-Pro-1B configuration: 2.08 B parameters" in r.stdout
     rows = json.loads(out.read_text())
     assert isinstance(rows, list) and all(KEYS <= set(row) for row in rows)
+    sampling = rows[0]  # the memory-bandwidth bound is worked out, and the sampler below it
+    assert sampling["bandwidth_bound_candidates_per_s"] > 0 and 0 < sampling["share_of_bound"] < 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
