@@ -172,3 +172,20 @@ def test_score_refuses_what_it_cannot_do(tmp_path):
     empty.write_text("\n")
     assert_one_line_error(run("score", "--split", str(empty), "--mode", "decision", "--evaluator", "none"),
                           "no prompts")
+
+
+def test_generate_writes_the_evaluators_verdicts(tmp_path):
+    out = tmp_path / "gen"
+    proc = subprocess.run(
+        [sys.executable, "-m", "unigap", "generate", "a red circle", "a photo of a cat", "--n", "2", "--out", str(out),
+         "--mode", "probability", "--evaluator", "shapes"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = json.loads((out / "generated.json").read_text())
+    from PIL import Image
+
+    for r in records[:2]:  # the shapes world's prompt: the exact evaluator's verdict on the written image
+        image = np.asarray(Image.open(out / r["file"]).convert("RGB"))
+        assert r["evaluator"] == bool(world.evaluate(image, world.parse("a red circle")))
+    assert [r["evaluator"] for r in records[2:]] == [None, None]  # free text: cannot tell

@@ -236,6 +236,8 @@ def generate(
     temperature: float = typer.Option(0.7, help="Sampling temperature (0: greedy)."),
     mode: str = typer.Option(LOOP.judge_mode, help="Judge mode for the p_yes written beside each image (probability for prompts outside the shapes world)."),
     best_of: int = typer.Option(1, help="Write, for each image, the judge's pick among this many samples."),
+    evaluator: str = typer.Option("none", help="External evaluator whose verdict (true, false or null: cannot tell) "
+                                  "is written beside each image: none, shapes or module:callable."),
 ):
     """Generate images with the model and write PNGs plus a JSON of token ids and the model's own p_yes."""
     from PIL import Image
@@ -248,17 +250,24 @@ def generate(
     if any(not p.strip() for p in prompts):
         fail("a prompt is empty")
     check_mode(mode)
+    ev = load_evaluator(evaluator)
     um = load_model(model)
     try:
         res = sample_and_judge(um, make_judge(um, mode), prompts, Sampling(n, seed, cfg, temperature, best_of=best_of))
     except ValueError as e:
         fail(f"cannot judge in {mode} mode: {e}")
+    try:
+        verdicts = ev(res.images, res.prompts)
+    except ValueError as e:
+        fail(str(e))
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for r, (text, image) in enumerate(zip(res.prompts, res.images)):
         name = f"{res.prompt_index[r]:03d}_{r % n:02d}.png"
         Image.fromarray(image).save(out / name)
         records.append({"prompt": text, "file": name, "tokens": res.tokens[r].tolist(), "p_yes": float(res.p_yes[r])})
+        if ev.measures:
+            records[-1]["evaluator"] = bool(verdicts.correct[r]) if verdicts.known[r] else None
     write_json(out / "generated.json", records)
     for rec in records:
         console.print(f"{rec['file']}  p_yes {rec['p_yes']:.3f}  {rec['prompt']}")
