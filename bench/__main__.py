@@ -16,7 +16,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool
 
-BENCHMARKS = ("judge", "sampling", "vq", "replay", "dpo", "efficiency")
+BENCHMARKS = ("judge", "sampling", "vq", "replay", "dpo", "efficiency", "memory")
 
 
 def main(argv: list[str] | None = None) -> int:

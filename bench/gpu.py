@@ -131,6 +131,36 @@ def _synced(fn, device: str):
     return run
 
 
+def copy_bandwidth(device: str, mib: int, reps: int = 5) -> float:
+    """Bytes/s of a device-to-device copy of `mib` MiB (read + write counted): the memory bandwidth a
+    decoding step can hope for, measured rather than taken from a data sheet."""
+    src = torch.empty(mib * 2**20, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        dst.copy_(src)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.numel() / best
+
+
+def decode_step_bytes(um, rows: int, prefix: int) -> int:
+    """Bytes one decoding step must read for `rows` candidates with CFG: the language model's
+    weights once for the whole batch (the text embedding is a lookup and not read) plus the
+    generation head and embeddings, and the KV cache at its mean length over the image."""
+    lm = um.model.model.language_model
+    weights = sum(p.numel() * p.element_size() for n, p in lm.named_parameters() if "embed_tokens" not in n)
+    gen = [um.model.model.generation_head, um.model.model.generation_embeddings, um.model.model.generation_aligner]
+    weights += sum(p.numel() * p.element_size() for m in gen for p in m.parameters())
+    text = um.model.config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    element = next(lm.parameters()).element_size()
+    kv_per_position = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * element
+    return weights + 2 * rows * kv_per_position * (prefix + um.num_image_tokens // 2)
+
+
 def run(args) -> list:
     from bench.common import Result, interleaved, machine, median
     from bench.efficiency import count_flops, dominant_matmul, matmul_rate
@@ -138,6 +168,7 @@ def run(args) -> list:
     from bench.sampling import generate
     from unigap import world
     from unigap.evaluate import make_judge
+    from unigap.model.adapter import gen_text
 
     device = "cpu" if args.dry_run else "cuda"
     dtype = torch.float32 if args.dry_run else getattr(torch, args.dtype)
@@ -177,14 +208,33 @@ def run(args) -> list:
         generate(um, prompts, n, cfg, temperature)
 
     ours_fn(), theirs_fn()  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        held = torch.cuda.memory_allocated()
+        ours_fn()
+        torch.cuda.synchronize()
+        peak_gib = round((torch.cuda.max_memory_allocated() - held) / 2**30, 3)  # the call's own buffers
+    else:
+        peak_gib = None  # the CPU has no allocator statistics: bench/memory.py accounts the buffers
     times = interleaved({"generate": _synced(theirs_fn, device), "sampler": _synced(ours_fn, device)}, reps, log)
     rows = n_prompts * n
     m = machine()
+    # The memory-bandwidth bound: each of the image's steps reads the weights (once for the batch)
+    # and the KV cache, so no sampler can make more than rows / (steps x bytes / bandwidth) candidates/s.
+    bandwidth = copy_bandwidth(device, 64 if args.dry_run else 4096)
+    prefix = um._tokenize([gen_text(prompts[0]) + um.tokenizer.boi_token])[0].shape[1]
+    bound = rows / (um.num_image_tokens * decode_step_bytes(um, rows, prefix) / bandwidth)
+    share = rows / median(times["sampler"]) / bound
+    log(f"sampling: {rows} candidates, bandwidth {bandwidth / 1e9:.0f} GB/s, bound {bound:.1f} candidates/s, "
+        f"sampler at {share:.1%} of it; sampler call's peak buffers {peak_gib} GiB")
     results = [Result(f"GPU sampling: {n_prompts} prompts x N={n} / generate", rows / median(times["generate"]),
                       rows / median(times["sampler"]), "candidates/s", 1.5,
                       "transformers generate(generation_mode='image') vs UnifiedModel.sample, tokens only",
                       {"cfg": cfg, "temperature": temperature, "image_tokens": um.num_image_tokens, "dtype": str(dtype),
-                       "reps": reps, "check": check}, m)]
+                       "reps": reps, "check": check, "copy_bandwidth_gb_s": round(bandwidth / 1e9, 1),
+                       "bandwidth_bound_candidates_per_s": round(bound, 2), "share_of_bound": round(share, 4),
+                       "sampler_peak_gib": peak_gib}, m)]
 
     batch = 4 if args.dry_run else args.judge_batch
     images, texts = rendered(batch, um.image_size)

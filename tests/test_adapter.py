@@ -23,20 +23,59 @@ def test_sample_shapes_and_seeding(tiny_random):
     assert not torch.equal(s.tokens[0], s.tokens[1])  # candidates of one prompt differ
 
 
-def test_gumbel_noise_rows_are_the_sequential_draws():
-    """Filled on threads, each row is exactly what its own generator draws when rows are filled
-    one after another: the noise, and so every sampled token, does not depend on the threading."""
-    from unigap.model.adapter import gumbel_noise
+def test_step_noise_is_a_function_of_key_step_and_code_alone():
+    """Counter-based noise: the tensor hash equals its pure-Python reference bit for bit, and a
+    row's noise at a step does not depend on the other rows, their order or the steps before."""
+    from unigap.model.adapter import _mix32, mix32, row_seed, step_gumbel
 
-    seeds = [3, 1 << 40, 7, 11, 5]
-    expected = torch.stack([torch.empty(4, 9).exponential_(generator=torch.Generator().manual_seed(s)) for s in seeds])
-    torch.testing.assert_close(gumbel_noise(seeds, 4, 9, torch.device("cpu")), expected.log().neg(), rtol=0, atol=0)
+    xs = torch.randint(0, 2**32, (2000,), generator=torch.Generator().manual_seed(0))
+    assert _mix32(xs).tolist() == [mix32(int(x)) for x in xs]
+    keys = torch.tensor([row_seed(s, p, k) for s in (0, 1) for p in PROMPTS for k in range(3)])
+    g = step_gumbel(keys, 7, 50)
+    assert g.shape == (len(keys), 50) and g.dtype == torch.float32
+    perm = torch.randperm(len(keys), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(step_gumbel(keys[perm], 7, 50), g[perm])
+    assert torch.equal(step_gumbel(keys[4:5], 7, 50), g[4:5])
+    assert torch.equal(step_gumbel(keys, 7, 20), g[:, :20])  # code v's noise does not depend on the codebook size
+    assert not torch.equal(step_gumbel(keys, 8, 50), g)  # each step has its own noise
+    assert len(set(g[:, 0].tolist())) == len(keys)  # and each candidate
+
+
+def test_step_noise_is_gumbel_and_gumbel_max_samples_the_softmax():
+    from unigap.model.adapter import row_seed, step_gumbel
+
+    keys = torch.tensor([row_seed(3, "x", k) for k in range(4000)])
+    g = torch.cat([step_gumbel(keys, t, 64) for t in range(4)])  # 1.0 M draws
+    assert torch.isfinite(g).all()
+    assert g.double().mean().item() == pytest.approx(0.5772157, abs=0.006)  # Euler's constant, ~5 sd of the mean
+    assert g.double().var().item() == pytest.approx(torch.pi**2 / 6, rel=0.02)
+    # Gumbel-max over 8 logits: each code's frequency is its softmax probability (16,000 draws)
+    logits = torch.linspace(-2.0, 1.5, 8)
+    picks = (logits + g[:16000, :8]).argmax(-1)
+    freq = torch.bincount(picks, minlength=8).double() / len(picks)
+    p = torch.softmax(logits.double(), -1)
+    sd = (p * (1 - p) / len(picks)).sqrt()
+    assert ((freq - p).abs() < 5 * sd).all(), (freq, p)
+    # neighbouring codes and candidates are uncorrelated
+    u = torch.exp(-torch.exp(-g.double()))  # back to uniform
+    assert abs(torch.corrcoef(torch.stack([u[:, :-1].flatten(), u[:, 1:].flatten()]))[0, 1].item()) < 0.01
+    assert abs(torch.corrcoef(torch.stack([u[:-1].flatten(), u[1:].flatten()]))[0, 1].item()) < 0.01
 
 
 def test_candidates_do_not_depend_on_the_batch(tiny_random):
-    both = tiny_random.sample(PROMPTS, n=2, cfg=2.0, temperature=1.0, seed=1)
-    alone = tiny_random.sample(PROMPTS[1:2], n=2, cfg=2.0, temperature=1.0, seed=1)
+    """A candidate's tokens are the same sampled alone, beside other prompts, in chunks of any
+    size, or among more candidates of its prompt (candidate k's noise is keyed by k)."""
+    both = tiny_random.sample(PROMPTS, n=2, cfg=2.0, temperature=1.0, seed=1, decode=False)
+    alone = tiny_random.sample(PROMPTS[1:2], n=2, cfg=2.0, temperature=1.0, seed=1, decode=False)
     assert torch.equal(both.tokens[2:4], alone.tokens)
+    chunks = [tiny_random.sample(PROMPTS[i : i + 2], n=2, cfg=2.0, temperature=1.0, seed=1, decode=False)
+              for i in (0, 2)]
+    assert torch.equal(torch.cat([c.tokens for c in chunks]), both.tokens)
+    more = tiny_random.sample(PROMPTS, n=3, cfg=2.0, temperature=1.0, seed=1, decode=False)
+    assert torch.equal(more.tokens.view(3, 3, -1)[:, :2], both.tokens.view(3, 2, -1))
+    per_prompt_seed = tiny_random.sample(PROMPTS, n=2, cfg=2.0, temperature=1.0, seed=[1, 9, 1], decode=False)
+    assert torch.equal(per_prompt_seed.tokens[[0, 1, 4, 5]], both.tokens[[0, 1, 4, 5]])
+    assert not torch.equal(per_prompt_seed.tokens[2:4], both.tokens[2:4])
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])

@@ -30,6 +30,8 @@ def test_gpu_script_dry_run(tmp_path):
     assert "Janus-Pro-1B configuration: 2.08 B parameters" in r.stdout
     rows = json.loads(out.read_text())
     assert isinstance(rows, list) and all(KEYS <= set(row) for row in rows)
+    sampling = rows[0]  # the memory-bandwidth bound is worked out, and the sampler below it
+    assert sampling["bandwidth_bound_candidates_per_s"] > 0 and 0 < sampling["share_of_bound"] < 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
@@ -44,12 +46,43 @@ def test_quick_run_writes_a_list_of_results(tmp_path):
     r = _run("-m", "bench", "--quick", "--out", str(out), timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = json.loads(out.read_text())
-    assert isinstance(rows, list) and len(rows) == 10
+    assert isinstance(rows, list) and len(rows) == 11
     for row in rows:
         assert KEYS <= set(row), row
         assert row["ratio"] == pytest.approx(row["candidate"] / row["baseline"], rel=1e-3)
         assert {"cpu", "cores", "torch", "load"} <= set(row["machine"])
     assert "greedy tokens identical" in next(x for x in rows if x["name"].startswith("sampling"))["check"]
+
+
+def test_live_bytes_counts_what_is_alive_and_its_peak():
+    from bench.memory import LiveBytes
+
+    outside = torch.zeros(100)
+    with LiveBytes() as tracker:
+        a = torch.ones(1000)  # 4,000 bytes
+        b = a * 2  # 8,000
+        del a  # 4,000
+        view = b.view(10, 100)  # a view: no new storage
+        b.add_(1)
+        outside.add_(1)  # storage made outside the mode: not counted
+        d = b.double()  # 12,000
+    assert (tracker.live, tracker.peak) == (12000, 12000)
+    del b, view, d
+    assert tracker.live == 0
+
+
+def test_memory_row_accounts_janus_pro_sizes():
+    """The noise drawn up front for 1,024 rows is [1024, 576, 16384] float32 (36 GiB); per step it
+    is bounded by the batch (a few bytes per row and code, measured)."""
+    from bench.memory import run
+
+    (row,) = run(quick=True, log=lambda *_: None)
+    gib = row.extra["gib"]
+    assert gib["noise_before"] == 36.0
+    assert 1024 * 16384 * 4 / 2**30 <= gib["noise_after"] < 1.0  # at least the float32 result, far below before
+    saved = row.extra["peak_gib_before"] - row.extra["peak_gib_after"]
+    assert saved == pytest.approx(36.0 - gib["noise_after"], abs=0.02)
+    assert row.ratio > 1
 
 
 def test_bad_arguments_exit_2():

@@ -87,9 +87,12 @@ def test_bad_prompt_files(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     assert_one_line_error(run("score", "--split", str(empty)), "no prompts")
-    bad = tmp_path / "bad.txt"
-    bad.write_text("a red circle\na purple hexagon\n")
-    assert_one_line_error(run("score", "--split", str(bad)), "bad.txt:2", "purple hexagon")
+    free = tmp_path / "free.txt"  # free text is welcome, but the likelihood judge (the default) needs the world's
+    free.write_text("a red circle\na purple hexagon\n")
+    assert_one_line_error(run("score", "--split", str(free)), "--mode likelihood", "purple hexagon", "probability or decision")
+    jsonl = tmp_path / "bad.jsonl"
+    jsonl.write_text("{\"prompt\": \"a cat\"}\n{\"category\": \"animals\"}\n")
+    assert_one_line_error(run("score", "--split", str(jsonl), "--mode", "decision"), "bad.jsonl:2", "prompt")
     broken = tmp_path / "broken.json"
     broken.write_text("[\"a red circle\", ")
     assert_one_line_error(run("score", "--split", str(broken)), "not valid JSON")

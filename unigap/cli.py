@@ -61,35 +61,48 @@ def load_model(path: Path):
     from unigap.model.adapter import UnifiedModel
 
     check_model(path)
-    return UnifiedModel.load(path)
+    try:
+        return UnifiedModel.load(path)
+    except ValueError as e:
+        fail(f"--model: {e}")
 
 
 def load_prompts(split: str) -> list:
-    """Specs of a split name, or of a file with one prompt per line (or a JSON list)."""
-    from unigap import world
+    """Specs of a split name, or the prompts of a file (`unigap.prompts.load_prompts`: the shapes
+    world's specs, or free text)."""
+    from unigap import prompts, world
 
     if split in world.SPLIT_NAMES:
         return world.split(split)
     path = Path(split)
     if not path.is_file():
         fail(f"--split {split!r} is neither a split ({', '.join(world.SPLIT_NAMES)}) nor a file")
-    text = path.read_text()
     try:
-        lines = json.loads(text) if path.suffix == ".json" else text.splitlines()
-    except json.JSONDecodeError as e:
-        fail(f"{path}: not valid JSON ({e.msg}, line {e.lineno})")
-    if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
-        fail(f"{path}: expected a JSON list of prompt strings")
-    specs = []
-    for i, line in enumerate(lines, 1):
-        if line.strip():
+        return prompts.load_prompts(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        fail(str(e) if isinstance(e, ValueError) else f"{path}: not a text file")
+
+
+def load_evaluator(name: str):
+    from unigap.evaluators import get_evaluator
+
+    try:
+        return get_evaluator(name)
+    except ValueError as e:
+        fail(f"--evaluator: {e}")
+
+
+def check_judge_fits(mode: str, specs: list) -> None:
+    """The likelihood judge needs the world's competing captions: refuse free text up front."""
+    from unigap.evaluate import competitors
+    from unigap.prompts import in_world
+
+    if mode == "likelihood" and not in_world(specs):
+        for s in specs:
             try:
-                specs.append(world.parse(line))
-            except ValueError:
-                fail(f"{path}:{i}: {line.strip()!r} is not a prompt of the shapes world")
-    if not specs:
-        fail(f"{path}: no prompts in the file")
-    return specs
+                competitors(s.text)
+            except ValueError as e:
+                fail(f"--mode likelihood: {e}")
 
 
 def check_mode(mode: str) -> None:
@@ -154,12 +167,20 @@ def print_report(report: dict) -> None:
     s = report["settings"]
     best = f" (each the judge's best of {s['best_of']})" if s["best_of"] > 1 else ""
     console.print(f"judge mode {s['judge_mode']}, N {s['n']} per prompt{best}, CFG {s['cfg']}, T {s['temperature']}, seed {s['seed']}")
+    told, images = report["overall"]["n_evaluated"], report["overall"]["n_images"]
+    if told < images:
+        absent = "gen, und own, ext agree, precision, cover and judge cover are absent (-)" if told == 0 else \
+            "gen, und own, ext agree, precision and cover count only those"
+        console.print(f"external evaluator {s.get('evaluator', 'shapes')}: a verdict on {told} of {images} images; {absent}")
+    if report["overall"].get("und_acc_rendered") is None:
+        console.print("und rendered is absent (-): it needs the shapes world's renders")
 
 
 @app.command()
 def score(
     model: Path = typer.Option(DEFAULT_MODEL, help="Model folder (save_pretrained layout); default: the shipped tiny model."),
-    split: str = typer.Option("heldout", help="A split (train, val, heldout, novel) or a file of prompts, one per line."),
+    split: str = typer.Option("heldout", help="A split (train, val, heldout, novel) or a prompts file: one per line, "
+                              "or .jsonl with {\"prompt\": ..., \"category\": ...} (free text or shapes-world prompts)."),
     n: int = typer.Option(4, help="Images generated per prompt."),
     seed: int = typer.Option(0, help="Sampling seed (fixed seeds make runs comparable)."),
     mode: str = typer.Option(LOOP.judge_mode, help="Judge: likelihood (caption vs competitors), probability (p_yes) or decision (parsed answer)."),
@@ -169,9 +190,11 @@ def score(
     best_of: int = typer.Option(1, help="Each image is the model's own judge's pick among this many samples (its understanding as a verifier at generation time)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures to this JSON file."),
     plot: Optional[Path] = typer.Option(None, help="Write a PNG chart of NU and accuracies per category and tier."),
+    evaluator: str = typer.Option("shapes", help="External evaluator: shapes (exact, shapes-world prompts), none "
+                                  "(NU and the judge's figures only) or module:callable (your own)."),
 ):
     """Generate N images per prompt, judge them with the model's own understanding, check them
-    with the exact external evaluator, and print NU and accuracies per category and tier."""
+    with the external evaluator, and print NU and accuracies per category and tier."""
     from unigap.candidates import Sampling
     from unigap.evaluate import make_judge, score_report, select_prompts
 
@@ -180,9 +203,15 @@ def score(
     if cfg <= 0 or temperature < 0:
         fail("--cfg must be > 0 and --temperature >= 0")
     check_mode(mode)
+    ev = load_evaluator(evaluator)
     specs = select_prompts(load_prompts(split), per_category, seed)
+    check_judge_fits(mode, specs)
     um = load_model(model)
-    report = score_report(um, make_judge(um, mode), specs, Sampling(n=n, seed=seed, cfg=cfg, temperature=temperature, best_of=best_of))
+    sampling = Sampling(n=n, seed=seed, cfg=cfg, temperature=temperature, best_of=best_of)
+    try:
+        report = score_report(um, make_judge(um, mode), specs, sampling, evaluator=ev)
+    except ValueError as e:  # a user's evaluator that fails or answers something else
+        fail(str(e))
     samples = report.pop("_samples")
     report["settings"]["split"] = split
     print_report(report)
@@ -207,6 +236,8 @@ def generate(
     temperature: float = typer.Option(0.7, help="Sampling temperature (0: greedy)."),
     mode: str = typer.Option(LOOP.judge_mode, help="Judge mode for the p_yes written beside each image (probability for prompts outside the shapes world)."),
     best_of: int = typer.Option(1, help="Write, for each image, the judge's pick among this many samples."),
+    evaluator: str = typer.Option("none", help="External evaluator whose verdict (true, false or null: cannot tell) "
+                                  "is written beside each image: none, shapes or module:callable."),
 ):
     """Generate images with the model and write PNGs plus a JSON of token ids and the model's own p_yes."""
     from PIL import Image
@@ -219,17 +250,24 @@ def generate(
     if any(not p.strip() for p in prompts):
         fail("a prompt is empty")
     check_mode(mode)
+    ev = load_evaluator(evaluator)
     um = load_model(model)
     try:
         res = sample_and_judge(um, make_judge(um, mode), prompts, Sampling(n, seed, cfg, temperature, best_of=best_of))
     except ValueError as e:
         fail(f"cannot judge in {mode} mode: {e}")
+    try:
+        verdicts = ev(res.images, res.prompts)
+    except ValueError as e:
+        fail(str(e))
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for r, (text, image) in enumerate(zip(res.prompts, res.images)):
         name = f"{res.prompt_index[r]:03d}_{r % n:02d}.png"
         Image.fromarray(image).save(out / name)
         records.append({"prompt": text, "file": name, "tokens": res.tokens[r].tolist(), "p_yes": float(res.p_yes[r])})
+        if ev.measures:
+            records[-1]["evaluator"] = bool(verdicts.correct[r]) if verdicts.known[r] else None
     write_json(out / "generated.json", records)
     for rec in records:
         console.print(f"{rec['file']}  p_yes {rec['p_yes']:.3f}  {rec['prompt']}")

@@ -1,6 +1,8 @@
 """`unigap score`: generate, judge with the model's own understanding, check with the evaluator.
 
-The external evaluator only measures here; nothing it says flows back into training.
+The external evaluator only measures here; nothing it says flows back into training. Prompts are
+the shapes world's specs or free-text `unigap.prompts.Prompt`s; the evaluator is any
+`unigap.evaluators.Evaluator` (`none` included: then only the judge's figures exist).
 """
 
 from __future__ import annotations
@@ -9,16 +11,25 @@ import numpy as np
 
 from unigap import world
 from unigap.candidates import Sampling, sample_and_judge
+from unigap.evaluators import SHAPES, Evaluator
 from unigap.model.adapter import UnifiedModel
 from unigap.model.judge import REJECT_CAPTION, Judge
+from unigap.prompts import in_world, metadata_of
 from unigap.score import gap_summary
 
 
 def competitors(prompt: str) -> list[str]:
     """Competing captions for the likelihood judge: the prompt with one attribute changed, for
     two-object prompts each object alone (an image missing an object matches neither), and the
-    reject caption (an image that shows no prompt: it wins only for a model taught it)."""
-    spec = world.parse(prompt)
+    reject caption (an image that shows no prompt: it wins only for a model taught it).
+    Raises ValueError on a prompt outside the shapes world: only the world supplies competitors."""
+    try:
+        spec = world.parse(prompt)
+    except ValueError:
+        raise ValueError(
+            f"the likelihood judge needs competing captions, which only the shapes world supplies; {prompt!r} is "
+            "not one of its prompts (judge free text with the probability or decision mode)"
+        ) from None
     out = [s.text for _, s in world.negatives(spec)]
     if len(spec.objects) == 2:
         out += [world.Spec("single_object", (o,)).text for o in spec.objects]
@@ -33,24 +44,30 @@ def select_prompts(specs: list, per_category: int, seed: int = 0) -> list:
     """At most `per_category` prompts of each category (all when 0), chosen reproducibly.
 
     Balancing makes `overall` a mean over tasks, as GenEval reports it, rather than a figure
-    dominated by the largest category.
+    dominated by the largest category. Free-text prompts are balanced over their own categories.
     """
     if per_category <= 0:
         return list(specs)
     rng = np.random.default_rng(seed)
     out = []
-    for cat in world.CATEGORIES:
+    for cat in dict.fromkeys([*world.CATEGORIES, *(s.category for s in specs)]):
         group = [s for s in specs if s.category == cat]
         pick = sorted(rng.permutation(len(group))[:per_category])
         out += [group[i] for i in pick]
     return out
 
 
-def generate_and_judge(um: UnifiedModel, judge: Judge, specs: list, s: Sampling, progress=True) -> dict:
-    """Sample N images per spec, judge each with the model, evaluate each with the evaluator."""
+def generate_and_judge(
+    um: UnifiedModel, judge: Judge, specs: list, s: Sampling, progress=True, evaluator: Evaluator = SHAPES
+) -> dict:
+    """Sample N images per prompt, judge each with the model, evaluate each with the evaluator.
+
+    `correct` holds the evaluator's verdicts and `known` where it could tell (`correct` is False
+    where it could not); the shapes evaluator tells on every prompt of its world."""
     res = sample_and_judge(um, judge, [x.text for x in specs], s, progress)
     rows = [specs[k] for k in res.prompt_index]
-    return {"specs": rows, "judged": res, "correct": world.evaluate_batch(res.images, rows)}
+    v = evaluator(res.images, [x.text for x in rows], [metadata_of(x) for x in rows])
+    return {"specs": rows, "judged": res, "correct": v.correct, "known": v.known}
 
 
 def rendered_understanding(judge: Judge, specs: list, seed: int = 0, per_prompt: int = 1) -> np.ndarray:
@@ -72,40 +89,54 @@ def group_by(specs, key) -> dict[str, np.ndarray]:
     return {v: np.array([n == v for n in names]) for v in dict.fromkeys(names)}
 
 
-def gap_report(specs: list, rows: list, accepted, correct, extra=None) -> dict:
+def gap_report(specs: list, rows: list, accepted, correct, extra=None, known=None) -> dict:
     """`gap_summary` overall, by category and by tier of images generated for `specs`.
 
-    rows: the spec of each image; accepted / correct: the judge's and the evaluator's verdict per
-    image. `extra(img_mask, spec_mask)` may add fields to each group's figures. Shared by
-    `unigap score` and the judge service, so both report the same numbers.
+    rows: the spec (or free-text prompt) of each image; accepted / correct: the judge's and the
+    evaluator's verdict per image; known: where the evaluator could tell (default: everywhere).
+    The world's categories and tiers come in the world's order, free-text categories after them in
+    order of appearance; free text has no tier. `extra(img_mask, spec_mask)` may add fields to each
+    group's figures. Shared by `unigap score` and the judge service, so both report the same numbers.
     """
     accepted, correct = np.asarray(accepted, bool), np.asarray(correct, bool)
+    known = np.ones(len(rows), bool) if known is None else np.asarray(known, bool)
     prompt_of = np.array([s.text for s in rows])
 
     def summary(img_mask, spec_mask) -> dict:
-        out = gap_summary(accepted[img_mask], correct[img_mask], int(spec_mask.sum()), prompt_of[img_mask])
+        out = gap_summary(
+            accepted[img_mask], correct[img_mask], int(spec_mask.sum()), prompt_of[img_mask], known[img_mask]
+        )
         return {**out, **extra(img_mask, spec_mask)} if extra else out
 
     all_imgs, all_specs = np.ones(len(rows), bool), np.ones(len(specs), bool)
     report = {"overall": summary(all_imgs, all_specs), "by_category": {}, "by_tier": {}}
-    for field, key, names in (("by_category", lambda x: x.category, world.CATEGORIES), ("by_tier", lambda x: x.tier, world.TIERS)):
+    groupings = (("by_category", lambda x: x.category, world.CATEGORIES), ("by_tier", lambda x: x.tier, world.TIERS))
+    for field, key, order in groupings:
         img_groups, spec_groups = group_by(rows, key), group_by(specs, key)
-        for name in names:
-            if name in spec_groups:
+        for name in dict.fromkeys([*order, *spec_groups]):
+            if name is not None and name in spec_groups:
                 report[field][name] = summary(img_groups[name], spec_groups[name])
     return report
 
 
-def score_report(um: UnifiedModel, judge: Judge, specs: list, s: Sampling, progress=True) -> dict:
-    """The `unigap score` figures: overall, by category and by tier (keys as the issue names)."""
-    res = generate_and_judge(um, judge, specs, s, progress)
-    rendered = rendered_understanding(judge, specs, s.seed)
+def score_report(
+    um: UnifiedModel, judge: Judge, specs: list, s: Sampling, progress=True, evaluator: Evaluator = SHAPES
+) -> dict:
+    """The `unigap score` figures: overall, by category and by tier (keys as the issue names).
+
+    `und_acc_rendered` (the judge on rendered pairs) needs the shapes world's renders: None on
+    free text. The evaluator's figures are None where it could tell on no image (`none`)."""
+    res = generate_and_judge(um, judge, specs, s, progress, evaluator)
+    rendered = rendered_understanding(judge, specs, s.seed) if in_world(specs) else None
 
     def und_acc_rendered(img_mask, spec_mask) -> dict:
         both = np.concatenate([spec_mask, spec_mask])
-        return {"und_acc_rendered": float(rendered[both].mean()) if both.any() else None}
+        return {"und_acc_rendered": float(rendered[both].mean()) if rendered is not None and both.any() else None}
 
-    report = gap_report(specs, res["specs"], res["judged"].accepted, res["correct"], und_acc_rendered)
-    report["settings"] = {**s.__dict__, "judge_mode": judge.mode, "threshold": judge.threshold, "model": um.path}
+    report = gap_report(specs, res["specs"], res["judged"].accepted, res["correct"], und_acc_rendered, res["known"])
+    report["settings"] = {
+        **s.__dict__, "judge_mode": judge.mode, "threshold": judge.threshold, "model": um.path,
+        "evaluator": evaluator.name,
+    }
     report["_samples"] = res  # for plots and sample grids; dropped from the JSON
     return report

@@ -28,8 +28,9 @@ def plot_score(report: dict, path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(max(8, len(groups) * 1.1), 4.2))
     series = (("nu", "NU (own judge rejects)"), ("gen_acc", "generation acc (external)"), ("und_acc", "judge agrees with external"))
     for i, (key, label) in enumerate(series):
-        vals = [100 * (r[key] or 0) for _, r in groups]
-        ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=label)
+        vals = [np.nan if r[key] is None else 100 * r[key] for _, r in groups]  # absent (no evaluator): no bar, not 0
+        absent = all(np.isnan(vals))
+        ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=label + (": absent (no external evaluator)" if absent else ""))
     nu_lo = [100 * r["nu_ci"][0] for _, r in groups]
     nu_hi = [100 * r["nu_ci"][1] for _, r in groups]
     nu = [100 * r["nu"] for _, r in groups]

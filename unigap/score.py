@@ -24,38 +24,45 @@ def _mean(x) -> float | None:
     return float(x.mean()) if len(x) else None
 
 
-def gap_summary(accepted, correct, n_prompts: int | None = None, prompt_of=None) -> dict:
+def gap_summary(accepted, correct, n_prompts: int | None = None, prompt_of=None, known=None) -> dict:
     """NU and friends for one group of generated images.
 
-    accepted: the model's own judge accepted the image; correct: the external evaluator did.
+    accepted: the model's own judge accepted the image; correct: the external evaluator did;
+    known: where the evaluator could tell (default: everywhere). The evaluator's figures count only
+    images it could tell, and are None when it could tell none (no evaluator): NU never needs it.
     - nu: share of images the model's own understanding rejects;
     - gen_acc: share the external evaluator accepts;
     - und_acc: share where the judge agrees with the external evaluator;
     - ext_agreement: among images the judge rejects, the share the evaluator also rejects
       (above 0.5: the gap is weak generation, not misunderstanding);
     - judge_precision: among images the judge accepts, the share the evaluator accepts: how
-      clean the self-improvement loop's training set would be.
-    With `prompt_of` (each image's prompt), what rejection sampling can reach at this N:
+      clean the self-improvement loop's training set would be;
+    - n_evaluated: images the evaluator could tell.
+    With `prompt_of` (each image's prompt), what rejection sampling can reach at this N, among the
+    prompts with at least one image the evaluator could tell:
     - coverage: share of prompts with at least one correct image;
     - judge_coverage: share of prompts with at least one image both the judge and the evaluator
       accept (the prompts the loop can learn from).
     """
     a = np.asarray(accepted, dtype=bool)
     c = np.asarray(correct, dtype=bool)
+    k = np.ones(len(a), bool) if known is None else np.asarray(known, dtype=bool)
     rejected = ~a
     out = {
         "nu": _mean(rejected),
         "nu_ci": list(bootstrap_ci(rejected)),
-        "gen_acc": _mean(c),
-        "und_acc": _mean(a == c),
-        "ext_agreement": _mean(~c[rejected]),
-        "judge_precision": _mean(c[a]),
+        "gen_acc": _mean(c[k]),
+        "und_acc": _mean((a == c)[k]),
+        "ext_agreement": _mean(~c[rejected & k]),
+        "judge_precision": _mean(c[a & k]),
         "n_images": int(len(a)),
+        "n_evaluated": int(k.sum()),
     }
     if prompt_of is not None:
         names, prompt = np.unique(np.asarray(prompt_of), return_inverse=True)
-        out["coverage"] = _mean(np.bincount(prompt, c, len(names)) > 0)
-        out["judge_coverage"] = _mean(np.bincount(prompt, a & c, len(names)) > 0)
+        told = np.bincount(prompt, k, len(names)) > 0
+        out["coverage"] = _mean((np.bincount(prompt, c & k, len(names)) > 0)[told])
+        out["judge_coverage"] = _mean((np.bincount(prompt, a & c & k, len(names)) > 0)[told])
     if n_prompts is not None:
         out["n_prompts"] = n_prompts
     return out

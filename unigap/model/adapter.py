@@ -9,7 +9,7 @@ fed back through the generation embeddings. Works for the shipped tiny model and
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -49,19 +49,47 @@ def row_seed(seed: int, prompt: str, k: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def gumbel_noise(row_seeds: list[int], n_tok: int, vocab: int, device: torch.device) -> torch.Tensor:
-    """Gumbel(0, 1) noise [rows, n_tok, vocab], each row from its own CPU generator seeded
-    `row_seeds[r]` (so a candidate's noise does not depend on its batch). The rows are filled on
-    threads: at Janus-Pro sizes (576 tokens x 16384 codes, 9.4 M draws a row) one thread filling
-    them in turn took longer than the whole decoding on an H100 (bench/gpu.py)."""
-    noise = torch.empty(len(row_seeds), n_tok, vocab)
+_MASK32 = 0xFFFF_FFFF
+_MULTIPLIERS = (0x7FEB352D, 0x846CA68B)  # lowbias32 (Wellons, hash-prospector): a 32-bit mixer of low bias
+_CODE_SALT = 0x9E3779B9  # keeps code 0's input away from 0
 
-    def fill(r: int) -> None:
-        noise[r].exponential_(generator=torch.Generator().manual_seed(row_seeds[r]))
 
-    with ThreadPoolExecutor(max(1, min(len(row_seeds), torch.get_num_threads()))) as pool:
-        list(pool.map(fill, range(len(row_seeds))))
-    return noise.to(device).log_().neg_()  # -log(Exp(1)) is Gumbel(0, 1)
+def mix32(x: int) -> int:
+    """lowbias32 of a 32-bit int: the reference the tensor form (`_mix32`) must equal bit for bit."""
+    x &= _MASK32
+    x = ((x ^ (x >> 16)) * _MULTIPLIERS[0]) & _MASK32
+    x = ((x ^ (x >> 15)) * _MULTIPLIERS[1]) & _MASK32
+    return x ^ (x >> 16)
+
+
+def _mul32(x: torch.Tensor, m: int) -> torch.Tensor:
+    """(x * m) mod 2**32 for 32-bit values held in int64, by 16-bit halves: no product overflows int64
+    (signed overflow is not something to rely on across devices)."""
+    return ((((x >> 16) * m) & 0xFFFF) << 16).add_((x & 0xFFFF) * m).bitwise_and_(_MASK32)
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    x = _mul32(x ^ (x >> 16), _MULTIPLIERS[0])
+    x = _mul32(x ^ (x >> 15), _MULTIPLIERS[1])
+    return x ^ (x >> 16)
+
+
+def step_gumbel(keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """Gumbel(0, 1) noise [rows, vocab] (float32, on `keys`' device) for decoding step `step`.
+
+    Counter-based: entry (r, v) is a function of (keys[r], step, v) alone (keys: int64 in [0, 2**63),
+    e.g. `row_seed`s), so a candidate's noise does not depend on its batch, its place in it or the
+    steps drawn before, and only one step's noise is ever held (memory bounded by the batch). Each
+    entry hashes the three with lowbias32 (two rounds per entry) into 32 uniform bits u, strictly
+    inside (0, 1), and returns -log(-log(u)). The same keys give the same bits on every device.
+    """
+    step_salt = mix32(step + 1)
+    state = _mix32((keys & _MASK32) ^ _mix32((keys >> 32) ^ step_salt))  # [rows]: one (candidate, step)
+    second = _mix32(state ^ _CODE_SALT)
+    codes = _mix32(torch.arange(vocab, device=keys.device) ^ _CODE_SALT)
+    bits = _mix32(_mix32(state[:, None] ^ codes) ^ second[:, None])
+    u = (bits.double() + 0.5) * 2.0**-32  # float64: float32 would round the top values to 1
+    return u.log_().neg_().log_().neg_().float()
 
 
 def full_precision(x: torch.Tensor) -> torch.Tensor:
@@ -103,6 +131,17 @@ class _ReservedLayer(DynamicLayer):
         return self.keys, self.values
 
 
+def check_janus_folder(path: Path) -> None:
+    """ValueError naming the folder unless its config.json is a Janus model's (model_type janus)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path}: config.json is not valid JSON") from None
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    if kind != "janus":
+        raise ValueError(f"{path} is not a Janus checkpoint: its config.json says model_type {kind!r}, not 'janus'")
+
+
 class UnifiedModel:
     def __init__(self, model: JanusForConditionalGeneration, processor, path: str | None = None):
         self.model = model
@@ -120,12 +159,22 @@ class UnifiedModel:
     # ------------------------------------------------------------------ load / save
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> "UnifiedModel":
+        """Any transformers Janus checkpoint folder (the shipped model, Janus-Pro-1B/7B or a team's
+        own) with its processor and tokenizer, which are used throughout. FileNotFoundError without
+        config.json; ValueError, in one line, for a folder that is not a Janus checkpoint."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no model at {path} (expected a save_pretrained folder with config.json)")
+        check_janus_folder(path)
+        try:
+            processor = AutoProcessor.from_pretrained(path)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"{path}: cannot load its processor and tokenizer ({e.__class__.__name__})") from None
+        if not all(hasattr(processor, k) for k in ("tokenizer", "image_processor")):
+            raise ValueError(f"{path}: its processor is a {type(processor).__name__}, not a Janus processor")
         model = JanusForConditionalGeneration.from_pretrained(path, dtype=dtype or torch.float32)
         model.to(device).eval()
-        return cls(model, AutoProcessor.from_pretrained(path), str(path))
+        return cls(model, processor, str(path))
 
     def save(self, path: str | Path) -> None:
         self.model.save_pretrained(path)
@@ -212,8 +261,10 @@ class UnifiedModel:
     ) -> Samples:
         """N candidates per prompt with classifier-free guidance; temperature 0 is greedy.
 
-        The prompt prefix is computed once and its cache shared by the N candidates. Noise is drawn
-        per candidate from `row_seed`, so a candidate is the same whatever batch it is sampled in.
+        The prompt prefix is computed once and its cache shared by the N candidates. Gumbel-max noise
+        is drawn on the model's device one step at a time (`step_gumbel`), keyed by each candidate's
+        `row_seed`, so a candidate is the same whatever batch it is sampled in, and the noise held is
+        [rows, codebook], not [rows, image tokens, codebook].
         `seed` may be one seed per prompt, so requests with different seeds can share a batch.
         """
         if n < 1:
@@ -236,20 +287,20 @@ class UnifiedModel:
         # transformers would build from the 2D one each step, built once (sliced per step).
         step_mask = full_mask.bool()[:, None, None, :]
         rows = len(prompts) * n
-        gumbel = None
-        if temperature > 0:
-            row_seeds = [row_seed(seeds[r // n], prompts[r // n], r % n) for r in range(rows)]
-            gumbel = gumbel_noise(row_seeds, n_tok, self.model.config.vq_config.num_embeddings, self.device)
+        keys = None
+        if temperature > 0:  # one key per candidate; its noise is drawn step by step (step_gumbel)
+            keys = [row_seed(seeds[r // n], prompts[r // n], r % n) for r in range(rows)]
+            keys = torch.tensor(keys, dtype=torch.long, device=self.device)
         tokens = torch.empty(rows, n_tok, dtype=torch.long, device=self.device)
         head = self.model.model.generation_head
         for t in range(n_tok):
             logits = head(hidden)
             if guided:
                 logits = self.guide(logits, cfg)
-            if gumbel is None:
+            if keys is None:
                 nxt = logits.argmax(-1)
             else:
-                nxt = (full_precision(logits) / temperature + gumbel[:, t]).argmax(-1)
+                nxt = (full_precision(logits) / temperature + step_gumbel(keys, t, logits.shape[-1])).argmax(-1)
             tokens[:, t] = nxt
             if t == n_tok - 1:
                 break

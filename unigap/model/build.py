@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     JanusConfig,
     JanusForConditionalGeneration,
@@ -40,6 +40,15 @@ class TinySize:
     code_dim: int = 8
     vq_channels: int = 32
     vq_multipliers: tuple[int, ...] = (1, 2, 2)
+    max_positions: int = 256  # the prefix and every image token must fit
+
+
+# Janus-Pro's layout (deepseek-community/Janus-Pro-1B and -7B): 384 px images in 16 px patches,
+# 576 image tokens, a 16384-code book, a VQ that downsamples by 16; here at tiny widths.
+PRO_LAYOUT = TinySize(image_size=384, patch_size=16, hidden=64, layers=1, heads=2, vision_hidden=64,
+                      vision_layers=1, codebook=16384, vq_multipliers=(1, 1, 2, 2, 4), max_positions=1024)
+# Janus-Pro's own special tokens (DeepSeek's tokenizer); its chat markers are plain text there.
+PRO_BOS, PRO_EOS, PRO_PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
 
 
 def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
@@ -64,6 +73,30 @@ def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     )
 
 
+def build_bpe_tokenizer(corpus: list[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer as Janus-Pro's (DeepSeek's special tokens, left padding, <bos>
+    first), trained offline on `corpus` with the `tokenizers` library: any text tokenizes (bytes
+    are its alphabet), frequent corpus words become single tokens."""
+    specials = [PRO_BOS, PRO_EOS, PRO_PAD, IMAGE, BOI, EOI]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{PRO_BOS} $A", pair=f"{PRO_BOS} $A $B", special_tokens=[(PRO_BOS, tok.token_to_id(PRO_BOS))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=PRO_BOS,
+        eos_token=PRO_EOS,
+        pad_token=PRO_PAD,
+        padding_side="left",
+        extra_special_tokens={"image_token": IMAGE, "boi_token": BOI, "eoi_token": EOI},
+    )
+
+
 def janus_config(tokenizer: PreTrainedTokenizerFast, size: TinySize = TinySize()) -> JanusConfig:
     downsample = 2 ** (len(size.vq_multipliers) - 1)
     if downsample != size.patch_size or size.vq_channels % 32:
@@ -76,7 +109,7 @@ def janus_config(tokenizer: PreTrainedTokenizerFast, size: TinySize = TinySize()
         num_hidden_layers=size.layers,
         num_attention_heads=size.heads,
         num_key_value_heads=size.heads,
-        max_position_embeddings=256,
+        max_position_embeddings=size.max_positions,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -121,11 +154,19 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, size: TinySize = TinySiz
     return JanusProcessor(image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=n_tokens)
 
 
-def build_tiny(words: list[str], size: TinySize = TinySize(), seed: int = 0):
-    """A freshly initialised tiny Janus with its processor."""
+def build_tiny(words: list[str], size: TinySize = TinySize(), seed: int = 0, tokenizer=None):
+    """A freshly initialised tiny Janus with its processor (the WordLevel tokenizer over `words`
+    unless `tokenizer` is given)."""
     import torch
 
-    tokenizer = build_tokenizer(words)
+    tokenizer = tokenizer or build_tokenizer(words)
     torch.manual_seed(seed)
     model = JanusForConditionalGeneration(janus_config(tokenizer, size))
     return model, build_processor(tokenizer, size)
+
+
+def build_pro_layout(corpus: list[str], seed: int = 0):
+    """A randomly initialised Janus with Janus-Pro's layout (`PRO_LAYOUT`: 384 px, 576 image
+    tokens, 16384 codes) and a byte-level BPE tokenizer trained on `corpus`, at tiny widths: what a
+    team's own checkpoint looks like to unigap, small enough for tests on a CPU."""
+    return build_tiny([], PRO_LAYOUT, seed, tokenizer=build_bpe_tokenizer(corpus))
