@@ -72,7 +72,7 @@ class ServiceBackend:
     def generator(self, ref: str) -> RemoteGenerator:
         return RemoteGenerator(self.generation, ref, self._retry)
 
-    def judge(self, ref: str, threshold: float = 0.5) -> RemoteJudge:
+    def judge(self, ref: str, threshold: float) -> RemoteJudge:
         return RemoteJudge(self.judge_client, ref, threshold, self._retry)
 
     def train(self, job: TrainJob) -> tuple[str, list]:

@@ -174,6 +174,8 @@ def test_gate_fresh_val_measures_the_incumbent_again(tiny_model, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     zero, one = json.loads(out.read_text())["rounds"]
     assert "gate_val" not in zero
+    # One threshold for every evaluation: the held-out and val figures judge at --threshold too.
+    assert zero["nu"] == 0.0
     old, new = one["gate_val"]["old"], one["gate_val"]["new"]
     assert old["diversity"] != zero["val"]["diversity"]  # the start model again, on other seeds than its stored evaluation
     st = LocalStore(store)

@@ -61,6 +61,42 @@ def test_bootstrap_ci_matches_normal_approximation():
     assert hi == pytest.approx(0.3 + 1.96 * se, abs=0.006)
 
 
+def test_bootstrap_over_prompts_keeps_a_prompts_images_together():
+    """40 prompts x 10 images. When a prompt's images all agree, the mean varies as a mean of 40
+    prompts (sd = sqrt(.5 * .5 / 40) = 0.079, a 95% interval about 0.31 wide), not of 400 images
+    (0.10 wide): resampling images would understate it threefold. Independent images: alike."""
+    rng = np.random.default_rng(3)
+    prompt = np.repeat(np.arange(40), 10)
+    same = np.repeat(rng.random(40) < 0.5, 10)
+    lo_img, hi_img = bootstrap_ci(same)
+    lo, hi = bootstrap_ci(same, prompt)
+    assert lo < same.mean() < hi
+    assert hi - lo == pytest.approx(0.31, abs=0.06)
+    assert (hi - lo) > 2.5 * (hi_img - lo_img)
+    indep = rng.random(400) < 0.5
+    width_img, width_prompt = np.subtract(*bootstrap_ci(indep)[::-1]), np.subtract(*bootstrap_ci(indep, prompt)[::-1])
+    assert 0.75 < width_prompt / width_img < 1.33
+
+
+def test_bootstrap_memory_is_bounded_by_the_chunk_not_the_replicates():
+    """Replicates are drawn `chunk` at a time; the interval does not depend on the chunk size
+    beyond the bootstrap's own noise, and a large n_boot over many prompts stays cheap."""
+    rng = np.random.default_rng(4)
+    prompt = np.repeat(np.arange(500), 4)
+    x = rng.random(2000) < 0.3
+    a = bootstrap_ci(x, prompt, n_boot=4000, chunk=4000)
+    b = bootstrap_ci(x, prompt, n_boot=4000, chunk=64)
+    assert a == pytest.approx(b, abs=0.006)
+
+
+def test_gap_summary_intervals_resample_prompts():
+    prompt = np.repeat(np.arange(20), 10)
+    accepted = np.repeat(np.arange(20) % 2 == 0, 10)
+    by_image = gap_summary(accepted, accepted)["nu_ci"]
+    by_prompt = gap_summary(accepted, accepted, prompt_of=prompt)["nu_ci"]
+    assert by_prompt[1] - by_prompt[0] > 2 * (by_image[1] - by_image[0])
+
+
 def test_win_rate_only_counts_disagreements():
     old = [True, True, False, False, True]
     new = [True, False, True, False, False]

@@ -21,7 +21,7 @@ from unigap.train.round import TrainJob, load_model, train_round
 class Backend(Protocol):
     def generator(self, ref: str): ...
 
-    def judge(self, ref: str, threshold: float = 0.5): ...
+    def judge(self, ref: str, threshold: float): ...
 
     def train(self, job: TrainJob) -> tuple[str, list]: ...
 
@@ -43,7 +43,7 @@ class LocalBackend:
         self._models.move_to_end(ref)
         return self._models[ref]
 
-    def judge(self, ref: str, threshold: float = 0.5):
+    def judge(self, ref: str, threshold: float):
         return make_judge(self.generator(ref), self.judge_mode, threshold)
 
     def train(self, job: TrainJob) -> tuple[str, list]:

@@ -176,7 +176,7 @@ class Loop:
     def _measure(self, ref: str, splits: tuple[str, ...], seed: int) -> tuple[dict, dict]:
         """The figures of each split for one model, and the held-out images and verdicts (if evaluated)."""
         out, arrays = {}, {}
-        generator, judge = self.backend.generator(ref), self.backend.judge(ref)
+        generator, judge = self.backend.generator(ref), self.backend.judge(ref, self.cfg.threshold)
         for split in splits:
             n = {"val": self.cfg.val_n or self.cfg.eval_n, "novel": max(2, self.cfg.eval_n // 2)}.get(split, self.cfg.eval_n)
             specs = evaluated_specs(split, self.cfg.eval_per_category)
@@ -288,7 +288,7 @@ class Loop:
         if new_ref is None:
             return {"win_rate": None, "n_disagree": 0}
         a, prompts = heldout_arrays(self.store, old_eval, self.cfg.eval_per_category)
-        new = self.backend.judge(new_ref).score(a["images"], prompts).decision
+        new = self.backend.judge(new_ref, self.cfg.threshold).score(a["images"], prompts).decision
         return win_rate(a["accepted"], new, a["correct"])
 
     def _row(self, m: dict) -> dict:

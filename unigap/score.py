@@ -8,14 +8,30 @@ from __future__ import annotations
 import numpy as np
 
 
-def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values`."""
+def bootstrap_ci(values, groups=None, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                 chunk: int = 250) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values`.
+
+    With `groups` (each value's group, e.g. the prompt an image was generated for), whole groups
+    are resampled: a prompt's images are correlated (an easy prompt gives many right images), so
+    resampling images alone would understate the interval. Memory is bounded by `chunk` x the number
+    of groups whatever `n_boot` is: each replicate is a count per group, and its mean is the
+    count-weighted sum over the groups' sums divided by the count-weighted number of values.
+    """
     x = np.asarray(values, dtype=float)
     if len(x) == 0:
         return (float("nan"), float("nan"))
+    group = np.arange(len(x)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    sums, sizes = np.bincount(group, x), np.bincount(group).astype(float)
+    k = len(sums)
     rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), (n_boot, len(x)))].mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    means = []
+    for start in range(0, n_boot, chunk):
+        m = min(chunk, n_boot - start)
+        picks = rng.integers(0, k, (m, k)) + (np.arange(m) * k)[:, None]
+        counts = np.bincount(picks.ravel(), minlength=m * k).reshape(m, k).astype(float)
+        means.append((counts @ sums) / (counts @ sizes))
+    lo, hi = np.quantile(np.concatenate(means), [(1 - level) / 2, (1 + level) / 2])
     return (float(lo), float(hi))
 
 
@@ -50,7 +66,7 @@ def gap_summary(accepted, correct, n_prompts: int | None = None, prompt_of=None,
     rejected = ~a
     out = {
         "nu": _mean(rejected),
-        "nu_ci": list(bootstrap_ci(rejected)),
+        "nu_ci": list(bootstrap_ci(rejected, prompt_of)),
         "gen_acc": _mean(c[k]),
         "und_acc": _mean((a == c)[k]),
         "ext_agreement": _mean(~c[rejected & k]),
