@@ -39,6 +39,14 @@ def fail(message: str) -> None:
     raise BadInput(message)
 
 
+def valid(make, *args, **settings):
+    """Settings the dataclasses accept (unigap/config.py validates them), else one line and exit 2."""
+    try:
+        return make(*args, **settings)
+    except ValueError as e:
+        fail(str(e))
+
+
 def check_model(path: Path) -> None:
     if not (path / "config.json").is_file():
         fail(f"no model at {path}: expected a folder written by save_pretrained (config.json)")
@@ -392,12 +400,12 @@ def loop(
     check_mode(mode)
     check_model(model)
     check_device(device)
-    train = TrainConfig(epochs=epochs, lr=lr, beta=beta, nll_weight=nll_weight, kl_weight=kl_weight, modules=modules,
+    train = valid(TrainConfig, epochs=epochs, lr=lr, beta=beta, nll_weight=nll_weight, kl_weight=kl_weight, modules=modules,
                         lora_rank=lora_rank, und_anchor=und_anchor, und_replay=und_replay, gen_replay=gen_replay, und_flawed=und_flawed,
                         und_batch=und_batch, und_every=und_every, seed=seed)
     check_sft_rule(threshold, max_per_prompt, balance, focus, solved_rows, min_accept_rate)
     check_regulariser(train)
-    cfg = LoopConfig(rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
+    cfg = valid(LoopConfig, rounds=rounds, method=method, n=n, seed=seed, pool=pool, judge_mode=mode, train=train,
                      threshold=threshold, max_per_prompt=max_per_prompt, balance=balance, focus=focus, solved_rows=solved_rows, min_accept_rate=min_accept_rate, gate_external=gate_external,
                      gate_ext_tolerance=gate_ext_tolerance, gate_fresh_val=gate_fresh_val, eval_n=eval_n, val_n=val_n, val_pairs=val_pairs, eval_per_category=eval_per_category, cfg=sample_cfg, temperature=temperature,
                      canonical=canonical, curriculum_epoch=curriculum_epoch, restart=restart, warm=warm)
@@ -451,7 +459,7 @@ def controls(
     if modules not in MODULES:
         fail(f"--modules must be one of {', '.join(MODULES)}")
     # What the options do not set stays at the first defaults, as the rest of the controls' settings.
-    train = replace(CONTROL.train, lr=lr, epochs=epochs, modules=modules, und_anchor=und_anchor, und_replay=und_replay,
+    train = valid(replace, CONTROL.train, lr=lr, epochs=epochs, modules=modules, und_anchor=und_anchor, und_replay=und_replay,
                     gen_replay=gen_replay, und_flawed=und_flawed, seed=seed)
     check_sft_rule(threshold, max_per_prompt, balance, focus, solved_rows, min_accept_rate)
     check_regulariser(train)
@@ -460,7 +468,7 @@ def controls(
         prompts = pool_texts(pool)
     except ValueError as e:
         fail(str(e))
-    cfg = replace(CONTROL, rounds=rounds, n=n, seed=seed, pool=pool, eval_n=eval_n, eval_per_category=eval_per_category,
+    cfg = valid(replace, CONTROL, rounds=rounds, n=n, seed=seed, pool=pool, eval_n=eval_n, eval_per_category=eval_per_category,
                   max_per_prompt=max_per_prompt, balance=balance, focus=focus, solved_rows=solved_rows, min_accept_rate=min_accept_rate,
                   threshold=threshold, train=train)
     result = run_controls(load_model(model), chosen, prompts, cfg, log=console.print)
