@@ -25,6 +25,8 @@ def test_help_explains_itself():
     for cmd in ("score", "generate", "judge", "pretrain", "demo"):
         assert cmd in proc.stdout
     assert "non-unification" in run("score", "--help").stdout.lower() or "judge" in run("score", "--help").stdout
+    module = subprocess.run([sys.executable, "-m", "unigap.cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert module.returncode == 0 and all(cmd in module.stdout for cmd in ("score", "loop", "controls", "serve"))
 
 
 @pytest.mark.parametrize(
