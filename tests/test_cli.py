@@ -25,6 +25,8 @@ def test_help_explains_itself():
     for cmd in ("score", "generate", "judge", "pretrain", "demo"):
         assert cmd in proc.stdout
     assert "non-unification" in run("score", "--help").stdout.lower() or "judge" in run("score", "--help").stdout
+    module = subprocess.run([sys.executable, "-m", "unigap.cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert module.returncode == 0 and all(cmd in module.stdout for cmd in ("score", "loop", "controls", "serve"))
 
 
 @pytest.mark.parametrize(
@@ -130,11 +132,89 @@ def test_demo_scores_the_shipped_model_then_runs_the_default_loop(tmp_path, monk
     from typer.testing import CliRunner
 
     from unigap import cli
+    from unigap.cli import runs
     from unigap.config import LoopConfig
 
     called = []
-    monkeypatch.setattr(cli, "run_loop", lambda cfg, store, model, json_out, report: called.append((cfg, store, report)))
+    monkeypatch.setattr(runs, "run_loop", lambda cfg, store, model, json_out, report: called.append((cfg, store, report)))
     result = CliRunner().invoke(cli.app, ["demo", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "score.json").is_file() and (tmp_path / "score.png").is_file()
     assert called == [(LoopConfig(rounds=3), str(tmp_path / "store"), tmp_path)]
+
+
+def test_the_cli_defaults_are_the_dataclasses():
+    """Every option derived from a setting has the setting's default: `unigap loop` today's recipe,
+    `unigap controls` the first defaults, the sampling and judge options `Sampling`'s and `JudgeSettings`'."""
+    from dataclasses import asdict
+
+    import typer
+
+    from unigap import cli
+    from unigap.cli.loop import CONTROL, CONTROL_SETTINGS
+    from unigap.cli.options import settings, value_at
+    from unigap.config import JudgeSettings, LoopConfig, Sampling
+
+    commands = typer.main.get_command(cli.app).commands
+    for name, base, paths in (("loop", LoopConfig(), None), ("controls", CONTROL, CONTROL_SETTINGS)):
+        params = {p.name: p for p in commands[name].params}
+        derived = [s for s in settings() if paths is None or s.path in paths]
+        assert len(derived) == (len(settings()) if paths is None else len(paths))
+        for s in derived:
+            assert params[s.name].default == value_at(asdict(base), s.path), (name, s.path)
+            assert s.flag in params[s.name].opts
+    controls = {p.name: p.default for p in commands["controls"].params}
+    assert controls["rounds"] == 1 and not {"method", "restart", "und_every"} & set(controls)  # its own, and no more
+    for name in ("score", "generate"):
+        params = {p.name: p.default for p in commands[name].params}
+        assert {k: params[k] for k in ("n", "seed", "cfg", "temperature", "best_of", "mode")} == {
+            **{k: getattr(Sampling(), k) for k in ("n", "seed", "cfg", "temperature", "best_of")},
+            "mode": JudgeSettings().mode,
+        }
+    params = {p.name: p.default for p in commands["judge"].params}
+    assert (params["mode"], params["threshold"]) == (JudgeSettings().mode, JudgeSettings().threshold)
+
+
+def test_a_recipe_is_the_base_options_and_set_override_it(tmp_path, monkeypatch):
+    """`unigap loop --recipe F`: the recipe's settings, then options given on the command line, then --set."""
+    from dataclasses import replace
+
+    from typer.testing import CliRunner
+
+    from unigap import cli
+    from unigap.cli import runs
+    from unigap.config import LoopConfig, TrainConfig
+
+    seen = []
+    monkeypatch.setattr(runs, "run_loop", lambda cfg, *rest: seen.append(cfg))
+
+    def cfg_of(*args):
+        result = CliRunner().invoke(cli.app, ["loop", "--store", str(tmp_path / "store"), *args])
+        assert result.exit_code == 0, result.output
+        return seen.pop()
+
+    default = cfg_of()
+    assert default == LoopConfig() == cfg_of("--recipe", "recipes/default.yaml")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("n: 4\nbalance: false\ntrain:\n  epochs: 2\n  lr: 0.01\n")
+    assert cfg_of("--recipe", str(recipe), "--seed", "3") == LoopConfig(
+        n=4, balance=False, seed=3, train=TrainConfig(epochs=2, lr=0.01, seed=3)
+    )
+    # Options given on the command line override the recipe, even at the option's default value.
+    got = cfg_of("--recipe", str(recipe), "--n", "32", "--epochs", "5", "--balance")
+    assert (got.n, got.train.epochs, got.balance, got.train.lr) == (32, 5, True, 0.01)
+    got = cfg_of("--recipe", str(recipe), "--epochs", "5", "--set", "train.epochs=7", "--set", "pool=train")
+    assert (got.train.epochs, got.pool) == (7, "train")
+    assert cfg_of("--set", "train.und_every=2") == replace(default, train=TrainConfig(und_every=2))
+
+
+def test_bad_recipes_exit_2_with_one_line(tmp_path):
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("n: 4\nfocuss: 0.5\n")
+    assert_one_line_error(run("loop", "--recipe", str(unknown)), "unknown.yaml", "unknown setting 'focuss'")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train:\n  epochs: six\n")
+    assert_one_line_error(run("loop", "--recipe", str(typo)), "typo.yaml", "train.epochs must be int")
+    assert_one_line_error(run("loop", "--set", "train.epochs"), "--set 'train.epochs'", "KEY=VALUE")
+    assert_one_line_error(run("loop", "--set", "seed=2"), "seed is given per run")
+    assert_one_line_error(run("loop", "--recipe", str(tmp_path / "absent.yaml")), "absent.yaml", "cannot be read")

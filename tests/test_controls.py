@@ -15,7 +15,7 @@ PROMPTS = ["a red circle", "a blue square left of a red circle", "two green circ
 
 @pytest.fixture(scope="module")
 def cfg():
-    # The first defaults, as `unigap controls` has them (cli.CONTROL): every kept sample is a row.
+    # The first defaults, as `unigap controls` has them (unigap.cli.loop.CONTROL): every kept sample is a row.
     return LoopConfig.from_dict({"n": 3, "rounds": 1, "eval_n": 1, "eval_per_category": 1})
 
 

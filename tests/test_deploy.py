@@ -879,12 +879,13 @@ def test_unigap_loop_takes_the_cronjob_s_args(rendered, monkeypatch, name):
     from typer.testing import CliRunner
 
     import unigap.cli as cli
+    from unigap.cli import runs
     from unigap.config import LoopConfig
 
     r = rendered(name)
     c = container(cronjob_pod(r), "loop")
     seen = {}
-    monkeypatch.setattr(cli, "run_loop_via_services", lambda *a: seen.setdefault("args", a))
+    monkeypatch.setattr(runs, "run_loop_via_services", lambda *a: seen.setdefault("args", a))
     result = CliRunner().invoke(cli.app, [*c["command"][1:], *c["args"]])
     assert result.exit_code == 0, result.output
     cfg, store, model, addresses, executor, procs, _, more_rounds = seen["args"]

@@ -1,6 +1,8 @@
 """Sample N candidates per prompt and judge each with the model's own understanding.
 
 The one loop shared by evaluation (`unigap score`) and the self-improvement loop.
+
+`Sampling` (its settings) lives in unigap/config.py with the other settings.
 """
 
 from __future__ import annotations
@@ -9,19 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unigap.config import Sampling
 from unigap.model.adapter import UnifiedModel
 from unigap.model.judge import Judge
 from unigap.progress import bar
-
-
-@dataclass
-class Sampling:
-    n: int = 4
-    seed: int = 0
-    cfg: float = 1.5
-    temperature: float = 0.7
-    batch_prompts: int = 32
-    best_of: int = 1  # > 1: each of the N is the own judge's pick among this many samples
 
 
 @dataclass
@@ -41,8 +34,6 @@ def sample_and_judge(um: UnifiedModel, judge: Judge, prompts: list[str], s: Samp
     With `best_of` M, N * M samples are drawn per prompt and each consecutive M keeps the one the
     judge scores highest: generation with the model's own understanding as a verifier.
     """
-    if s.best_of < 1:
-        raise ValueError(f"best_of must be >= 1, got {s.best_of}")
     index, images, tokens, p_yes, accepted = [], [], [], [], []
     for i in bar(range(0, len(prompts), s.batch_prompts), "sample and judge", progress):
         chunk = prompts[i : i + s.batch_prompts]

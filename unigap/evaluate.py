@@ -11,6 +11,7 @@ import numpy as np
 
 from unigap import world
 from unigap.candidates import Sampling, sample_and_judge
+from unigap.config import JudgeSettings
 from unigap.evaluators import SHAPES, Evaluator
 from unigap.model.adapter import UnifiedModel
 from unigap.model.judge import REJECT_CAPTION, Judge
@@ -36,7 +37,7 @@ def competitors(prompt: str) -> list[str]:
     return out + [REJECT_CAPTION]
 
 
-def make_judge(um: UnifiedModel, mode: str, threshold: float = 0.5) -> Judge:
+def make_judge(um: UnifiedModel, mode: str, threshold: float = JudgeSettings.threshold) -> Judge:
     return Judge(um, mode, threshold, competitors=competitors)
 
 

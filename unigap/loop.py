@@ -22,7 +22,7 @@ import numpy as np
 from unigap import world
 from unigap.backend import Backend, LocalBackend
 from unigap.candidates import Sampling
-from unigap.config import METHODS, POOLS, LoopConfig
+from unigap.config import POOLS, LoopConfig
 from unigap.evaluate import generate_and_judge, rendered_understanding, select_prompts
 from unigap.score import gap_summary, win_rate
 from unigap.store import records as rec
@@ -125,10 +125,6 @@ class Loop:
         self, cfg: LoopConfig, store: Store, cache: Path, start_model: Path, progress: bool = True,
         log: Callable[[str], None] = print, backend: Backend | None = None, device: str = "cpu",
     ):
-        if cfg.method not in METHODS:
-            raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
-        if cfg.rounds < 1:
-            raise ValueError("rounds must be >= 1")
         self.cfg, self.store, self.cache, self.progress, self.log = cfg, store, Path(cache), progress, log
         self.pool = pool_texts(cfg.pool)
         self.start_ref = rec.put_checkpoint(store, start_model)

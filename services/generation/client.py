@@ -11,6 +11,7 @@ from services.api import generation_pb2_grpc
 from services.common.client import ServiceClient, rpc_errors
 from services.common.images import encode_png
 from services.common.validation import decode_png
+from unigap.config import Sampling
 
 
 @dataclass
@@ -28,8 +29,8 @@ class GenerationClient(ServiceClient):
     stub = generation_pb2_grpc.GenerationServiceStub
     get_model_request, reload_model_request = pb.GenerationServiceGetModelRequest, pb.GenerationServiceReloadModelRequest
 
-    def sample(self, prompts: list[str], n: int = 1, cfg: float = 1.5, temperature: float = 0.7, seed: int = 0,
-               checkpoint: str = "") -> RemoteSamples:
+    def sample(self, prompts: list[str], n: int = 1, cfg: float = Sampling.cfg,
+               temperature: float = Sampling.temperature, seed: int = 0, checkpoint: str = "") -> RemoteSamples:
         responses = []  # (prompt index in `prompts`, response)
         for part in self.chunks(len(prompts)):
             request = pb.GenerateRequest(prompts=prompts[part], n=n, cfg_scale=cfg, temperature=temperature, seed=seed,

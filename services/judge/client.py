@@ -11,6 +11,7 @@ from services.api import judge_pb2_grpc
 from services.common.client import ServiceClient, rpc_errors
 from services.common.images import encode_png
 from services.judge.figures import from_result
+from unigap.config import Sampling
 from unigap.model.judge import Judgment
 
 
@@ -31,8 +32,9 @@ class JudgeClient(ServiceClient):
             decision += [j.decision for j in r.judgments]
         return Judgment(np.array(p_yes, dtype=np.float32), np.array(decision, dtype=bool))
 
-    def non_unification(self, prompts: list[str], n: int = 4, seed: int = 0, cfg: float = 1.5, temperature: float = 0.7,
-                        checkpoint: str = "", on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+    def non_unification(self, prompts: list[str], n: int = 4, seed: int = 0, cfg: float = Sampling.cfg,
+                        temperature: float = Sampling.temperature, checkpoint: str = "",
+                        on_progress: Callable[[str, int, int], None] | None = None) -> dict:
         """`unigap score`'s figures (overall, by_category, by_tier: gap_summary dicts) and the checkpoint."""
         request = pb.NonUnificationRequest(prompts=prompts, n=n, seed=seed, cfg_scale=cfg, temperature=temperature,
                                            checkpoint=checkpoint)

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from transformers import AutoProcessor, DynamicCache, JanusForConditionalGeneration
 from transformers.cache_utils import DynamicLayer
 
+from unigap.config import Sampling
+
 # The Janus-Pro chat layout; "\n" collapses to nothing in the tiny model's tokenizer.
 USER, ASSISTANT = "<|User|>", "<|Assistant|>"
 KNOWN_TEXTS = 100_000  # texts whose token ids a model remembers (UnifiedModel.token_ids)
@@ -254,8 +256,8 @@ class UnifiedModel:
         self,
         prompts: list[str],
         n: int = 1,
-        cfg: float = 1.5,
-        temperature: float = 0.7,
+        cfg: float = Sampling.cfg,
+        temperature: float = Sampling.temperature,
         seed: int | Sequence[int] = 0,
         decode: bool = True,
     ) -> Samples:

@@ -16,9 +16,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from unigap.config import JUDGE_MODES as MODES
+from unigap.config import JudgeSettings
 from unigap.model.adapter import UnifiedModel
 
-MODES = ("probability", "decision", "likelihood")
 SYSTEM = "You are a helpful language and vision assistant."
 ANSWER_PREFIX = "The score is"
 CAPTION_QUESTION = "Describe the image."
@@ -66,8 +67,8 @@ class Judge:
     def __init__(
         self,
         model: UnifiedModel,
-        mode: str = "likelihood",
-        threshold: float = 0.5,
+        mode: str = JudgeSettings.mode,
+        threshold: float = JudgeSettings.threshold,
         competitors: Callable[[str], list[str]] | None = None,
         batch_size: int = 64,
     ):
