@@ -335,3 +335,60 @@ def test_triton_killed_means_unavailable(servers, rendered):
             client.score(images[:1], prompts[:1])
     assert e.value.code == grpc.StatusCode.UNAVAILABLE and "Triton" in e.value.details
     assert procs["doomed"].terminate() == 0  # the front still drains and exits cleanly
+
+
+class _DeadTriton:
+    """What the supervisor watches, as a RunningTriton has it; this one has exited and its stop fails
+    (e.g. pytriton raising on a server already gone). The supervisor's seam: no tritonserver needed."""
+
+    http_port = grpc_port = metrics_port = 0
+    pid = 4242
+
+    def __init__(self):
+        self.stops = 0
+
+    def alive(self) -> bool:
+        return False
+
+    def stop(self) -> None:
+        self.stops += 1
+        raise RuntimeError("tritonserver is gone\ntraceback-like second line")
+
+
+class _LiveTriton:
+    http_port = grpc_port = metrics_port = 0
+    pid = 4343
+    http = grpc = "127.0.0.1:0"
+    metrics = "http://127.0.0.1:0/metrics"
+
+    def __init__(self):
+        self.is_alive, self.stopped = True, False
+
+    def alive(self) -> bool:
+        return self.is_alive
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_supervisor_keeps_watching_when_stopping_a_dead_triton_fails(capsys):
+    from services.judge.supervisor import TritonSupervisor
+
+    first, second, third = _DeadTriton(), _LiveTriton(), _LiveTriton()
+    started, ups = iter([second, third]), []
+    sup = TritonSupervisor(first, lambda *ports: next(started), on_down=lambda: None, on_up=ups.append, interval_s=0.02)
+    try:
+        deadline = time.time() + 10
+        while not ups and time.time() < deadline:
+            time.sleep(0.02)
+        assert ups == [second] and first.stops >= 1  # the failed stop was logged, and the restart went on
+        second.is_alive = False  # ... and the watcher still runs: a second death is noticed too
+        while len(ups) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        assert ups == [second, third] and sup.restarts == 2 and sup._thread.is_alive()
+    finally:
+        sup.stop()
+    assert third.stopped and not sup._thread.is_alive()
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    failed = [e for e in events if e["event"] == "triton_supervisor_callback_failed"]
+    assert failed and failed[0]["error"] == "RuntimeError: tritonserver is gone"
