@@ -374,3 +374,77 @@ def test_sigterm_drains_an_in_flight_stream(model_dir, tmp_path):
             proc.kill()
             proc.wait()
         stderr.close()
+
+
+# ------------------------------------------------------------------------------------ deadlines
+class _StuckServicer(generation_pb2_grpc.GenerationServiceServicer):
+    """A real gRPC server whose GetModel hangs for its first `stuck` calls (until released)."""
+
+    def __init__(self, stuck: int):
+        self.stuck, self.calls, self.release = stuck, 0, threading.Event()
+
+    def GetModel(self, request, context):
+        self.calls += 1
+        if self.calls <= self.stuck:
+            self.release.wait(60)
+        return pb.GenerationServiceGetModelResponse(model={"checkpoint": "answered", "image_size": 32})
+
+
+@pytest.fixture
+def stuck_server():
+    from concurrent.futures import ThreadPoolExecutor
+
+    servers = []
+
+    def make(stuck: int):
+        servicer = _StuckServicer(stuck)
+        server = grpc.server(ThreadPoolExecutor(8))
+        generation_pb2_grpc.add_GenerationServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append((server, servicer))
+        return f"127.0.0.1:{port}", servicer
+
+    yield make
+    for server, servicer in servers:
+        servicer.release.set()
+        server.stop(0)
+
+
+def test_every_client_call_has_a_deadline_so_a_stuck_server_cannot_hang_it(stuck_server, monkeypatch):
+    from services.common.client import DEFAULT_TIMEOUT_S
+
+    address, _ = stuck_server(stuck=10)
+    assert GenerationClient(address).timeout == DEFAULT_TIMEOUT_S  # a default, never "wait forever"
+    monkeypatch.setenv("UNIGAP_RPC_TIMEOUT_S", "0.3")  # configurable without code
+    result = {}
+
+    def call():
+        with GenerationClient(address) as client:
+            try:
+                client.model_info()
+            except ServiceError as e:
+                result["code"] = e.code
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive() and result == {"code": grpc.StatusCode.DEADLINE_EXCEEDED}
+    monkeypatch.setenv("UNIGAP_RPC_TIMEOUT_S", "soon")
+    with pytest.raises(ValueError, match="UNIGAP_RPC_TIMEOUT_S"):
+        GenerationClient(address)
+
+
+def test_the_loop_retries_a_deadline_like_unavailable_with_a_bound(stuck_server):
+    from pipelines.service_backend import with_retries
+
+    address, servicer = stuck_server(stuck=2)  # two calls hang, the third answers
+    said = []
+    with GenerationClient(address, timeout=0.3) as client:
+        assert with_retries(client.model_info, attempts=4, first_wait_s=0.05, log=said.append).checkpoint == "answered"
+    assert servicer.calls == 3 and len(said) == 2 and all("deadline_exceeded" in s for s in said)
+
+    address, servicer = stuck_server(stuck=100)  # stuck for good: the loop gives up after its attempts
+    with GenerationClient(address, timeout=0.2) as client, pytest.raises(ServiceError) as e:
+        with_retries(client.model_info, attempts=3, first_wait_s=0.05, log=said.append)
+    assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and servicer.calls == 3

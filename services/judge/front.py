@@ -15,7 +15,7 @@ import numpy as np
 
 from services.api import judge_pb2 as pb
 from services.api import judge_pb2_grpc
-from services.common.client import ServiceError
+from services.common.client import ServiceError, default_timeout
 from services.common.models import ModelHolder
 from services.common.validation import Invalid, check_finite, check_prompts, decode_png
 from services.generation.client import GenerationClient
@@ -48,8 +48,11 @@ class TritonJudge:
         self.down = False  # set when tritonserver has died: refuse at once until a new one is ready
 
     async def p_yes(self, images: np.ndarray, prompts: list[str], checkpoint: str = "", timeout: float | None = None) -> np.ndarray:
-        """p_yes [B] of uint8 images [B, H, W, 3]: requests of <= MAX_BATCH rows, sent at once."""
+        """p_yes [B] of uint8 images [B, H, W, 3]: requests of <= MAX_BATCH rows, sent at once, each
+        with a deadline (`timeout` s; None = the clients' default), so a stuck Triton cannot hang a call."""
         from tritonclient.utils import InferenceServerException
+
+        timeout = default_timeout() if timeout is None else timeout
 
         if self.down:
             raise Refused(grpc.StatusCode.UNAVAILABLE, "triton", f"the judge's Triton server at {self.address} is restarting")
