@@ -448,3 +448,63 @@ def test_the_loop_retries_a_deadline_like_unavailable_with_a_bound(stuck_server)
     with GenerationClient(address, timeout=0.2) as client, pytest.raises(ServiceError) as e:
         with_retries(client.model_info, attempts=3, first_wait_s=0.05, log=said.append)
     assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and servicer.calls == 3
+
+
+# -------------------------------------------------------------------------------------- batcher
+def test_batcher_stop_cancels_the_batch_in_flight():
+    from services.common.validation import Refused
+    from services.generation.batcher import Batcher
+
+    release, started = threading.Event(), threading.Event()
+
+    def run(key, prompts, seeds):
+        started.set()
+        release.wait(30)
+        return prompts
+
+    async def main():
+        batcher = Batcher(run, window_s=0)
+        in_flight = batcher.submit("k", 1, "a", 0)
+        await asyncio.to_thread(started.wait, 10)
+        queued = batcher.submit("k", 1, "b", 0)  # waits behind the running batch
+        await asyncio.wait_for(batcher.stop(), 5)
+        with pytest.raises(Refused, match="stopping"):
+            batcher.submit("k", 1, "c", 0)
+        return in_flight, queued
+
+    try:
+        in_flight, queued = asyncio.run(main())
+    finally:
+        release.set()
+    assert in_flight.cancelled() and queued.cancelled()  # nobody is left waiting on a result that cannot come
+
+
+def test_batcher_worker_that_died_is_restarted_and_nothing_queues_forever():
+    from services.generation.batcher import Batcher
+
+    def run(key, prompts, seeds):
+        if key == "broken":
+            return None  # a model bug: no results at all
+        return [f"{p}:{s}" for p, s in zip(prompts, seeds)]
+
+    def flaky_metric(rows):
+        if rows == 7:
+            raise ValueError("metrics backend gone")
+
+    async def main():
+        batcher = Batcher(run, window_s=0, on_batch=flaky_metric)
+        outcomes = {}
+        for name, key, rows in (("broken", "broken", 1), ("metric", "k", 7)):
+            with pytest.raises(Exception) as e:
+                await asyncio.wait_for(batcher.submit(key, rows, "p", 0), 5)
+            outcomes[name] = type(e.value).__name__
+        outcomes["after"] = await asyncio.wait_for(batcher.submit("k", 1, "p", 3), 5)
+        batcher._task.cancel()  # the worker task ends (as it would on any error it did not catch) ...
+        await asyncio.gather(batcher._task, return_exceptions=True)
+        outcomes["restarted"] = await asyncio.wait_for(batcher.submit("k", 1, "q", 4), 5)  # ... and comes back
+        await batcher.stop()
+        return outcomes, batcher.restarts
+
+    outcomes, restarts = asyncio.run(main())
+    assert outcomes == {"broken": "TypeError", "metric": "ValueError", "after": "p:3", "restarted": "q:4"}
+    assert restarts == 1

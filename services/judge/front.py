@@ -17,7 +17,7 @@ from services.api import judge_pb2 as pb
 from services.api import judge_pb2_grpc
 from services.common.client import ServiceError, default_timeout
 from services.common.models import ModelHolder
-from services.common.validation import Invalid, check_finite, check_prompts, decode_png
+from services.common.validation import Invalid, Refused, check_finite, check_prompts, decode_png
 from services.generation.client import GenerationClient
 from services.generation.server import MAX_CFG, MAX_TEMPERATURE
 from services.judge import figures
@@ -27,14 +27,6 @@ from unigap.evaluate import gap_report
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["JudgeService"].full_name
 DEFAULT_THRESHOLD = 0.5
-
-
-class Refused(Invalid):
-    """A field-named refusal with any status (Invalid is INVALID_ARGUMENT only)."""
-
-    def __init__(self, code: grpc.StatusCode, field: str, why: str):
-        super().__init__(field, why)
-        self.code = code
 
 
 class TritonJudge:
