@@ -161,6 +161,30 @@ def test_other_checkpoints_by_path_and_store_reference(client, model_dir, model_
     assert e.value.code == grpc.StatusCode.NOT_FOUND and e.value.details.startswith("checkpoint:")
 
 
+def test_a_generic_client_without_sampling_fields_gets_the_servers_defaults(server, client, um):
+    """As grpcurl does it: the request schema from reflection, the message from JSON that names the
+    prompts only. The unset fields take the defaults GetModel reports; those set (even to 0) are used."""
+    from google.protobuf import descriptor_pool, json_format, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with channel(server.address) as ch:
+        pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(ch))
+        request_cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("unigap.v1.GenerateRequest"))
+        response_cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("unigap.v1.GenerateResponse"))
+        call = ch.unary_stream(f"/{SERVICE_NAME}/Generate", request_serializer=request_cls.SerializeToString,
+                               response_deserializer=response_cls.FromString)
+        generic = json_format.Parse('{"prompts": ["a red circle"], "seed": "5"}', request_cls())
+        got = [json_format.MessageToDict(r) for r in call(generic, timeout=60)]
+    defaults = client.model_info().defaults
+    assert (defaults.n, defaults.cfg_scale, defaults.temperature) == (1, 1.5, pytest.approx(0.7))
+    assert not defaults.HasField("threshold")  # a judge's default, not this server's
+    assert len(got) == defaults.n
+    explicit = um.sample(["a red circle"], n=defaults.n, cfg=defaults.cfg_scale, temperature=defaults.temperature, seed=5)
+    assert [int(t) for t in got[0]["imageTokens"]] == explicit.tokens[0].tolist()
+    greedy = list(client._stub.Generate(pb.GenerateRequest(prompts=["a red circle"], n=1, temperature=0.0, seed=5)))
+    assert list(greedy[0].image_tokens) == um.sample(["a red circle"], n=1, cfg=1.5, temperature=0.0, seed=5).tokens[0].tolist()
+
+
 # --------------------------------------------------------------------------------------- bad input
 def _generate(stub, **fields):
     request = dict(prompts=PROMPTS, n=1, cfg_scale=1.5, temperature=1.0) | fields

@@ -175,10 +175,29 @@ def test_plain_triton_http_client(servers, local_judge, rendered):
         result = client.infer(MODEL_NAME, inputs)  # no checkpoint input: the served model
         np.testing.assert_allclose(result.as_numpy("p_yes").ravel(), local_judge.score(images[:2], prompts[:2]).p_yes, atol=1e-5)
         assert result.as_numpy("decision").dtype == bool
-        inputs[1].set_data_from_numpy(np.array([[b"a purple cloud"]] * 2, dtype=object))
-        with pytest.raises(Exception, match="shapes-world grammar"):  # alone in its batch: a Triton error
-            client.infer(MODEL_NAME, inputs)
-        assert client.is_model_ready(MODEL_NAME)  # ... that leaves the server serving
+    finally:
+        client.close()
+
+
+def test_triton_called_directly_with_every_row_bad_gets_one_line_per_row_naming_it(servers, rendered):
+    import tritonclient.grpc as tgrpc
+
+    images, _ = rendered
+    client = tgrpc.InferenceServerClient(servers[0]["judge"]["triton_grpc"])
+    try:
+        inputs = [tgrpc.InferInput("image", [3, 32, 32, 3], "UINT8"), tgrpc.InferInput("prompt", [3, 1], "BYTES"),
+                  tgrpc.InferInput("checkpoint", [3, 1], "BYTES")]
+        inputs[0].set_data_from_numpy(images[:3])
+        inputs[1].set_data_from_numpy(np.array([[b"a purple cloud"], [b" "], [b"a red circle"]], dtype=object))
+        inputs[2].set_data_from_numpy(np.array([[b""], [b""], [b"/no/such/checkpoint"]], dtype=object))
+        result = client.infer(MODEL_NAME, inputs)  # no traceback: an answer whose `error` says what is wrong
+        errors = [e.decode() for e in result.as_numpy("error").ravel()]
+        assert errors[0].startswith("row 0: prompt: ") and "shapes-world grammar" in errors[0]
+        assert errors[1] == "row 1: prompt: empty"
+        assert errors[2].startswith("row 2: checkpoint: ")
+        assert all("\n" not in e and "Traceback" not in e for e in errors)
+        assert np.isnan(result.as_numpy("p_yes")).all() and not result.as_numpy("decision").any()
+        assert client.is_model_ready(MODEL_NAME)  # ... and the server serves on
     finally:
         client.close()
 
@@ -232,10 +251,11 @@ def test_judge_model_fails_only_the_bad_requests_of_a_batch(shipped):
     model = JudgeModel(lambda ref: shipped, "likelihood")
     good, bad = model([request(spec.text), request("hello")])
     assert good["error"][0, 0] == b"" and 0 <= good["p_yes"][0, 0] <= 1
-    assert b"shapes-world grammar" in bad["error"][0, 0] and math.isnan(bad["p_yes"][0, 0])
-    with pytest.raises(ValueError, match="prompt: empty"):
-        model([request(" ")])
-    assert list(model.batch_sizes) == [2]
+    assert bad["error"][0, 0].startswith(b"row 0: prompt: ") and b"shapes-world grammar" in bad["error"][0, 0]
+    assert math.isnan(bad["p_yes"][0, 0]) and not bad["decision"][0, 0]
+    (alone,) = model([request(" ")])  # every row bad: the same answer, never an exception (a traceback to clients)
+    assert alone["error"][0, 0] == b"row 0: prompt: empty" and math.isnan(alone["p_yes"][0, 0])
+    assert list(model.batch_sizes) == [2, 1]
 
 
 def _pair(png: bytes = b"", prompt: str = "a red circle") -> pb.ImagePrompt:
@@ -291,6 +311,18 @@ def test_non_unification_matches_unigap_score(judge, shipped, local_judge):
     assert remote["checkpoint"] == str(DEFAULT_MODEL)
     assert _figures(remote) == _figures(local)  # the sampler is deterministic per seed: the same NU exactly
     assert 0 < remote["overall"]["nu"] < 1  # a case with something to measure
+
+
+def test_judge_requests_without_sampling_fields_get_the_defaults_get_model_reports(judge, stub):
+    from services.judge.figures import from_result
+
+    d = judge.model_info().defaults
+    assert (d.n, d.cfg_scale, d.temperature, d.threshold) == (4, 1.5, pytest.approx(0.7), 0.5)
+    prompts = [s.text for s in _one_per_category(2)]
+    bare = list(stub.NonUnification(pb.NonUnificationRequest(prompts=prompts, seed=3), timeout=120))
+    explicit = judge.non_unification(prompts, n=d.n, seed=3, cfg=d.cfg_scale, temperature=d.temperature)
+    assert _figures(from_result(bare[-1].result)) == _figures(explicit)
+    assert bare[-2].progress.total == len(prompts) * d.n
 
 
 def test_non_unification_needs_a_generation_service(servers):
