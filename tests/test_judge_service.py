@@ -424,3 +424,31 @@ def test_supervisor_keeps_watching_when_stopping_a_dead_triton_fails(capsys):
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     failed = [e for e in events if e["event"] == "triton_supervisor_callback_failed"]
     assert failed and failed[0]["error"] == "RuntimeError: tritonserver is gone"
+
+
+def test_unigap_serve_stops_without_leaked_shared_memory(tmp_path, rendered):
+    """Ctrl-C on `unigap serve` after the judge has judged (pytriton's shared-memory tensor store in
+    use): every child exits cleanly, and Python's resource tracker finds no shared memory leaked."""
+    ports = [free_port() for _ in range(4)]
+    out, err = (tmp_path / "out").open("w+"), (tmp_path / "err").open("w+")
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "unigap", "serve", "--generation-port", str(ports[0]), "--judge-port",
+                             str(ports[1]), "--triton-http-port", str(ports[2]), "--triton-grpc-port", str(ports[3])],
+                            cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while "Ctrl-C" not in (tmp_path / "out").read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert proc.poll() is None, (tmp_path / "err").read_text()[-2000:]
+        images, prompts = rendered
+        with JudgeClient(f"127.0.0.1:{ports[1]}") as client:
+            assert len(client.score(images, prompts).p_yes) == len(prompts)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the launcher
+        assert proc.wait(120) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    time.sleep(2)  # the resource tracker reports after the last process holding it exits
+    said = (tmp_path / "out").read_text() + (tmp_path / "err").read_text()
+    assert "leaked shared_memory" not in said and "Traceback" not in said, said[-3000:]
