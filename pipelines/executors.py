@@ -232,7 +232,8 @@ class KubernetesExecutor:
             if left <= 0:
                 raise JobFailed(name, f"not finished {self.deadline + self.watch_margin_s:g} s after it was submitted "
                                       "(never scheduled, or the cluster never reported its end)", self._logs(name))
-            stream = watch.Watch().stream(batch.list_namespaced_job, self.namespace, field_selector=f"metadata.name={name}",
+            by_name = f"metadata.name={name}"
+            stream = watch.Watch().stream(batch.list_namespaced_job, self.namespace, field_selector=by_name,
                                           timeout_seconds=max(1, int(min(300, left))))
             for event in stream:
                 if event["type"] == "DELETED":
@@ -267,7 +268,8 @@ class KubernetesExecutor:
                 return
             print(f"  trainer job {name} failed before; deleting it to run it again", flush=True)
             try:
-                batch.delete_namespaced_job(name, self.namespace, body=client.V1DeleteOptions(propagation_policy="Foreground"))
+                batch.delete_namespaced_job(name, self.namespace,
+                                            body=client.V1DeleteOptions(propagation_policy="Foreground"))
             except ApiException as e:
                 if e.status != 404:
                     raise

@@ -156,8 +156,8 @@ class FakeJobsApi:
 
     def put(self, job: dict, condition: str | None) -> None:
         job = json.loads(json.dumps(job))
-        job["status"] = {"conditions": [{"type": condition, "status": "True", "reason": "BackoffLimitExceeded",
-                                         "message": "Job has reached the specified backoff limit"}]} if condition else {}
+        failed = {"reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}
+        job["status"] = {"conditions": [{"type": condition, "status": "True", **failed}]} if condition else {}
         with self.lock:
             self.jobs[job["metadata"]["name"]] = job
 
@@ -184,7 +184,8 @@ class FakeJobsApi:
                 self.wfile.write(data)
 
             def _status(self, code: int, reason: str) -> None:
-                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code})
+                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
+                                  "code": code})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -273,7 +274,8 @@ def test_a_rerun_deletes_the_failed_job_of_its_key_and_submits_it_again(fake_api
     name = job_name(KEY)
     api.put(ApiClient().sanitize_for_serialization(executor.build_job(KEY)), "Failed")  # the last run's, in its TTL
     executor.run(KEY)  # before: 409, then the watch saw the old failure and the rerun failed for an hour
-    assert [c for c in api.calls if c[0] in ("create", "delete")] == [("create", name), ("delete", name), ("create", name)]
+    changes = [c for c in api.calls if c[0] in ("create", "delete")]
+    assert changes == [("create", name), ("delete", name), ("create", name)]
     assert api.jobs[name]["status"]["conditions"][0]["type"] == "Complete"
 
 
@@ -288,14 +290,15 @@ def test_a_running_job_of_the_same_key_is_waited_for_not_replaced(fake_api):
 
 
 def test_a_failed_job_fails_the_run_with_its_reason(fake_api):
-    api, api_client = fake_api(outcome="Failed")
+    _, api_client = fake_api(outcome="Failed")
     with pytest.raises(JobFailed, match="BackoffLimitExceeded"):
         KubernetesExecutor("unigap", "img:1", STORE, api_client=api_client).run(KEY)
 
 
 def test_a_job_that_never_schedules_ends_with_a_clear_error_after_its_deadline(fake_api):
     api, api_client = fake_api(outcome=None)  # pending for ever, and a cluster that never says so
-    executor = KubernetesExecutor("unigap", "img:1", STORE, api_client=api_client, active_deadline_s=1, watch_margin_s=1)
+    executor = KubernetesExecutor("unigap", "img:1", STORE, api_client=api_client, active_deadline_s=1,
+                                  watch_margin_s=1)
     start = time.monotonic()
     with pytest.raises(JobFailed, match="not finished 2 s after it was submitted"):
         executor.run(KEY)

@@ -179,10 +179,12 @@ def test_a_generic_client_without_sampling_fields_gets_the_servers_defaults(serv
     assert (defaults.n, defaults.cfg_scale, defaults.temperature) == (1, 1.5, pytest.approx(0.7))
     assert not defaults.HasField("threshold")  # a judge's default, not this server's
     assert len(got) == defaults.n
-    explicit = um.sample(["a red circle"], n=defaults.n, cfg=defaults.cfg_scale, temperature=defaults.temperature, seed=5)
+    explicit = um.sample(["a red circle"], n=defaults.n, cfg=defaults.cfg_scale, temperature=defaults.temperature,
+                         seed=5)
     assert [int(t) for t in got[0]["imageTokens"]] == explicit.tokens[0].tolist()
     greedy = list(client._stub.Generate(pb.GenerateRequest(prompts=["a red circle"], n=1, temperature=0.0, seed=5)))
-    assert list(greedy[0].image_tokens) == um.sample(["a red circle"], n=1, cfg=1.5, temperature=0.0, seed=5).tokens[0].tolist()
+    local = um.sample(["a red circle"], n=1, cfg=1.5, temperature=0.0, seed=5)
+    assert list(greedy[0].image_tokens) == local.tokens[0].tolist()
 
 
 # --------------------------------------------------------------------------------------- bad input

@@ -432,9 +432,9 @@ def test_unigap_serve_stops_without_leaked_shared_memory(tmp_path, rendered):
     ports = [free_port() for _ in range(4)]
     out, err = (tmp_path / "out").open("w+"), (tmp_path / "err").open("w+")
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-    proc = subprocess.Popen([sys.executable, "-m", "unigap", "serve", "--generation-port", str(ports[0]), "--judge-port",
-                             str(ports[1]), "--triton-http-port", str(ports[2]), "--triton-grpc-port", str(ports[3])],
-                            cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True)
+    flags = ["--generation-port", "--judge-port", "--triton-http-port", "--triton-grpc-port"]
+    argv = [sys.executable, "-m", "unigap", "serve", *(x for f, p in zip(flags, ports) for x in (f, str(p)))]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True)
     try:
         deadline = time.time() + 180
         while "Ctrl-C" not in (tmp_path / "out").read_text() and proc.poll() is None and time.time() < deadline:
