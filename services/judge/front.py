@@ -61,7 +61,7 @@ class TritonJudge:
                               f"the judge's Triton server at {self.address} is not answering ({e.message()})") from None
             if "DEADLINE_EXCEEDED" in status:
                 raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, "triton", "the deadline passed while Triton judged") from None
-            # The model refused the whole request (see triton_model): its reason is the last ValueError line.
+            # The model failed inside (pytriton passes its traceback on): keep the last ValueError line if any.
             reasons = re.findall(r"ValueError: (.+)", e.message() or "")
             raise Refused(grpc.StatusCode.INTERNAL, "triton", reasons[-1] if reasons else (e.message() or str(e))) from None
 
