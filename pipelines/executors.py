@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -116,10 +117,17 @@ def job_name(job_key: str) -> str:
 
 
 LABELS = {"app.kubernetes.io/name": "unigap", "app.kubernetes.io/component": "trainer"}
+DEFAULT_DEADLINE_S = 24 * 3600  # a Job (pending or running) that has not finished by then fails
+WATCH_MARGIN_S = 300  # the executor gives up this long after the Job's own deadline (a cluster that never says)
 
 
 class KubernetesExecutor:
-    """The job as a batch/v1 Job, one pod on one node (torchrun --standalone when nproc > 1)."""
+    """The job as a batch/v1 Job, one pod on one node (torchrun --standalone when nproc > 1).
+
+    The Job's name comes from the job key, so a rerun finds the earlier run's Job (kept for
+    `ttl_seconds_after_finished`): a running or complete one is waited for, a failed one is deleted
+    and submitted again. A Job has `active_deadline_s` to finish (pending included: one that never
+    schedules fails with DeadlineExceeded), and `run` itself gives up WATCH_MARGIN_S after that."""
 
     def __init__(
         self,
@@ -133,18 +141,21 @@ class KubernetesExecutor:
         env_from_secret: str | None = None,
         backoff_limit: int = 1,
         ttl_seconds_after_finished: int = 3600,
-        active_deadline_s: int | None = None,
+        active_deadline_s: int = DEFAULT_DEADLINE_S,
         api_client=None,
+        watch_margin_s: float = WATCH_MARGIN_S,
     ):
         if nproc < 1 or gpus < 0:
             raise ValueError(f"nproc must be >= 1 and gpus >= 0, not {nproc} and {gpus}")
+        if active_deadline_s < 1:
+            raise ValueError(f"active_deadline_s must be >= 1, not {active_deadline_s}")
         if gpus and nproc > gpus:
             raise ValueError(f"{nproc} processes on {gpus} GPUs: NCCL wants one process per GPU")
         self.namespace, self.image, self.store_url, self.nproc, self.gpus = namespace, image, store_url, nproc, gpus
         self.resources = resources or {"cpu": "2", "memory": "8Gi"}
         self.service_account, self.env_from_secret = service_account, env_from_secret
         self.backoff_limit, self.ttl, self.deadline = backoff_limit, ttl_seconds_after_finished, active_deadline_s
-        self.api_client = api_client
+        self.api_client, self.watch_margin_s = api_client, watch_margin_s
 
     def build_job(self, job_key: str):
         from kubernetes import client as k
@@ -210,25 +221,74 @@ class KubernetesExecutor:
 
     def run(self, job_key: str) -> None:
         from kubernetes import client, watch
-        from kubernetes.client.rest import ApiException
 
         batch = client.BatchV1Api(self._api())
         body = self.build_job(job_key)
         name = body.metadata.name
-        try:
-            batch.create_namespaced_job(self.namespace, body)
-        except ApiException as e:
-            if e.status != 409:  # AlreadyExists: the same key's Job, submitted before; wait for it
-                raise
-        while True:  # a watch ends at the server's timeout; a new one starts with the Job's current state
-            for event in watch.Watch().stream(batch.list_namespaced_job, self.namespace, field_selector=f"metadata.name={name}", timeout_seconds=300):
+        self._submit(batch, body)
+        give_up = time.monotonic() + self.deadline + self.watch_margin_s
+        while True:  # a watch ends at its timeout; a new one starts with the Job's current state
+            left = give_up - time.monotonic()
+            if left <= 0:
+                raise JobFailed(name, f"not finished {self.deadline + self.watch_margin_s:g} s after it was submitted "
+                                      "(never scheduled, or the cluster never reported its end)", self._logs(name))
+            by_name = f"metadata.name={name}"
+            stream = watch.Watch().stream(batch.list_namespaced_job, self.namespace, field_selector=by_name,
+                                          timeout_seconds=max(1, int(min(300, left))))
+            for event in stream:
                 if event["type"] == "DELETED":
                     raise JobFailed(name, "the Job was deleted before it finished")
-                done = {c.type: c for c in event["object"].status.conditions or [] if c.status == "True"}
+                done = _conditions(event["object"])
                 if "Complete" in done:
                     return
                 if "Failed" in done:
                     raise JobFailed(name, f"{done['Failed'].reason}: {done['Failed'].message}", self._logs(name))
+
+    def _submit(self, batch, body) -> None:
+        """Create the Job; if one of its name exists (the same key, submitted before) and has failed,
+        delete it (pods too) and create it again. A running or complete one is left to be watched."""
+        from kubernetes import client
+        from kubernetes.client.rest import ApiException
+
+        name = body.metadata.name
+        for _ in range(3):
+            try:
+                batch.create_namespaced_job(self.namespace, body)
+                return
+            except ApiException as e:
+                if e.status != 409:  # AlreadyExists
+                    raise
+            try:
+                existing = batch.read_namespaced_job(name, self.namespace)
+            except ApiException as e:
+                if e.status == 404:  # gone meanwhile (its TTL): create it again
+                    continue
+                raise
+            if "Failed" not in _conditions(existing):
+                return
+            print(f"  trainer job {name} failed before; deleting it to run it again", flush=True)
+            try:
+                batch.delete_namespaced_job(name, self.namespace,
+                                            body=client.V1DeleteOptions(propagation_policy="Foreground"))
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+            self._wait_gone(batch, name)
+        raise JobFailed(name, "could not be submitted again: its earlier Job keeps coming back")
+
+    def _wait_gone(self, batch, name: str, timeout_s: float = 120) -> None:
+        from kubernetes.client.rest import ApiException
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                batch.read_namespaced_job(name, self.namespace)
+            except ApiException as e:
+                if e.status == 404:
+                    return
+                raise
+            time.sleep(0.5)
+        raise JobFailed(name, f"its failed earlier Job was not deleted within {timeout_s:.0f} s")
 
     def _logs(self, name: str) -> str:
         from kubernetes import client
@@ -244,10 +304,16 @@ class KubernetesExecutor:
         return "\n".join(out)
 
 
+def _conditions(job) -> dict:
+    """The Job's conditions that hold, by type (Complete, Failed, ...)."""
+    return {c.type: c for c in (job.status.conditions if job.status else None) or [] if c.status == "True"}
+
+
 def executor_from_env(kind: str, store_url: str, nproc: int = 1) -> Executor:
     """`local` or `kubernetes`; the Kubernetes settings come from UNIGAP_K8S_NAMESPACE,
     UNIGAP_K8S_IMAGE (required), UNIGAP_K8S_GPUS, UNIGAP_K8S_CPU, UNIGAP_K8S_MEMORY,
-    UNIGAP_K8S_SERVICE_ACCOUNT and UNIGAP_K8S_SECRET (store credentials, as env)."""
+    UNIGAP_K8S_SERVICE_ACCOUNT, UNIGAP_K8S_SECRET (store credentials, as env) and UNIGAP_K8S_DEADLINE_S
+    (seconds a Job has to finish; default 24 h)."""
     if kind == "local":
         return LocalExecutor(store_url, nproc)
     if kind != "kubernetes":
@@ -264,4 +330,5 @@ def executor_from_env(kind: str, store_url: str, nproc: int = 1) -> Executor:
         resources={"cpu": env("UNIGAP_K8S_CPU") or "2", "memory": env("UNIGAP_K8S_MEMORY") or "8Gi"},
         service_account=env("UNIGAP_K8S_SERVICE_ACCOUNT"),
         env_from_secret=env("UNIGAP_K8S_SECRET"),
+        active_deadline_s=int(env("UNIGAP_K8S_DEADLINE_S") or DEFAULT_DEADLINE_S),
     )

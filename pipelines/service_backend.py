@@ -2,7 +2,8 @@
 
 Every call names the checkpoint it wants, so the loop can evaluate a candidate model without
 changing what the services serve to everyone else; only a promotion does that (`promote`).
-Calls that fail with UNAVAILABLE (a server restarting, Triton down) are retried with backoff.
+Calls that fail with UNAVAILABLE (a server restarting, Triton down) or DEADLINE_EXCEEDED (a stuck
+server: every client call has a deadline) are retried with backoff, a bounded number of times.
 """
 
 from __future__ import annotations

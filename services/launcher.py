@@ -3,7 +3,7 @@ S3 endpoint, each a child process; their addresses printed; all stopped together
 
 Each child runs in its own process group, so a terminal's Ctrl-C reaches only this process, which
 then stops the children in order (front ends first, storage last) with SIGTERM, waits for their
-drain, and kills a group that outlives it. A child that dies early stops the others.
+drain, and kills the group of one that outlives it. A child that dies early stops the others.
 """
 
 from __future__ import annotations
@@ -50,9 +50,13 @@ class Child:
                 return False
 
     def stop(self, timeout_s: float) -> None:
+        """SIGTERM to the child alone, which stops its own helpers in order (the judge: tritonserver,
+        then pytriton's shared-memory process, which frees its segments); SIGKILL to its whole group
+        only when it has not exited within `timeout_s`. (SIGTERM to the group ended that helper
+        before it could free its shared memory, and the resource tracker warned of leaked objects.)"""
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:

@@ -41,7 +41,10 @@ def test_own_sample_arms_filter_the_same_candidates(shipped, cfg):
 def test_run_controls_reports_every_round(shipped, cfg):
     out = run_controls(shipped, ["judge"], PROMPTS, cfg, progress=False, log=lambda s: None)
     rows = out["arms"]["judge"]
-    assert [r["round"] for r in rows] == [0, 1] and rows[1]["n_train"] >= 0
+    assert [r["round"] for r in rows] == [0, 1]
+    # round 1 trains on what the judge arm keeps of round 1's candidates (seed: cfg.seed * 1000 + round)
+    kept = control_samples("judge", shipped, PROMPTS, cfg, cfg.seed * 1000 + 1, progress=False)
+    assert rows[1]["n_train"] == len(kept)
     assert {"gen_acc", "nu", "und_acc", "diversity", "by_category"} <= set(rows[1])
     for r in rows:  # the judge split adds up to the accepted share, 1 - NU
         split = r["judge_on_own"]

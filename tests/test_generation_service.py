@@ -161,6 +161,32 @@ def test_other_checkpoints_by_path_and_store_reference(client, model_dir, model_
     assert e.value.code == grpc.StatusCode.NOT_FOUND and e.value.details.startswith("checkpoint:")
 
 
+def test_a_generic_client_without_sampling_fields_gets_the_servers_defaults(server, client, um):
+    """As grpcurl does it: the request schema from reflection, the message from JSON that names the
+    prompts only. The unset fields take the defaults GetModel reports; those set (even to 0) are used."""
+    from google.protobuf import descriptor_pool, json_format, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with channel(server.address) as ch:
+        pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(ch))
+        request_cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("unigap.v1.GenerateRequest"))
+        response_cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("unigap.v1.GenerateResponse"))
+        call = ch.unary_stream(f"/{SERVICE_NAME}/Generate", request_serializer=request_cls.SerializeToString,
+                               response_deserializer=response_cls.FromString)
+        generic = json_format.Parse('{"prompts": ["a red circle"], "seed": "5"}', request_cls())
+        got = [json_format.MessageToDict(r) for r in call(generic, timeout=60)]
+    defaults = client.model_info().defaults
+    assert (defaults.n, defaults.cfg_scale, defaults.temperature) == (1, 1.5, pytest.approx(0.7))
+    assert not defaults.HasField("threshold")  # a judge's default, not this server's
+    assert len(got) == defaults.n
+    explicit = um.sample(["a red circle"], n=defaults.n, cfg=defaults.cfg_scale, temperature=defaults.temperature,
+                         seed=5)
+    assert [int(t) for t in got[0]["imageTokens"]] == explicit.tokens[0].tolist()
+    greedy = list(client._stub.Generate(pb.GenerateRequest(prompts=["a red circle"], n=1, temperature=0.0, seed=5)))
+    local = um.sample(["a red circle"], n=1, cfg=1.5, temperature=0.0, seed=5)
+    assert list(greedy[0].image_tokens) == local.tokens[0].tolist()
+
+
 # --------------------------------------------------------------------------------------- bad input
 def _generate(stub, **fields):
     request = dict(prompts=PROMPTS, n=1, cfg_scale=1.5, temperature=1.0) | fields
@@ -374,3 +400,137 @@ def test_sigterm_drains_an_in_flight_stream(model_dir, tmp_path):
             proc.kill()
             proc.wait()
         stderr.close()
+
+
+# ------------------------------------------------------------------------------------ deadlines
+class _StuckServicer(generation_pb2_grpc.GenerationServiceServicer):
+    """A real gRPC server whose GetModel hangs for its first `stuck` calls (until released)."""
+
+    def __init__(self, stuck: int):
+        self.stuck, self.calls, self.release = stuck, 0, threading.Event()
+
+    def GetModel(self, request, context):
+        self.calls += 1
+        if self.calls <= self.stuck:
+            self.release.wait(60)
+        return pb.GenerationServiceGetModelResponse(model={"checkpoint": "answered", "image_size": 32})
+
+
+@pytest.fixture
+def stuck_server():
+    from concurrent.futures import ThreadPoolExecutor
+
+    servers = []
+
+    def make(stuck: int):
+        servicer = _StuckServicer(stuck)
+        server = grpc.server(ThreadPoolExecutor(8))
+        generation_pb2_grpc.add_GenerationServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append((server, servicer))
+        return f"127.0.0.1:{port}", servicer
+
+    yield make
+    for server, servicer in servers:
+        servicer.release.set()
+        server.stop(0)
+
+
+def test_every_client_call_has_a_deadline_so_a_stuck_server_cannot_hang_it(stuck_server, monkeypatch):
+    from services.common.client import DEFAULT_TIMEOUT_S
+
+    address, _ = stuck_server(stuck=10)
+    assert GenerationClient(address).timeout == DEFAULT_TIMEOUT_S  # a default, never "wait forever"
+    monkeypatch.setenv("UNIGAP_RPC_TIMEOUT_S", "0.3")  # configurable without code
+    result = {}
+
+    def call():
+        with GenerationClient(address) as client:
+            try:
+                client.model_info()
+            except ServiceError as e:
+                result["code"] = e.code
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive() and result == {"code": grpc.StatusCode.DEADLINE_EXCEEDED}
+    monkeypatch.setenv("UNIGAP_RPC_TIMEOUT_S", "soon")
+    with pytest.raises(ValueError, match="UNIGAP_RPC_TIMEOUT_S"):
+        GenerationClient(address)
+
+
+def test_the_loop_retries_a_deadline_like_unavailable_with_a_bound(stuck_server):
+    from pipelines.service_backend import with_retries
+
+    address, servicer = stuck_server(stuck=2)  # two calls hang, the third answers
+    said = []
+    with GenerationClient(address, timeout=0.3) as client:
+        assert with_retries(client.model_info, attempts=4, first_wait_s=0.05, log=said.append).checkpoint == "answered"
+    assert servicer.calls == 3 and len(said) == 2 and all("deadline_exceeded" in s for s in said)
+
+    address, servicer = stuck_server(stuck=100)  # stuck for good: the loop gives up after its attempts
+    with GenerationClient(address, timeout=0.2) as client, pytest.raises(ServiceError) as e:
+        with_retries(client.model_info, attempts=3, first_wait_s=0.05, log=said.append)
+    assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and servicer.calls == 3
+
+
+# -------------------------------------------------------------------------------------- batcher
+def test_batcher_stop_cancels_the_batch_in_flight():
+    from services.common.validation import Refused
+    from services.generation.batcher import Batcher
+
+    release, started = threading.Event(), threading.Event()
+
+    def run(key, prompts, seeds):
+        started.set()
+        release.wait(30)
+        return prompts
+
+    async def main():
+        batcher = Batcher(run, window_s=0)
+        in_flight = batcher.submit("k", 1, "a", 0)
+        await asyncio.to_thread(started.wait, 10)
+        queued = batcher.submit("k", 1, "b", 0)  # waits behind the running batch
+        await asyncio.wait_for(batcher.stop(), 5)
+        with pytest.raises(Refused, match="stopping"):
+            batcher.submit("k", 1, "c", 0)
+        return in_flight, queued
+
+    try:
+        in_flight, queued = asyncio.run(main())
+    finally:
+        release.set()
+    assert in_flight.cancelled() and queued.cancelled()  # nobody is left waiting on a result that cannot come
+
+
+def test_batcher_worker_that_died_is_restarted_and_nothing_queues_forever():
+    from services.generation.batcher import Batcher
+
+    def run(key, prompts, seeds):
+        if key == "broken":
+            return None  # a model bug: no results at all
+        return [f"{p}:{s}" for p, s in zip(prompts, seeds)]
+
+    def flaky_metric(rows):
+        if rows == 7:
+            raise ValueError("metrics backend gone")
+
+    async def main():
+        batcher = Batcher(run, window_s=0, on_batch=flaky_metric)
+        outcomes = {}
+        for name, key, rows in (("broken", "broken", 1), ("metric", "k", 7)):
+            with pytest.raises(Exception) as e:
+                await asyncio.wait_for(batcher.submit(key, rows, "p", 0), 5)
+            outcomes[name] = type(e.value).__name__
+        outcomes["after"] = await asyncio.wait_for(batcher.submit("k", 1, "p", 3), 5)
+        batcher._task.cancel()  # the worker task ends (as it would on any error it did not catch) ...
+        await asyncio.gather(batcher._task, return_exceptions=True)
+        outcomes["restarted"] = await asyncio.wait_for(batcher.submit("k", 1, "q", 4), 5)  # ... and comes back
+        await batcher.stop()
+        return outcomes, batcher.restarts
+
+    outcomes, restarts = asyncio.run(main())
+    assert outcomes == {"broken": "TypeError", "metric": "ValueError", "after": "p:3", "restarted": "q:4"}
+    assert restarts == 1

@@ -175,10 +175,29 @@ def test_plain_triton_http_client(servers, local_judge, rendered):
         result = client.infer(MODEL_NAME, inputs)  # no checkpoint input: the served model
         np.testing.assert_allclose(result.as_numpy("p_yes").ravel(), local_judge.score(images[:2], prompts[:2]).p_yes, atol=1e-5)
         assert result.as_numpy("decision").dtype == bool
-        inputs[1].set_data_from_numpy(np.array([[b"a purple cloud"]] * 2, dtype=object))
-        with pytest.raises(Exception, match="shapes-world grammar"):  # alone in its batch: a Triton error
-            client.infer(MODEL_NAME, inputs)
-        assert client.is_model_ready(MODEL_NAME)  # ... that leaves the server serving
+    finally:
+        client.close()
+
+
+def test_triton_called_directly_with_every_row_bad_gets_one_line_per_row_naming_it(servers, rendered):
+    import tritonclient.grpc as tgrpc
+
+    images, _ = rendered
+    client = tgrpc.InferenceServerClient(servers[0]["judge"]["triton_grpc"])
+    try:
+        inputs = [tgrpc.InferInput("image", [3, 32, 32, 3], "UINT8"), tgrpc.InferInput("prompt", [3, 1], "BYTES"),
+                  tgrpc.InferInput("checkpoint", [3, 1], "BYTES")]
+        inputs[0].set_data_from_numpy(images[:3])
+        inputs[1].set_data_from_numpy(np.array([[b"a purple cloud"], [b" "], [b"a red circle"]], dtype=object))
+        inputs[2].set_data_from_numpy(np.array([[b""], [b""], [b"/no/such/checkpoint"]], dtype=object))
+        result = client.infer(MODEL_NAME, inputs)  # no traceback: an answer whose `error` says what is wrong
+        errors = [e.decode() for e in result.as_numpy("error").ravel()]
+        assert errors[0].startswith("row 0: prompt: ") and "shapes-world grammar" in errors[0]
+        assert errors[1] == "row 1: prompt: empty"
+        assert errors[2].startswith("row 2: checkpoint: ")
+        assert all("\n" not in e and "Traceback" not in e for e in errors)
+        assert np.isnan(result.as_numpy("p_yes")).all() and not result.as_numpy("decision").any()
+        assert client.is_model_ready(MODEL_NAME)  # ... and the server serves on
     finally:
         client.close()
 
@@ -232,10 +251,11 @@ def test_judge_model_fails_only_the_bad_requests_of_a_batch(shipped):
     model = JudgeModel(lambda ref: shipped, "likelihood")
     good, bad = model([request(spec.text), request("hello")])
     assert good["error"][0, 0] == b"" and 0 <= good["p_yes"][0, 0] <= 1
-    assert b"shapes-world grammar" in bad["error"][0, 0] and math.isnan(bad["p_yes"][0, 0])
-    with pytest.raises(ValueError, match="prompt: empty"):
-        model([request(" ")])
-    assert list(model.batch_sizes) == [2]
+    assert bad["error"][0, 0].startswith(b"row 0: prompt: ") and b"shapes-world grammar" in bad["error"][0, 0]
+    assert math.isnan(bad["p_yes"][0, 0]) and not bad["decision"][0, 0]
+    (alone,) = model([request(" ")])  # every row bad: the same answer, never an exception (a traceback to clients)
+    assert alone["error"][0, 0] == b"row 0: prompt: empty" and math.isnan(alone["p_yes"][0, 0])
+    assert list(model.batch_sizes) == [2, 1]
 
 
 def _pair(png: bytes = b"", prompt: str = "a red circle") -> pb.ImagePrompt:
@@ -295,6 +315,18 @@ def test_non_unification_matches_unigap_score(judge, shipped, local_judge):
     assert 0 < remote["overall"]["nu"] < 1  # a case with something to measure
 
 
+def test_judge_requests_without_sampling_fields_get_the_defaults_get_model_reports(judge, stub):
+    from services.judge.figures import from_result
+
+    d = judge.model_info().defaults
+    assert (d.n, d.cfg_scale, d.temperature, d.threshold) == (4, 1.5, pytest.approx(0.7), 0.5)
+    prompts = [s.text for s in _one_per_category(2)]
+    bare = list(stub.NonUnification(pb.NonUnificationRequest(prompts=prompts, seed=3), timeout=120))
+    explicit = judge.non_unification(prompts, n=d.n, seed=3, cfg=d.cfg_scale, temperature=d.temperature)
+    assert _figures(from_result(bare[-1].result)) == _figures(explicit)
+    assert bare[-2].progress.total == len(prompts) * d.n
+
+
 def test_non_unification_needs_a_generation_service(servers):
     with JudgeClient(servers[0]["doomed"]["front"], token=TOKEN) as client, pytest.raises(ServiceError) as e:
         client.non_unification(["a red circle"], n=1)
@@ -337,3 +369,88 @@ def test_triton_killed_means_unavailable(servers, rendered):
             client.score(images[:1], prompts[:1])
     assert e.value.code == grpc.StatusCode.UNAVAILABLE and "Triton" in e.value.details
     assert procs["doomed"].terminate() == 0  # the front still drains and exits cleanly
+
+
+class _DeadTriton:
+    """What the supervisor watches, as a RunningTriton has it; this one has exited and its stop fails
+    (e.g. pytriton raising on a server already gone). The supervisor's seam: no tritonserver needed."""
+
+    http_port = grpc_port = metrics_port = 0
+    pid = 4242
+
+    def __init__(self):
+        self.stops = 0
+
+    def alive(self) -> bool:
+        return False
+
+    def stop(self) -> None:
+        self.stops += 1
+        raise RuntimeError("tritonserver is gone\ntraceback-like second line")
+
+
+class _LiveTriton:
+    http_port = grpc_port = metrics_port = 0
+    pid = 4343
+    http = grpc = "127.0.0.1:0"
+    metrics = "http://127.0.0.1:0/metrics"
+
+    def __init__(self):
+        self.is_alive, self.stopped = True, False
+
+    def alive(self) -> bool:
+        return self.is_alive
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_supervisor_keeps_watching_when_stopping_a_dead_triton_fails(capsys):
+    from services.judge.supervisor import TritonSupervisor
+
+    first, second, third = _DeadTriton(), _LiveTriton(), _LiveTriton()
+    started, ups = iter([second, third]), []
+    sup = TritonSupervisor(first, lambda *ports: next(started), on_down=lambda: None, on_up=ups.append, interval_s=0.02)
+    try:
+        deadline = time.time() + 10
+        while not ups and time.time() < deadline:
+            time.sleep(0.02)
+        assert ups == [second] and first.stops >= 1  # the failed stop was logged, and the restart went on
+        second.is_alive = False  # ... and the watcher still runs: a second death is noticed too
+        while len(ups) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        assert ups == [second, third] and sup.restarts == 2 and sup._thread.is_alive()
+    finally:
+        sup.stop()
+    assert third.stopped and not sup._thread.is_alive()
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    failed = [e for e in events if e["event"] == "triton_supervisor_callback_failed"]
+    assert failed and failed[0]["error"] == "RuntimeError: tritonserver is gone"
+
+
+def test_unigap_serve_stops_without_leaked_shared_memory(tmp_path, rendered):
+    """Ctrl-C on `unigap serve` after the judge has judged (pytriton's shared-memory tensor store in
+    use): every child exits cleanly, and Python's resource tracker finds no shared memory leaked."""
+    ports = [free_port() for _ in range(4)]
+    out, err = (tmp_path / "out").open("w+"), (tmp_path / "err").open("w+")
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    flags = ["--generation-port", "--judge-port", "--triton-http-port", "--triton-grpc-port"]
+    argv = [sys.executable, "-m", "unigap", "serve", *(x for f, p in zip(flags, ports) for x in (f, str(p)))]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while "Ctrl-C" not in (tmp_path / "out").read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert proc.poll() is None, (tmp_path / "err").read_text()[-2000:]
+        images, prompts = rendered
+        with JudgeClient(f"127.0.0.1:{ports[1]}") as client:
+            assert len(client.score(images, prompts).p_yes) == len(prompts)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the launcher
+        assert proc.wait(120) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    time.sleep(2)  # the resource tracker reports after the last process holding it exits
+    said = (tmp_path / "out").read_text() + (tmp_path / "err").read_text()
+    assert "leaked shared_memory" not in said and "Traceback" not in said, said[-3000:]

@@ -126,6 +126,75 @@ def test_checkpoint_round_trip(store, tmp_path):
         assert (out / p.name).read_bytes() == p.read_bytes()
 
 
+class SlowStore(LocalStore):
+    """A local store whose reads take a while: long enough that two fetches of one checkpoint both
+    find no cached folder before either has renamed its own into place."""
+
+    def get_object(self, sha):
+        time.sleep(0.3)
+        return super().get_object(sha)
+
+
+def _fetch_in_a_process(root, ref, cache, start, out):
+    start.wait()
+    try:
+        out.put(str(rec.fetch_checkpoint(SlowStore(root), ref, cache)))
+    except BaseException as e:  # reported to the test, not lost in the child
+        out.put(f"{type(e).__name__}: {e}")
+
+
+def _checkpoint(store, tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"hidden": 8}')
+    (folder / "model.safetensors").write_bytes(np.arange(1000, dtype=np.float32).tobytes())
+    return folder, rec.put_checkpoint(store, folder)
+
+
+def test_two_processes_fetching_one_checkpoint_both_get_it(tmp_path):
+    import multiprocessing
+
+    store = LocalStore(tmp_path / "store")
+    folder, ref = _checkpoint(store, tmp_path)
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters, as two servers are
+    start, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_fetch_in_a_process, args=(tmp_path / "store", ref, tmp_path / "cache", start, out))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert got == [str(tmp_path / "cache" / ref)] * 2, got
+    for p in folder.iterdir():
+        assert (tmp_path / "cache" / ref / p.name).read_bytes() == p.read_bytes()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [ref]  # no temporary folder left behind
+
+
+def test_a_damaged_cache_folder_is_verified_and_fetched_again(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    folder, ref = _checkpoint(store, tmp_path)
+    cache = tmp_path / "cache"
+    out = rec.fetch_checkpoint(store, ref, cache)
+    (out / "model.safetensors").write_bytes(b"half a file")  # e.g. a disk filled up, or an edit by hand
+    (out / "config.json").unlink()
+    assert rec.fetch_checkpoint(store, ref, cache) == out
+    for p in folder.iterdir():
+        assert (out / p.name).read_bytes() == p.read_bytes()
+    assert [p.name for p in cache.iterdir()] == [ref]
+
+
+def test_the_default_checkpoint_cache_is_per_user(tmp_path, monkeypatch):
+    from services.common.settings import ServerSettings
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert rec.default_checkpoint_cache() == tmp_path / "xdg" / "unigap" / "checkpoints"
+    assert ServerSettings().cache_dir == rec.default_checkpoint_cache()
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert ServerSettings().cache_dir == tmp_path / "home" / ".cache" / "unigap" / "checkpoints"
+
+
 def test_arrays_round_trip(store):
     arrays = {"tokens": np.arange(12, dtype=np.int64).reshape(3, 4), "p_yes": np.array([0.1, 0.9]), "prompts": np.array(["a red circle", "two squares"])}
     got = rec.get_arrays(store, rec.put_arrays(store, **arrays))

@@ -26,31 +26,31 @@ _sym_db = _symbol_database.Default()
 from services.api import model_pb2 as unigap_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aunigap/v1/generation.proto\x12\tunigap.v1\x1a\x15unigap/v1/model.proto\"w\n\x0fGenerateRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x11\n\tcfg_scale\x18\x03 \x01(\x02\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x12\n\ncheckpoint\x18\x06 \x01(\t\"x\n\x10GenerateResponse\x12\x14\n\x0cprompt_index\x18\x01 \x01(\x05\x12\x17\n\x0f\x63\x61ndidate_index\x18\x02 \x01(\x05\x12\x0b\n\x03png\x18\x03 \x01(\x0c\x12\x14\n\x0cimage_tokens\x18\x04 \x03(\x05\x12\x12\n\ncheckpoint\x18\x05 \x01(\t\"0\n\rEncodeRequest\x12\x0b\n\x03png\x18\x01 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\"\x1a\n\x0bImageTokens\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"L\n\x0e\x45ncodeResponse\x12&\n\x06tokens\x18\x01 \x03(\x0b\x32\x16.unigap.v1.ImageTokens\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\"\"\n GenerationServiceGetModelRequest\"H\n!GenerationServiceGetModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.unigap.v1.ModelInfo\"9\n#GenerationServiceReloadModelRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\"K\n$GenerationServiceReloadModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.unigap.v1.ModelInfo2\xf0\x02\n\x11GenerationService\x12\x45\n\x08Generate\x12\x1a.unigap.v1.GenerateRequest\x1a\x1b.unigap.v1.GenerateResponse0\x01\x12=\n\x06\x45ncode\x12\x18.unigap.v1.EncodeRequest\x1a\x19.unigap.v1.EncodeResponse\x12\x65\n\x08GetModel\x12+.unigap.v1.GenerationServiceGetModelRequest\x1a,.unigap.v1.GenerationServiceGetModelResponse\x12n\n\x0bReloadModel\x12..unigap.v1.GenerationServiceReloadModelRequest\x1a/.unigap.v1.GenerationServiceReloadModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aunigap/v1/generation.proto\x12\tunigap.v1\x1a\x15unigap/v1/model.proto\"\xaa\x01\n\x0fGenerateRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12\x0e\n\x01n\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\tcfg_scale\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x12\n\ncheckpoint\x18\x06 \x01(\tB\x04\n\x02_nB\x0c\n\n_cfg_scaleB\x0e\n\x0c_temperature\"x\n\x10GenerateResponse\x12\x14\n\x0cprompt_index\x18\x01 \x01(\x05\x12\x17\n\x0f\x63\x61ndidate_index\x18\x02 \x01(\x05\x12\x0b\n\x03png\x18\x03 \x01(\x0c\x12\x14\n\x0cimage_tokens\x18\x04 \x03(\x05\x12\x12\n\ncheckpoint\x18\x05 \x01(\t\"0\n\rEncodeRequest\x12\x0b\n\x03png\x18\x01 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\"\x1a\n\x0bImageTokens\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"L\n\x0e\x45ncodeResponse\x12&\n\x06tokens\x18\x01 \x03(\x0b\x32\x16.unigap.v1.ImageTokens\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\"\"\n GenerationServiceGetModelRequest\"H\n!GenerationServiceGetModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.unigap.v1.ModelInfo\"9\n#GenerationServiceReloadModelRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\"K\n$GenerationServiceReloadModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.unigap.v1.ModelInfo2\xf0\x02\n\x11GenerationService\x12\x45\n\x08Generate\x12\x1a.unigap.v1.GenerateRequest\x1a\x1b.unigap.v1.GenerateResponse0\x01\x12=\n\x06\x45ncode\x12\x18.unigap.v1.EncodeRequest\x1a\x19.unigap.v1.EncodeResponse\x12\x65\n\x08GetModel\x12+.unigap.v1.GenerationServiceGetModelRequest\x1a,.unigap.v1.GenerationServiceGetModelResponse\x12n\n\x0bReloadModel\x12..unigap.v1.GenerationServiceReloadModelRequest\x1a/.unigap.v1.GenerationServiceReloadModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'unigap.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GENERATEREQUEST']._serialized_start=64
-  _globals['_GENERATEREQUEST']._serialized_end=183
-  _globals['_GENERATERESPONSE']._serialized_start=185
-  _globals['_GENERATERESPONSE']._serialized_end=305
-  _globals['_ENCODEREQUEST']._serialized_start=307
-  _globals['_ENCODEREQUEST']._serialized_end=355
-  _globals['_IMAGETOKENS']._serialized_start=357
-  _globals['_IMAGETOKENS']._serialized_end=383
-  _globals['_ENCODERESPONSE']._serialized_start=385
-  _globals['_ENCODERESPONSE']._serialized_end=461
-  _globals['_GENERATIONSERVICEGETMODELREQUEST']._serialized_start=463
-  _globals['_GENERATIONSERVICEGETMODELREQUEST']._serialized_end=497
-  _globals['_GENERATIONSERVICEGETMODELRESPONSE']._serialized_start=499
-  _globals['_GENERATIONSERVICEGETMODELRESPONSE']._serialized_end=571
-  _globals['_GENERATIONSERVICERELOADMODELREQUEST']._serialized_start=573
-  _globals['_GENERATIONSERVICERELOADMODELREQUEST']._serialized_end=630
-  _globals['_GENERATIONSERVICERELOADMODELRESPONSE']._serialized_start=632
-  _globals['_GENERATIONSERVICERELOADMODELRESPONSE']._serialized_end=707
-  _globals['_GENERATIONSERVICE']._serialized_start=710
-  _globals['_GENERATIONSERVICE']._serialized_end=1078
+  _globals['_GENERATEREQUEST']._serialized_start=65
+  _globals['_GENERATEREQUEST']._serialized_end=235
+  _globals['_GENERATERESPONSE']._serialized_start=237
+  _globals['_GENERATERESPONSE']._serialized_end=357
+  _globals['_ENCODEREQUEST']._serialized_start=359
+  _globals['_ENCODEREQUEST']._serialized_end=407
+  _globals['_IMAGETOKENS']._serialized_start=409
+  _globals['_IMAGETOKENS']._serialized_end=435
+  _globals['_ENCODERESPONSE']._serialized_start=437
+  _globals['_ENCODERESPONSE']._serialized_end=513
+  _globals['_GENERATIONSERVICEGETMODELREQUEST']._serialized_start=515
+  _globals['_GENERATIONSERVICEGETMODELREQUEST']._serialized_end=549
+  _globals['_GENERATIONSERVICEGETMODELRESPONSE']._serialized_start=551
+  _globals['_GENERATIONSERVICEGETMODELRESPONSE']._serialized_end=623
+  _globals['_GENERATIONSERVICERELOADMODELREQUEST']._serialized_start=625
+  _globals['_GENERATIONSERVICERELOADMODELREQUEST']._serialized_end=682
+  _globals['_GENERATIONSERVICERELOADMODELRESPONSE']._serialized_start=684
+  _globals['_GENERATIONSERVICERELOADMODELRESPONSE']._serialized_end=759
+  _globals['_GENERATIONSERVICE']._serialized_start=762
+  _globals['_GENERATIONSERVICE']._serialized_end=1130
 # @@protoc_insertion_point(module_scope)

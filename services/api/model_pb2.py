@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15unigap/v1/model.proto\x12\tunigap.v1\"\x85\x01\n\tModelInfo\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x12\n\nparameters\x18\x02 \x01(\x03\x12\x12\n\nimage_size\x18\x03 \x01(\x05\x12\x14\n\x0cimage_tokens\x18\x04 \x01(\x05\x12\x12\n\ngeneration\x18\x05 \x01(\x03\x12\x12\n\njudge_mode\x18\x06 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15unigap/v1/model.proto\x12\tunigap.v1\"\xb3\x01\n\tModelInfo\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x12\n\nparameters\x18\x02 \x01(\x03\x12\x12\n\nimage_size\x18\x03 \x01(\x05\x12\x14\n\x0cimage_tokens\x18\x04 \x01(\x05\x12\x12\n\ngeneration\x18\x05 \x01(\x03\x12\x12\n\njudge_mode\x18\x06 \x01(\t\x12,\n\x08\x64\x65\x66\x61ults\x18\x07 \x01(\x0b\x32\x1a.unigap.v1.RequestDefaults\"j\n\x0fRequestDefaults\x12\t\n\x01n\x18\x01 \x01(\x05\x12\x11\n\tcfg_scale\x18\x02 \x01(\x02\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\x16\n\tthreshold\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x0c\n\n_thresholdb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'unigap.v1.model_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO']._serialized_start=37
-  _globals['_MODELINFO']._serialized_end=170
+  _globals['_MODELINFO']._serialized_end=216
+  _globals['_REQUESTDEFAULTS']._serialized_start=218
+  _globals['_REQUESTDEFAULTS']._serialized_end=324
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import math
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,6 +15,23 @@ from services.common.settings import MiB, ServerSettings
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * MiB
 DEFAULT_MAX_BATCH = ServerSettings.model_fields["max_batch"].default
+# Every call has a deadline, so a stuck server cannot hang its caller: generous, since one Generate
+# call of up to max_batch prompts runs the model; UNIGAP_RPC_TIMEOUT_S or `timeout=` changes it.
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def default_timeout() -> float:
+    """UNIGAP_RPC_TIMEOUT_S (seconds, > 0) if set, else DEFAULT_TIMEOUT_S."""
+    text = os.environ.get("UNIGAP_RPC_TIMEOUT_S")
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"UNIGAP_RPC_TIMEOUT_S must be a number of seconds > 0, not {text!r}")
+    return value
 
 
 class ServiceError(Exception):
@@ -125,15 +144,17 @@ class ServiceClient:
     """What every sync client shares: its channel, GetModel, ReloadModel, close. A subclass names
     its stub and its two request messages. Errors raise ServiceError (status `code`, `details`).
 
-    `max_batch`: the server's limit on images or prompts per request; larger calls go in chunks."""
+    `max_batch`: the server's limit on images or prompts per request; larger calls go in chunks.
+    `timeout`: every call's deadline in seconds (a streaming call's: the whole stream); None =
+    `default_timeout()`. A call past it raises ServiceError DEADLINE_EXCEEDED."""
 
     stub = get_model_request = reload_model_request = None
 
     def __init__(self, address: str, token: str | None = None, tls_ca=None, timeout: float | None = None,
                  max_batch: int = DEFAULT_MAX_BATCH):
+        self.timeout, self.max_batch = default_timeout() if timeout is None else timeout, max_batch
         self._channel = channel(address, token, tls_ca)
         self._stub = self.stub(self._channel)
-        self.timeout, self.max_batch = timeout, max_batch
 
     def chunks(self, n: int) -> list[slice]:
         return [slice(i, i + self.max_batch) for i in range(0, n, self.max_batch)]
@@ -144,7 +165,7 @@ class ServiceClient:
 
     def reload(self, checkpoint: str):
         with rpc_errors():
-            return self._stub.ReloadModel(self.reload_model_request(checkpoint=checkpoint)).model
+            return self._stub.ReloadModel(self.reload_model_request(checkpoint=checkpoint), timeout=self.timeout).model
 
     def close(self) -> None:
         self._channel.close()

@@ -40,9 +40,12 @@ def open_store(url: str):
 
 class ModelHolder:
     def __init__(self, ref: str, settings, judge_mode: str = "", lru_size: int = 2,
-                 loader: Callable[[Path], UnifiedModel] = UnifiedModel.load):
-        """Loads `ref` now (blocking): a server starts only with a model it can serve."""
+                 loader: Callable[[Path], UnifiedModel] = UnifiedModel.load,
+                 defaults: model_pb2.RequestDefaults | None = None):
+        """Loads `ref` now (blocking): a server starts only with a model it can serve. `defaults`:
+        what the server uses for its requests' unset fields, reported by `info()`."""
         self.settings, self.judge_mode, self.lru_size, self.loader = settings, judge_mode, lru_size, loader
+        self.defaults = defaults
         self._store = None
         self.generation = 0
         if settings.follow_s:
@@ -134,6 +137,7 @@ class ModelHolder:
             image_tokens=c.model.num_image_tokens,
             generation=self.generation,
             judge_mode=self.judge_mode,
+            defaults=self.defaults,
         )
 
 

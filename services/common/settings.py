@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence, TypeVar
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, CliApp, CliSettingsSource, SettingsConfigDict
+
+from unigap.store.records import default_checkpoint_cache
 
 MiB = 1 << 20
 
@@ -46,8 +47,9 @@ class ServerSettings(BaseSettings):
     follow_s: float | None = None
     """Check the store's serving record (the promoted model) this often, in seconds, and reload when
     it changes; a replica that starts also serves it. None = only ReloadModel changes the model."""
-    cache_dir: Path = Path(tempfile.gettempdir()) / "unigap-checkpoints"
-    """Where checkpoints fetched from the store go (stable, so restarts reuse them)."""
+    cache_dir: Path = Field(default_factory=default_checkpoint_cache)
+    """Where checkpoints fetched from the store go (stable, so restarts reuse them; verified on reuse);
+    default: per user, $XDG_CACHE_HOME/unigap/checkpoints or ~/.cache/unigap/checkpoints."""
 
     @model_validator(mode="after")
     def _resolve(self):

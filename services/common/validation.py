@@ -40,6 +40,14 @@ class NotFound(Invalid):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class Refused(Invalid):
+    """A field-named refusal with any status (Invalid is INVALID_ARGUMENT only)."""
+
+    def __init__(self, code: grpc.StatusCode, field: str, why: str):
+        super().__init__(field, why)
+        self.code = code
+
+
 @asynccontextmanager
 async def _statuses(method: str, context):
     try:

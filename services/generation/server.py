@@ -9,7 +9,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from services.api import generation_pb2 as pb
-from services.api import generation_pb2_grpc
+from services.api import generation_pb2_grpc, model_pb2
 from services.common.images import encode_png
 from services.common.metrics import metrics_for
 from services.common.models import Loaded, ModelHolder, follow_promotions
@@ -21,6 +21,22 @@ from unigap.paths import DEFAULT_MODEL
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 MAX_CFG, MAX_TEMPERATURE = 20.0, 5.0
+# What an unset GenerateRequest field means (the CLI's sampling defaults); GetModel reports them.
+DEFAULT_N, DEFAULT_CFG, DEFAULT_TEMPERATURE = 1, 1.5, 0.7
+
+
+def sampling(r, default_n: int = DEFAULT_N) -> tuple[int, float, float]:
+    """(n, cfg_scale, temperature) of a GenerateRequest or NonUnificationRequest: each unset field
+    (proto3 `optional`) takes the server's default; a field that is set is used as it is."""
+    return (r.n if r.HasField("n") else default_n,
+            r.cfg_scale if r.HasField("cfg_scale") else DEFAULT_CFG,
+            r.temperature if r.HasField("temperature") else DEFAULT_TEMPERATURE)
+
+
+def check_sampling(n: int, cfg: float, temperature: float, max_n: int) -> None:
+    check_finite(n, "n", 1, max_n)
+    check_finite(cfg, "cfg_scale", 0, MAX_CFG, lo_open=True)
+    check_finite(temperature, "temperature", 0, MAX_TEMPERATURE)
 
 
 class GenerationSettings(ServerSettings):
@@ -65,20 +81,20 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         self.batcher = Batcher(_sample, settings.batch_window_ms / 1000, settings.batch_rows,
                                on_batch=self.batch_size.labels("generate").observe)
 
-    def _check(self, r: pb.GenerateRequest) -> None:
+    def _check(self, r: pb.GenerateRequest) -> tuple[int, float, float]:
         s = self.settings
         check_prompts(r.prompts, s)
-        check_finite(r.n, "n", 1, s.max_n)
-        if r.n * len(r.prompts) > s.max_images:
-            raise Invalid("n", f"n x len(prompts) = {r.n * len(r.prompts)} images; at most {s.max_images} per request")
-        check_finite(r.cfg_scale, "cfg_scale", 0, MAX_CFG, lo_open=True)
-        check_finite(r.temperature, "temperature", 0, MAX_TEMPERATURE)
+        n, cfg, temperature = sampling(r)
+        check_sampling(n, cfg, temperature, s.max_n)
+        if n * len(r.prompts) > s.max_images:
+            raise Invalid("n", f"n x len(prompts) = {n * len(r.prompts)} images; at most {s.max_images} per request")
+        return n, cfg, temperature
 
     async def Generate(self, request, context):
-        self._check(request)
+        n, cfg, temperature = self._check(request)
         loaded = await self.holder.get(request.checkpoint)  # kept: a reload cannot swap it mid-stream
-        key = SampleKey(loaded, request.n, request.cfg_scale, request.temperature)
-        jobs = [self.batcher.submit(key, request.n, p, request.seed) for p in request.prompts]
+        key = SampleKey(loaded, n, cfg, temperature)
+        jobs = [self.batcher.submit(key, n, p, request.seed) for p in request.prompts]
         try:
             for i, job in enumerate(jobs):
                 for k, (png, tokens) in enumerate(await job):
@@ -105,7 +121,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 async def start(settings: GenerationSettings, registry: CollectorRegistry | None = None) -> RunningServer:
     """Load the model (in a thread), then serve GenerationService; `stop()` also stops the batcher."""
     registry = registry if registry is not None else CollectorRegistry()
-    holder = await asyncio.to_thread(ModelHolder, settings.model, settings)
+    defaults = model_pb2.RequestDefaults(n=DEFAULT_N, cfg_scale=DEFAULT_CFG, temperature=DEFAULT_TEMPERATURE)
+    holder = await asyncio.to_thread(ModelHolder, settings.model, settings, defaults=defaults)
     servicer = GenerationServicer(holder, settings, registry)
     running = await serve(lambda s: generation_pb2_grpc.add_GenerationServiceServicer_to_server(servicer, s),
                           [SERVICE_NAME], settings, registry)

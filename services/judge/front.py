@@ -15,26 +15,19 @@ import numpy as np
 
 from services.api import judge_pb2 as pb
 from services.api import judge_pb2_grpc
-from services.common.client import ServiceError
+from services.common.client import ServiceError, default_timeout
 from services.common.models import ModelHolder
-from services.common.validation import Invalid, check_finite, check_prompts, decode_png
+from services.common.validation import Invalid, Refused, check_finite, check_prompts, decode_png
 from services.generation.client import GenerationClient
-from services.generation.server import MAX_CFG, MAX_TEMPERATURE
+from services.generation.server import check_sampling, sampling
 from services.judge import figures
 from services.judge.triton_model import MAX_BATCH, MODEL_NAME
 from unigap import world
 from unigap.evaluate import gap_report
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["JudgeService"].full_name
-DEFAULT_THRESHOLD = 0.5
-
-
-class Refused(Invalid):
-    """A field-named refusal with any status (Invalid is INVALID_ARGUMENT only)."""
-
-    def __init__(self, code: grpc.StatusCode, field: str, why: str):
-        super().__init__(field, why)
-        self.code = code
+DEFAULT_THRESHOLD = 0.5  # an unset ScoreRequest.threshold
+DEFAULT_NU_N = 4  # an unset NonUnificationRequest.n: `unigap score`'s default
 
 
 class TritonJudge:
@@ -48,8 +41,11 @@ class TritonJudge:
         self.down = False  # set when tritonserver has died: refuse at once until a new one is ready
 
     async def p_yes(self, images: np.ndarray, prompts: list[str], checkpoint: str = "", timeout: float | None = None) -> np.ndarray:
-        """p_yes [B] of uint8 images [B, H, W, 3]: requests of <= MAX_BATCH rows, sent at once."""
+        """p_yes [B] of uint8 images [B, H, W, 3]: requests of <= MAX_BATCH rows, sent at once, each
+        with a deadline (`timeout` s; None = the clients' default), so a stuck Triton cannot hang a call."""
         from tritonclient.utils import InferenceServerException
+
+        timeout = default_timeout() if timeout is None else timeout
 
         if self.down:
             raise Refused(grpc.StatusCode.UNAVAILABLE, "triton", f"the judge's Triton server at {self.address} is restarting")
@@ -65,7 +61,7 @@ class TritonJudge:
                               f"the judge's Triton server at {self.address} is not answering ({e.message()})") from None
             if "DEADLINE_EXCEEDED" in status:
                 raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, "triton", "the deadline passed while Triton judged") from None
-            # The model refused the whole request (see triton_model): its reason is the last ValueError line.
+            # The model failed inside (pytriton passes its traceback on): keep the last ValueError line if any.
             reasons = re.findall(r"ValueError: (.+)", e.message() or "")
             raise Refused(grpc.StatusCode.INTERNAL, "triton", reasons[-1] if reasons else (e.message() or str(e))) from None
 
@@ -82,7 +78,7 @@ class TritonJudge:
         result = await self.client.infer(MODEL_NAME, inputs, outputs=outputs, client_timeout=timeout)
         errors = [e for e in result.as_numpy("error").reshape(-1) if e]
         if errors:  # the front checked the request, so this is a checkpoint gone since: say which
-            field, _, why = errors[0].decode().partition(": ")
+            field, _, why = re.sub(r"^row \d+: ", "", errors[0].decode()).partition(": ")
             raise Invalid(field, why)
         return result.as_numpy("p_yes").reshape(-1)
 
@@ -132,19 +128,18 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         s = self.settings
         check_prompts(request.prompts, s)
         specs = _specs(request.prompts, lambda i: f"prompts[{i}]")  # the evaluator needs specs
-        check_finite(request.n, "n", 1, s.max_n)
-        check_finite(request.cfg_scale, "cfg_scale", 0, MAX_CFG, lo_open=True)
-        check_finite(request.temperature, "temperature", 0, MAX_TEMPERATURE)
+        n, cfg, temperature = sampling(request, DEFAULT_NU_N)
+        check_sampling(n, cfg, temperature, s.max_n)
         if self.generation is None:
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION, "generation",
                           "this judge has no GenerationService to sample from (start it with --generation HOST:PORT)")
         loaded = await self.holder.get(request.checkpoint)
-        prompts, n, total = list(request.prompts), request.n, len(request.prompts) * request.n
+        prompts, total = list(request.prompts), len(request.prompts) * n
         step = max(1, MAX_BATCH // n)  # prompts per round trip: one Triton request's worth of images
         rows, accepted, correct = [], [], []
         for start in range(0, len(prompts), step):
             part = prompts[start : start + step]
-            samples = await self._generate(part, request)
+            samples = await self._generate(part, n, cfg, temperature, request)
             yield _progress("generate", len(rows) + len(samples.images), total)
             p_yes = await self.triton.p_yes(samples.images, [part[k] for k in samples.prompt_index], loaded.ref)
             accepted.append(p_yes >= DEFAULT_THRESHOLD)
@@ -156,9 +151,9 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         report = await asyncio.to_thread(gap_report, specs, rows, np.concatenate(accepted), np.concatenate(correct))
         yield pb.NonUnificationResponse(result=figures.to_result(report, loaded.ref))
 
-    async def _generate(self, prompts: list[str], r: pb.NonUnificationRequest):
+    async def _generate(self, prompts: list[str], n: int, cfg: float, temperature: float, r: pb.NonUnificationRequest):
         try:
-            return await asyncio.to_thread(self.generation.sample, prompts, r.n, r.cfg_scale, r.temperature, r.seed, r.checkpoint)
+            return await asyncio.to_thread(self.generation.sample, prompts, n, cfg, temperature, r.seed, r.checkpoint)
         except ServiceError as e:  # pass the generation server's status on, saying where it came from
             raise Refused(e.code, "generation", e.details) from None
 

@@ -9,13 +9,14 @@ from typing import Literal
 from grpc_health.v1.health_pb2 import HealthCheckResponse
 from prometheus_client import CollectorRegistry
 
-from services.api import judge_pb2_grpc
+from services.api import judge_pb2_grpc, model_pb2
 from services.common.metrics import metrics_for
 from services.common.models import ModelHolder, follow_promotions
 from services.common.server import SERVING, RunningServer, log_event, serve
 from services.common.settings import ServerSettings
 from services.generation.client import GenerationClient
-from services.judge.front import SERVICE_NAME, JudgeServicer, TritonJudge
+from services.generation.server import DEFAULT_CFG, DEFAULT_TEMPERATURE
+from services.judge.front import DEFAULT_NU_N, DEFAULT_THRESHOLD, SERVICE_NAME, JudgeServicer, TritonJudge
 from services.judge.supervisor import TritonSupervisor
 from services.judge.triton_model import JudgeModel, start_triton
 from unigap.paths import DEFAULT_MODEL
@@ -56,7 +57,9 @@ async def start(settings: JudgeSettings, registry: CollectorRegistry | None = No
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = metrics_for(registry)
-    holder = await asyncio.to_thread(ModelHolder, settings.model, settings, settings.mode)
+    defaults = model_pb2.RequestDefaults(n=DEFAULT_NU_N, cfg_scale=DEFAULT_CFG, temperature=DEFAULT_TEMPERATURE,
+                                         threshold=DEFAULT_THRESHOLD)
+    holder = await asyncio.to_thread(ModelHolder, settings.model, settings, settings.mode, defaults=defaults)
     loop = asyncio.get_running_loop()
 
     def model_for(ref: str):

@@ -34,25 +34,30 @@ class TritonSupervisor:
         self._thread.start()
 
     def _watch(self) -> None:
+        """Until `stop()`: any exception is logged and the watch goes on (the thread must not end
+        while the judge runs, or a later death of tritonserver would go unnoticed)."""
         try:
             while not self._stopping.wait(self.interval_s):
-                if not self.triton.alive():
-                    self._restart()
+                try:
+                    if not self.triton.alive():
+                        self._restart()
+                except Exception as e:
+                    log_event("triton_supervisor_error", error=_one_line(e))
         finally:
-            self.triton.stop()
+            self._quietly(self.triton.stop)
 
     def _restart(self) -> None:
         dead = self.triton
         log_event("triton_exited", triton_pid=self.pid, restarting=True)
         self._quietly(self.on_down)
-        dead.stop()  # pytriton has stopped its side already; this removes the folder
+        self._quietly(dead.stop)  # pytriton has stopped its side already; this removes the folder
         ports, wait, attempt = (dead.http_port, dead.grpc_port, dead.metrics_port), 1.0, 0
         while not self._stopping.is_set():
             attempt += 1
             try:
                 self.triton = self.start(*(ports if attempt == 1 else (0, 0, 0)))
             except Exception as e:  # e.g. a port taken meanwhile: the next try takes free ports
-                log_event("triton_restart_failed", attempt=attempt, error=(str(e).splitlines() or [type(e).__name__])[0])
+                log_event("triton_restart_failed", attempt=attempt, error=_one_line(e))
                 self._stopping.wait(wait)
                 wait = min(2 * wait, self.max_backoff_s)
                 continue
@@ -66,10 +71,14 @@ class TritonSupervisor:
     def _quietly(callback) -> None:
         try:
             callback()
-        except Exception as e:  # a report that fails (e.g. the server stopping) must not end the watch
-            log_event("triton_supervisor_callback_failed", error=f"{type(e).__name__}: {e}")
+        except Exception as e:  # a report or a stop that fails (e.g. the server stopping) must not end the watch
+            log_event("triton_supervisor_callback_failed", error=f"{type(e).__name__}: {_one_line(e)}")
 
     def stop(self) -> None:
         """Stop watching, then stop tritonserver (blocking; waits for a restart in progress)."""
         self._stopping.set()
         self._thread.join()
+
+
+def _one_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]

@@ -4,12 +4,12 @@ Inputs (batch dimension first): `image` UINT8 [-1, -1, 3], `prompt` BYTES [1], o
 BYTES [1] (empty: the served model). Outputs: `p_yes` FP32 [1], `decision` BOOL [1] (at 0.5), and
 `error` BYTES [1] (empty when the row was judged).
 
-Errors: pytriton can only fail a whole execution, and a dynamic batch merges several callers'
-requests into one. So a bad request (a prompt outside the grammar in likelihood mode, a checkpoint
-that does not load) fails with a Triton error when every request in the execution is bad (a
-request on its own), and otherwise gets p_yes NaN with its reason in `error` rather than failing
-the innocent requests batched with it. A normal exception keeps the server alive;
-`PyTritonUnrecoverableError` would shut it down, so it is never raised here.
+Errors: a bad row (an empty prompt, one outside the grammar in likelihood mode, a checkpoint that
+does not load) gets p_yes NaN, decision false and its reason in `error`, one line that names the
+row of its request and the field ("row 1: prompt: ..."); the other rows are judged. Nothing is
+raised, even when every row is bad: pytriton can only fail a whole execution, which a dynamic
+batch shares with other callers' requests, and it reports an exception as a Python traceback (of
+two processes), not as a message. So a plain client checks `error`.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def _text(cell) -> str:
 @dataclass
 class _Row:
     request: int
+    index: int  # within its request
     image: np.ndarray
     prompt: str
     checkpoint: str
@@ -85,18 +86,15 @@ class JudgeModel:
             rows, errors = self._read(requests)
             p_yes = np.full(len(rows), np.nan, np.float32)
             for um, idx in self._groups(rows, errors).values():
-                idx = [k for k in idx if rows[k].request not in errors]
-                if idx:
-                    images = self._images(um, [rows[k].image for k in idx])
-                    p_yes[idx] = make_judge(um, self.mode).score(images, [rows[k].prompt for k in idx]).p_yes
-            if len(errors) == len(requests):  # nobody innocent in this execution: a real Triton error
-                raise ValueError("; ".join(dict.fromkeys(errors.values())))
+                images = self._images(um, [rows[k].image for k in idx])
+                p_yes[idx] = make_judge(um, self.mode).score(images, [rows[k].prompt for k in idx]).p_yes
             self.batch_sizes.append(len(rows))
             if self.on_batch:
                 self.on_batch(len(rows))
             return self._responses(requests, p_yes, errors)
 
     def _read(self, requests) -> tuple[list[_Row], dict[int, str]]:
+        """The rows of every request, and the reason ("row i: field: why") of each bad one, by row index."""
         rows, errors = [], {}
         for r, req in enumerate(requests):
             prompts = req["prompt"].reshape(-1)
@@ -104,14 +102,18 @@ class JudgeModel:
             ckpts = ckpts.reshape(-1) if ckpts is not None else [b""] * len(prompts)
             for i, (image, p, c) in enumerate(zip(req["image"], prompts, ckpts)):
                 try:
-                    prompt, checkpoint = _text(p), _text(c)
+                    prompt = _text(p)
                 except UnicodeDecodeError:
-                    prompt, checkpoint, why = "", "", "prompt/checkpoint: not UTF-8"
+                    prompt, why = "", "prompt: not UTF-8"
                 else:
                     why = self._prompt_error(prompt)
-                if why and r not in errors:
-                    errors[r] = f"row {i}: {why}" if len(prompts) > 1 else why
-                rows.append(_Row(r, image, prompt, checkpoint))
+                try:
+                    checkpoint = _text(c)
+                except UnicodeDecodeError:
+                    checkpoint, why = "", why or "checkpoint: not UTF-8"
+                if why:
+                    errors[len(rows)] = f"row {i}: {why}"
+                rows.append(_Row(r, i, image, prompt, checkpoint))
         return rows, errors
 
     def _prompt_error(self, prompt: str) -> str:
@@ -128,7 +130,7 @@ class JudgeModel:
         models: dict[str, UnifiedModel | Exception] = {}
         groups: dict[int, tuple[UnifiedModel, list[int]]] = {}
         for k, row in enumerate(rows):
-            if row.request in errors:
+            if k in errors:
                 continue
             if row.checkpoint not in models:
                 try:
@@ -136,8 +138,9 @@ class JudgeModel:
                 except Exception as e:  # a bad checkpoint fails only the requests that named it
                     models[row.checkpoint] = e
             um = models[row.checkpoint]
-            if isinstance(um, Exception):
-                errors[row.request] = str(um) if isinstance(um, Invalid) else f"checkpoint: {um}"  # Invalid names its field
+            if isinstance(um, Exception):  # Invalid names its field; one line, as every error
+                why = str(um) if isinstance(um, Invalid) else f"checkpoint: {um}"
+                errors[k] = f"row {row.index}: " + (why.splitlines() or ["checkpoint: cannot be loaded"])[0]
                 continue
             groups.setdefault(id(um), (um, []))[1].append(k)
         return groups
@@ -153,12 +156,12 @@ class JudgeModel:
     @staticmethod
     def _responses(requests, p_yes: np.ndarray, errors: dict[int, str]) -> list[dict]:
         out, start = [], 0
-        for r, req in enumerate(requests):
+        for req in requests:
             n = len(req["prompt"])
             p = p_yes[start : start + n].reshape(n, 1)
+            err = np.array([[errors.get(k, "").encode()] for k in range(start, start + n)], dtype=object)
             start += n
-            err = np.full((n, 1), errors.get(r, "").encode(), dtype=object)
-            out.append({"p_yes": p, "decision": p >= 0.5, "error": err})
+            out.append({"p_yes": p, "decision": p >= 0.5, "error": err})  # NaN >= 0.5 is False
         return out
 
 
