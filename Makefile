@@ -24,6 +24,10 @@ demo: install
 test: install
 	$(PASSIVE) $(PY) -m pytest
 
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 # Benchmarks against baselines measured in the same run: a table and bench/results.json (about
 # 2.5 minutes on 2 cores). bench/gpu.py needs CUDA; here it checks its setup on a tiny CPU model.
 bench: install

@@ -1,8 +1,8 @@
 """`python -m bench` (or `make bench`): every benchmark, a table, and bench/results.json.
 
-    python -m bench                         # all, on the shipped model (about 2.5 minutes on 2 cores)
-    python -m bench --only sampling,dpo     # some
-    python -m bench --quick --out /tmp/r.json  # tiny sizes: checks that everything runs
+python -m bench                         # all, on the shipped model (about 2.5 minutes on 2 cores)
+python -m bench --only sampling,dpo     # some
+python -m bench --quick --out /tmp/r.json  # tiny sizes: checks that everything runs
 """
 
 from __future__ import annotations
@@ -21,15 +21,22 @@ BENCHMARKS = ("judge", "sampling", "vq", "replay", "dpo", "efficiency", "memory"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition: a smoke test, not a measurement")
+    parser.add_argument(
+        "--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes, one repetition: a smoke test, not a measurement"
+    )
     parser.add_argument("--model", default=None, help="save_pretrained folder (default: the shipped model)")
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default bench/results.json)")
     args = parser.parse_args(argv)
     chosen = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = [b for b in chosen if b not in BENCHMARKS]
     if unknown or not chosen:
-        print(f"error: unknown benchmark {', '.join(unknown) or '(none)'}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        print(
+            f"error: unknown benchmark {', '.join(unknown) or '(none)'}; choose from {', '.join(BENCHMARKS)}",
+            file=sys.stderr,
+        )
         return 2
 
     from rich.console import Console
@@ -48,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     um = UnifiedModel.load(model)
     m = machine()
-    console.print(f"[bold]unigap bench[/] on {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({threads} threads), "
-                  f"load {m['load']}; model {model}")
+    console.print(
+        f"[bold]unigap bench[/] on {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({threads} threads), "
+        f"load {m['load']}; model {model}"
+    )
     results, start = [], time.perf_counter()
     for name in chosen:
         t = time.perf_counter()
@@ -57,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         results += importlib.import_module(f"bench.{name}").run(um, quick=args.quick, log=console.print)
         console.print(f"{name}: {time.perf_counter() - t:.0f} s")
     console.print(table(results))
-    console.print(f"total {time.perf_counter() - start:.0f} s; load average now {machine()['load']} "
-                  "(other work on the machine slows both sides of each ratio)")
+    console.print(
+        f"total {time.perf_counter() - start:.0f} s; load average now {machine()['load']} "
+        "(other work on the machine slows both sides of each ratio)"
+    )
     out = args.out or RESULTS
     write(results, out)
     console.print(f"wrote {out}")

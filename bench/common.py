@@ -12,9 +12,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -63,7 +63,9 @@ def setup_threads() -> int:
     return n
 
 
-def interleaved(fns: dict[str, Callable[[], object]], reps: int, log: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], reps: int, log: Callable[[str], None] | None = None
+) -> dict[str, list[float]]:
     """Wall seconds of each function, `reps` times, in turn (a, b, a, b, ...)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(reps):
@@ -134,11 +136,25 @@ def table(results: list[Result], title: str = "unigap benchmarks (ratio = candid
     from rich.table import Table
 
     t = Table(title=title)
-    for col, kw in (("benchmark", {}), ("baseline", {"justify": "right"}), ("candidate", {"justify": "right"}),
-                    ("unit", {}), ("ratio", {"justify": "right"}), ("target", {"justify": "right"}), ("", {})):
+    for col, kw in (
+        ("benchmark", {}),
+        ("baseline", {"justify": "right"}),
+        ("candidate", {"justify": "right"}),
+        ("unit", {}),
+        ("ratio", {"justify": "right"}),
+        ("target", {"justify": "right"}),
+        ("", {}),
+    ):
         t.add_column(col, **kw)
     for r in results:
         mark = "" if r.met is None else ("[green]met[/]" if r.met else "[red]missed[/]")
-        t.add_row(r.name, f"{r.baseline:.4g}", f"{r.candidate:.4g}", r.unit, f"{r.ratio:.2f}",
-                  "-" if r.target is None else f">= {r.target:g}", mark)
+        t.add_row(
+            r.name,
+            f"{r.baseline:.4g}",
+            f"{r.candidate:.4g}",
+            r.unit,
+            f"{r.ratio:.2f}",
+            "-" if r.target is None else f">= {r.target:g}",
+            mark,
+        )
     return t

@@ -58,8 +58,10 @@ def run(um, quick: bool = False, log=print) -> list[Result]:
     steps = -(-n_pairs // cfg.batch)
 
     def precompute():
-        return (sequence_logps(reference, prompts, np.array([c for _, c, _ in pairs])),
-                sequence_logps(reference, prompts, np.array([x for _, _, x in pairs])))
+        return (
+            sequence_logps(reference, prompts, np.array([c for _, c, _ in pairs])),
+            sequence_logps(reference, prompts, np.array([x for _, _, x in pairs])),
+        )
 
     precompute()  # warm-up
     times: dict[str, list[float]] = {"recomputed every step": [], "computed once": [], "reference pass": []}
@@ -80,23 +82,45 @@ def run(um, quick: bool = False, log=print) -> list[Result]:
         t = time.perf_counter()
         logs["once"] = train_dpo(policy, pairs, ref_w, ref_l, cfg, progress=False)
         times["computed once"].append(time.perf_counter() - t)
-        log(f"  rep {r + 1}/{reps}: recomputed {times['recomputed every step'][-1]:.2f} s, "
-            f"once {times['computed once'][-1]:.2f} s (+ reference pass {times['reference pass'][-1]:.2f} s)")
+        log(
+            f"  rep {r + 1}/{reps}: recomputed {times['recomputed every step'][-1]:.2f} s, "
+            f"once {times['computed once'][-1]:.2f} s (+ reference pass {times['reference pass'][-1]:.2f} s)"
+        )
     a, b = logs["recomputed"][0], logs["once"][0]
     diff = max(abs(a["loss"] - b["loss"]), abs(a["margin"] - b["margin"]))
     if diff > 1e-4:
         raise AssertionError(f"the two loops trained differently: {a} vs {b}")
     base, cand, ref = (median(times[k]) for k in ("recomputed every step", "computed once", "reference pass"))
     epochs = TrainConfig().epochs
-    common = {"pairs": n_pairs, "batch": cfg.batch, "steps": steps, "reps": reps, "reference_pass_s": round(ref, 4),
-              "epoch_s": {"recomputed": round(base, 4), "once": round(cand, 4)},
-              "check": f"same epoch loss and margin (max diff {diff:.1e}); baseline ran the reference in each of {steps} steps"}
+    common = {
+        "pairs": n_pairs,
+        "batch": cfg.batch,
+        "steps": steps,
+        "reps": reps,
+        "reference_pass_s": round(ref, 4),
+        "epoch_s": {"recomputed": round(base, 4), "once": round(cand, 4)},
+        "check": f"same epoch loss and margin (max diff {diff:.1e}); baseline ran the reference in each of {steps} steps",
+    }
     m = machine()
     return [
-        Result("DPO epoch: ref once / every step", n_pairs / base, n_pairs / cand,
-               "pairs/s", 1.5, "train_dpo epoch with the reference recomputed in each step vs precomputed (pass not counted)",
-               {**common, "paired_ratio": paired_ratio(times["recomputed every step"], times["computed once"])}, m),
-        Result(f"DPO round, {epochs} epochs + ref pass (info)", n_pairs * epochs / (epochs * base),
-               n_pairs * epochs / (epochs * cand + ref), "pairs/s", None,
-               f"{epochs} epochs recomputing vs one reference pass + {epochs} epochs", common, m),
+        Result(
+            "DPO epoch: ref once / every step",
+            n_pairs / base,
+            n_pairs / cand,
+            "pairs/s",
+            1.5,
+            "train_dpo epoch with the reference recomputed in each step vs precomputed (pass not counted)",
+            {**common, "paired_ratio": paired_ratio(times["recomputed every step"], times["computed once"])},
+            m,
+        ),
+        Result(
+            f"DPO round, {epochs} epochs + ref pass (info)",
+            n_pairs * epochs / (epochs * base),
+            n_pairs * epochs / (epochs * cand + ref),
+            "pairs/s",
+            None,
+            f"{epochs} epochs recomputing vs one reference pass + {epochs} epochs",
+            common,
+            m,
+        ),
     ]

@@ -101,16 +101,32 @@ def run(um, quick: bool = False, log=print) -> list[Result]:
         judge.score(images[:1], prompts[:1])
         single_times.append(time.perf_counter() - t)
         mm_rates.append(matmul_rate(shape, 0.3 if quick else 0.6))
-        log(f"  rep {r + 1}/{reps}: judge {batch} images {times[-1]:.3f} s, matmul {shape} {mm_rates[-1] / 1e9:.1f} GFLOP/s")
+        log(
+            f"  rep {r + 1}/{reps}: judge {batch} images {times[-1]:.3f} s, matmul {shape} {mm_rates[-1] / 1e9:.1f} GFLOP/s"
+        )
     achieved = flops / median(times)
     peak = median(mm_rates)
-    log(f"efficiency: {flops / batch / 1e6:.1f} MFLOP per image; judge {achieved / 1e9:.1f} GFLOP/s; matmul {peak / 1e9:.1f} GFLOP/s")
+    log(
+        f"efficiency: {flops / batch / 1e6:.1f} MFLOP per image; judge {achieved / 1e9:.1f} GFLOP/s; matmul {peak / 1e9:.1f} GFLOP/s"
+    )
     return [
-        Result(f"judge FLOP/s / matmul FLOP/s (batch {batch})", peak / 1e9, achieved / 1e9, "GFLOP/s", None,
-               f"fp32 matmul {shape[0]}x{shape[1]} @ {shape[1]}x{shape[2]} (the judge's dominant matmul) vs the judge forward",
-               {"flops_per_image": int(flops / batch), "mflop_per_image": round(flops / batch / 1e6, 2),
-                "flops_by_op": by_op, "matmul_shape": list(shape), "batch": batch, "reps": reps,
+        Result(
+            f"judge FLOP/s / matmul FLOP/s (batch {batch})",
+            peak / 1e9,
+            achieved / 1e9,
+            "GFLOP/s",
+            None,
+            f"fp32 matmul {shape[0]}x{shape[1]} @ {shape[1]}x{shape[2]} (the judge's dominant matmul) vs the judge forward",
+            {
+                "flops_per_image": int(flops / batch),
+                "mflop_per_image": round(flops / batch / 1e6, 2),
+                "flops_by_op": by_op,
+                "matmul_shape": list(shape),
+                "batch": batch,
+                "reps": reps,
                 "one_at_a_time_share": round(single_flops / median(single_times) / peak, 4),
-                "note": "ratio = the judge's achieved FLOP/s over the matmul's: its share of this machine's matmul rate"},
-               machine()),
+                "note": "ratio = the judge's achieved FLOP/s over the matmul's: its share of this machine's matmul rate",
+            },
+            machine(),
+        ),
     ]

@@ -73,8 +73,13 @@ def janus_pro_1b_config(tokenizer):
         projection_dim=2048,
         image_token_embed_dim=2048,
     )
-    return JanusConfig(text_config=text, vision_config=vision, vq_config=vq, tie_word_embeddings=False,
-                       image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.image_token))
+    return JanusConfig(
+        text_config=text,
+        vision_config=vision,
+        vq_config=vq,
+        tie_word_embeddings=False,
+        image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.image_token),
+    )
 
 
 def full_size_parameters() -> int:
@@ -94,7 +99,9 @@ def small_config(tokenizer):
     """A scaled-down model with the same structure, for --dry-run on CPU."""
     from unigap.model.build import TinySize, janus_config
 
-    return janus_config(tokenizer, TinySize(hidden=64, layers=2, heads=2, vision_hidden=64, vision_layers=1, codebook=64))
+    return janus_config(
+        tokenizer, TinySize(hidden=64, layers=2, heads=2, vision_hidden=64, vision_layers=1, codebook=64)
+    )
 
 
 def build(dry_run: bool, device: str, dtype: torch.dtype, seed: int = 0):
@@ -177,8 +184,10 @@ def run(args) -> list:
         log(f"Janus-Pro-1B configuration: {full_size_parameters() / 1e9:.2f} B parameters (built on the meta device)")
     t = time.perf_counter()
     um, _ = build(args.dry_run, device, dtype)
-    log(f"model: {parameters(um) / 1e9:.3f} B parameters, {um.num_image_tokens} image tokens of "
-        f"{um.image_size} px, {dtype} on {device} ({time.perf_counter() - t:.0f} s to build)")
+    log(
+        f"model: {parameters(um) / 1e9:.3f} B parameters, {um.num_image_tokens} image tokens of "
+        f"{um.image_size} px, {dtype} on {device} ({time.perf_counter() - t:.0f} s to build)"
+    )
     n_prompts, n = (2, 2) if args.dry_run else (args.prompts, args.n)
     reps = 1 if args.dry_run else args.reps
     prompts = [s.text for s in world.split("heldout")[:n_prompts]]
@@ -226,15 +235,33 @@ def run(args) -> list:
     prefix = um._tokenize([gen_text(prompts[0]) + um.tokenizer.boi_token])[0].shape[1]
     bound = rows / (um.num_image_tokens * decode_step_bytes(um, rows, prefix) / bandwidth)
     share = rows / median(times["sampler"]) / bound
-    log(f"sampling: {rows} candidates, bandwidth {bandwidth / 1e9:.0f} GB/s, bound {bound:.1f} candidates/s, "
-        f"sampler at {share:.1%} of it; sampler call's peak buffers {peak_gib} GiB")
-    results = [Result(f"GPU sampling: {n_prompts} prompts x N={n} / generate", rows / median(times["generate"]),
-                      rows / median(times["sampler"]), "candidates/s", 1.5,
-                      "transformers generate(generation_mode='image') vs UnifiedModel.sample, tokens only",
-                      {"cfg": cfg, "temperature": temperature, "image_tokens": um.num_image_tokens, "dtype": str(dtype),
-                       "reps": reps, "check": check, "copy_bandwidth_gb_s": round(bandwidth / 1e9, 1),
-                       "bandwidth_bound_candidates_per_s": round(bound, 2), "share_of_bound": round(share, 4),
-                       "sampler_peak_gib": peak_gib}, m)]
+    log(
+        f"sampling: {rows} candidates, bandwidth {bandwidth / 1e9:.0f} GB/s, bound {bound:.1f} candidates/s, "
+        f"sampler at {share:.1%} of it; sampler call's peak buffers {peak_gib} GiB"
+    )
+    results = [
+        Result(
+            f"GPU sampling: {n_prompts} prompts x N={n} / generate",
+            rows / median(times["generate"]),
+            rows / median(times["sampler"]),
+            "candidates/s",
+            1.5,
+            "transformers generate(generation_mode='image') vs UnifiedModel.sample, tokens only",
+            {
+                "cfg": cfg,
+                "temperature": temperature,
+                "image_tokens": um.num_image_tokens,
+                "dtype": str(dtype),
+                "reps": reps,
+                "check": check,
+                "copy_bandwidth_gb_s": round(bandwidth / 1e9, 1),
+                "bandwidth_bound_candidates_per_s": round(bound, 2),
+                "share_of_bound": round(share, 4),
+                "sampler_peak_gib": peak_gib,
+            },
+            m,
+        )
+    ]
 
     batch = 4 if args.dry_run else args.judge_batch
     images, texts = rendered(batch, um.image_size)
@@ -250,33 +277,58 @@ def run(args) -> list:
 
     batched(), one_at_a_time()  # warm-up
     jt = interleaved({"one-at-a-time": _synced(one_at_a_time, device), "batched": _synced(batched, device)}, reps, log)
-    results.append(Result(f"GPU judge: batch {batch} / one at a time", n_single / median(jt["one-at-a-time"]),
-                          batch / median(jt["batched"]), "images/s", None,
-                          "in-process Judge.score, one image per call vs a batch per call", {"reps": reps}, m))
+    results.append(
+        Result(
+            f"GPU judge: batch {batch} / one at a time",
+            n_single / median(jt["one-at-a-time"]),
+            batch / median(jt["batched"]),
+            "images/s",
+            None,
+            "in-process Judge.score, one image per call vs a batch per call",
+            {"reps": reps},
+            m,
+        )
+    )
 
     flops, by_op = count_flops(batched)
     shape = dominant_matmul(batched)
     peak = matmul_rate(shape, 0.3 if args.dry_run else 2.0, device, dtype)
     achieved = flops / median(jt["batched"])
-    results.append(Result(f"GPU judge FLOP/s / matmul FLOP/s (batch {batch})", peak / 1e9, achieved / 1e9, "GFLOP/s", None,
-                          f"{dtype} matmul {shape[0]}x{shape[1]} @ {shape[1]}x{shape[2]} vs the judge forward",
-                          {"flops_per_image": int(flops / batch), "flops_by_op": by_op, "matmul_shape": list(shape)}, m))
+    results.append(
+        Result(
+            f"GPU judge FLOP/s / matmul FLOP/s (batch {batch})",
+            peak / 1e9,
+            achieved / 1e9,
+            "GFLOP/s",
+            None,
+            f"{dtype} matmul {shape[0]}x{shape[1]} @ {shape[1]}x{shape[2]} vs the judge forward",
+            {"flops_per_image": int(flops / batch), "flops_by_op": by_op, "matmul_shape": list(shape)},
+            m,
+        )
+    )
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/gpu.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--dry-run", action="store_true", help="a scaled-down model on CPU: checks the setup, measures nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="a scaled-down model on CPU: checks the setup, measures nothing"
+    )
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--n", type=int, default=8, help="candidates per prompt")
     parser.add_argument("--cfg", type=float, default=5.0, help="guidance scale (Janus-Pro's default is 5)")
     parser.add_argument("--judge-batch", type=int, default=64)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None, help="results JSON (default bench/results-gpu.json; none on --dry-run)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results JSON (default bench/results-gpu.json; none on --dry-run)"
+    )
     args = parser.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
-        print("error: bench/gpu.py needs a CUDA device and found none (use --dry-run to check its setup on CPU)", file=sys.stderr)
+        print(
+            "error: bench/gpu.py needs a CUDA device and found none (use --dry-run to check its setup on CPU)",
+            file=sys.stderr,
+        )
         return 2
     from rich.console import Console
     from transformers.utils import logging as hf_logging
@@ -286,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     setup_threads()
     results = run(args)
-    Console(width=132).print(table(results, "unigap GPU benchmarks" + (" (dry run: tiny model on CPU)" if args.dry_run else "")))
+    Console(width=132).print(
+        table(results, "unigap GPU benchmarks" + (" (dry run: tiny model on CPU)" if args.dry_run else ""))
+    )
     out = args.out if args.out or args.dry_run else Path(__file__).parent / "results-gpu.json"
     if out:
         write(results, out)

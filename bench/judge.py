@@ -45,8 +45,14 @@ class Clients:
         data = os.path.join(self.folder, "images.npz")
         np.savez(data, images=images, prompts=np.array(prompts))
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
-        self.p = subprocess.Popen([sys.executable, "-m", "bench.judge_clients", url, data, str(clients)], cwd=ROOT,
-                                  env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "bench.judge_clients", url, data, str(clients)],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self._read()  # ready
 
     def _read(self) -> dict:
@@ -121,7 +127,9 @@ def run(um, quick: bool = False, log=print) -> list[Result]:
                 served[-1]["server_cpu_s"] = _cpu_seconds(triton.pid) - server
                 served[-1]["model_process_cpu_s"] = time.process_time() - own
 
-            times = interleaved({"one-at-a-time": one_at_a_time, "in-process batched": batched, "Triton": via_triton}, reps, log)
+            times = interleaved(
+                {"one-at-a-time": one_at_a_time, "in-process batched": batched, "Triton": via_triton}, reps, log
+            )
         finally:
             pool.close()
     finally:
@@ -136,10 +144,15 @@ def run(um, quick: bool = False, log=print) -> list[Result]:
     expect = np.tile(reference[: clients * per_client], len(served))
     max_diff = float(np.abs(p - expect).max())
     images_served = sum(s["images"] for s in served)
-    cpu_ms = {k: round(1000 * sum(s[k] for s in served) / images_served, 2) for k in ("cpu_s", "server_cpu_s", "model_process_cpu_s")}
-    log(f"judge: Triton batches {len(sizes)}, mean size {np.mean(sizes):.1f}; max |p_yes(Triton) - p_yes(in-process)| {max_diff:.1e}; "
+    cpu_ms = {
+        k: round(1000 * sum(s[k] for s in served) / images_served, 2)
+        for k in ("cpu_s", "server_cpu_s", "model_process_cpu_s")
+    }
+    log(
+        f"judge: Triton batches {len(sizes)}, mean size {np.mean(sizes):.1f}; max |p_yes(Triton) - p_yes(in-process)| {max_diff:.1e}; "
         f"CPU ms per image: clients {cpu_ms['cpu_s']}, tritonserver {cpu_ms['server_cpu_s']}, model process {cpu_ms['model_process_cpu_s']} "
-        f"(in-process batched: {1000 * sum(inproc_cpu) / (n_batched * len(inproc_cpu)):.2f})")
+        f"(in-process batched: {1000 * sum(inproc_cpu) / (n_batched * len(inproc_cpu)):.2f})"
+    )
     if max_diff > 1e-4:
         raise AssertionError(f"Triton scores differ from in-process scores by {max_diff}")
     common = {
@@ -150,19 +163,43 @@ def run(um, quick: bool = False, log=print) -> list[Result]:
         "triton_batch_size_max": int(max(sizes)),
         "triton_executions": len(sizes),
         "triton_rates": [round(r, 2) for r in rates],
-        "cpu_ms_per_image": {"clients": cpu_ms["cpu_s"], "tritonserver": cpu_ms["server_cpu_s"],
-                             "model_process (pytriton + judge)": cpu_ms["model_process_cpu_s"],
-                             "in_process_batched": round(1000 * sum(inproc_cpu) / (n_batched * len(inproc_cpu)), 2)},
+        "cpu_ms_per_image": {
+            "clients": cpu_ms["cpu_s"],
+            "tritonserver": cpu_ms["server_cpu_s"],
+            "model_process (pytriton + judge)": cpu_ms["model_process_cpu_s"],
+            "in_process_batched": round(1000 * sum(inproc_cpu) / (n_batched * len(inproc_cpu)), 2),
+        },
         "check": f"Triton p_yes equal in-process p_yes (max abs diff {max_diff:.1e})",
     }
     m = machine()
     return [
-        Result(f"judge: Triton, {clients} clients / one at a time",
-               single, tri, "images/s", 5.0,
-               f"one image per in-process Judge.score call vs Triton dynamic batching, {clients} concurrent gRPC clients",
-               {**common, "in_process_batched": round(inproc, 3),
-                "paired_ratio": round(median([r * t / n_single for r, t in zip(rates, times["one-at-a-time"])]), 4)}, m),
-        Result(f"judge: Triton / in-process batch {batch}", inproc, tri, "images/s", 0.8,
-               f"in-process Judge.score on {batch} images at a time vs the same through Triton",
-               {**common, "paired_ratio": round(median([r * t / n_batched for r, t in zip(rates, times["in-process batched"])]), 4)}, m),
+        Result(
+            f"judge: Triton, {clients} clients / one at a time",
+            single,
+            tri,
+            "images/s",
+            5.0,
+            f"one image per in-process Judge.score call vs Triton dynamic batching, {clients} concurrent gRPC clients",
+            {
+                **common,
+                "in_process_batched": round(inproc, 3),
+                "paired_ratio": round(median([r * t / n_single for r, t in zip(rates, times["one-at-a-time"])]), 4),
+            },
+            m,
+        ),
+        Result(
+            f"judge: Triton / in-process batch {batch}",
+            inproc,
+            tri,
+            "images/s",
+            0.8,
+            f"in-process Judge.score on {batch} images at a time vs the same through Triton",
+            {
+                **common,
+                "paired_ratio": round(
+                    median([r * t / n_batched for r, t in zip(rates, times["in-process batched"])]), 4
+                ),
+            },
+            m,
+        ),
     ]

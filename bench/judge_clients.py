@@ -28,7 +28,10 @@ async def main(url: str, data: str, clients: int) -> None:
 
     async def infer(i: int) -> float:
         k = i % len(images)
-        inputs = [tgrpc.InferInput("image", [1, *images.shape[1:]], "UINT8"), tgrpc.InferInput("prompt", [1, 1], "BYTES")]
+        inputs = [
+            tgrpc.InferInput("image", [1, *images.shape[1:]], "UINT8"),
+            tgrpc.InferInput("prompt", [1, 1], "BYTES"),
+        ]
         inputs[0].set_data_from_numpy(images[k : k + 1])
         inputs[1].set_data_from_numpy(np.array([[prompts[k]]], dtype=object))
         result = await client.infer(MODEL_NAME, inputs)

@@ -69,8 +69,9 @@ def noise_peak_bytes(rows: int, vocab: int) -> int:
     return tracker.peak
 
 
-def accounting(rows: int, n_tok: int, vocab: int, layers: int, kv_width: int, prefix: int, dtype_bytes: int,
-               noise_step_bytes: int) -> dict:
+def accounting(
+    rows: int, n_tok: int, vocab: int, layers: int, kv_width: int, prefix: int, dtype_bytes: int, noise_step_bytes: int
+) -> dict:
     """Bytes of the sampler's buffers for `rows` candidates with CFG (2 x rows in the language model)."""
     lm_rows = 2 * rows
     kv = 2 * layers * lm_rows * (prefix + n_tok) * kv_width * dtype_bytes  # keys and values, reserved up front
@@ -103,14 +104,27 @@ def run(um=None, quick: bool = False, log=print) -> list[Result]:
     return [
         Result(
             f"sampler memory, {rows}-row chunk at Janus-Pro-1B: noise per step / up front",
-            rows / (before / GIB), rows / (after / GIB), "rows/GiB", None,
+            rows / (before / GIB),
+            rows / (after / GIB),
+            "rows/GiB",
+            None,
             "the sampler's peak buffers (KV cache, one step's logits, Gumbel noise) with the whole call's noise "
             "drawn up front vs drawn on the device step by step (noise measured, the rest accounted)",
-            {"rows": rows, "image_tokens": n_tok, "codebook": vocab, "layers": text.num_hidden_layers,
-             "hidden": text.hidden_size, "prefix_tokens": PREFIX, "dtype": "bfloat16", "gib": gib,
-             "peak_gib_before": round(before / GIB, 2), "peak_gib_after": round(after / GIB, 2),
-             "host_noise_gib_before": gib["noise_before"], "host_noise_gib_after": 0.0,
-             "noise_measured_at_rows": measured_rows},
+            {
+                "rows": rows,
+                "image_tokens": n_tok,
+                "codebook": vocab,
+                "layers": text.num_hidden_layers,
+                "hidden": text.hidden_size,
+                "prefix_tokens": PREFIX,
+                "dtype": "bfloat16",
+                "gib": gib,
+                "peak_gib_before": round(before / GIB, 2),
+                "peak_gib_after": round(after / GIB, 2),
+                "host_noise_gib_before": gib["noise_before"],
+                "host_noise_gib_after": 0.0,
+                "noise_measured_at_rows": measured_rows,
+            },
             machine(),
         )
     ]

@@ -41,6 +41,7 @@ def run(um, quick: bool = False, log=print) -> list[Result]:
             for prompts, tokens in batches:
                 loss = -um.image_logprobs(prompts, tokens).mean() + regulariser(prompts, tokens)
                 update(loss, opt, params, 0.0)
+
         return call
 
     round_mod.understanding_loss = counted
@@ -55,8 +56,20 @@ def run(um, quick: bool = False, log=print) -> list[Result]:
         um.model.eval()
         opt.zero_grad(set_to_none=True)
     m = machine()
-    return [Result(f"SFT step with both replays: understanding replay one step in {every} / every step",
-                   steps / median(times["every step"]), steps / median(times[f"one in {every}"]), "steps/s", 1.5,
-                   f"{steps} steps of batch {TrainConfig.batch} (SFT + generation replay + understanding replay), und_every 1 vs {every}",
-                   {"steps": steps, "reps": reps, "check": check,
-                    "paired_ratio": paired_ratio(times["every step"], times[f"one in {every}"])}, m)]
+    return [
+        Result(
+            f"SFT step with both replays: understanding replay one step in {every} / every step",
+            steps / median(times["every step"]),
+            steps / median(times[f"one in {every}"]),
+            "steps/s",
+            1.5,
+            f"{steps} steps of batch {TrainConfig.batch} (SFT + generation replay + understanding replay), und_every 1 vs {every}",
+            {
+                "steps": steps,
+                "reps": reps,
+                "check": check,
+                "paired_ratio": paired_ratio(times["every step"], times[f"one in {every}"]),
+            },
+            m,
+        )
+    ]

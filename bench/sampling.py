@@ -24,9 +24,15 @@ def generate_config(um, cfg: float, temperature: float, n: int) -> GenerationCon
     """The GenerationConfig the adapter's greedy-equals-generate test uses, with sampling options."""
     sample = temperature > 0
     return GenerationConfig(
-        max_new_tokens=um.num_image_tokens, do_sample=sample, temperature=temperature if sample else None,
-        top_k=None, top_p=None, num_return_sequences=n, guidance_scale=cfg,
-        pad_token_id=um.tokenizer.pad_token_id, bos_token_id=um.tokenizer.bos_token_id,
+        max_new_tokens=um.num_image_tokens,
+        do_sample=sample,
+        temperature=temperature if sample else None,
+        top_k=None,
+        top_p=None,
+        num_return_sequences=n,
+        guidance_scale=cfg,
+        pad_token_id=um.tokenizer.pad_token_id,
+        bos_token_id=um.tokenizer.bos_token_id,
         generation_kwargs={"boi_token_id": um.boi_id},
     )
 
@@ -34,8 +40,12 @@ def generate_config(um, cfg: float, temperature: float, n: int) -> GenerationCon
 @torch.no_grad()
 def generate(um, prompts: list[str], n: int, cfg: float, temperature: float) -> torch.Tensor:
     ids, mask = um._tokenize([gen_text(p) + um.tokenizer.boi_token for p in prompts])
-    return um.model.generate(input_ids=ids, attention_mask=mask, generation_mode="image",
-                             generation_config=generate_config(um, cfg, temperature, n))
+    return um.model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        generation_mode="image",
+        generation_config=generate_config(um, cfg, temperature, n),
+    )
 
 
 def check_same_distribution(um, prompts: list[str], cfg: float) -> str:
@@ -71,16 +81,40 @@ def run(um, quick: bool = False, log=print) -> list[Result]:
         um.decode(generate(um, prompts, n, cfg, temperature))
 
     ours(), theirs()  # warm-up
-    times = interleaved({"generate": theirs, "sampler": ours, "generate+decode": theirs_decoded, "sampler+decode": ours_decoded}, reps, log)
-    common = {"prompts": n_prompts, "n": n, "cfg": cfg, "temperature": temperature, "image_tokens": um.num_image_tokens,
-              "reps": reps, "check": check}
+    times = interleaved(
+        {"generate": theirs, "sampler": ours, "generate+decode": theirs_decoded, "sampler+decode": ours_decoded},
+        reps,
+        log,
+    )
+    common = {
+        "prompts": n_prompts,
+        "n": n,
+        "cfg": cfg,
+        "temperature": temperature,
+        "image_tokens": um.num_image_tokens,
+        "reps": reps,
+        "check": check,
+    }
     m = machine()
     return [
-        Result(f"sampling: {n_prompts} prompts x N={n} / generate", rows / median(times["generate"]), rows / median(times["sampler"]),
-               "candidates/s", 1.5, "transformers generate(generation_mode='image') vs UnifiedModel.sample, tokens only",
-               {**common, "paired_ratio": paired_ratio(times["generate"], times["sampler"])}, m),
-        Result("sampling incl. VQ decode (info)", rows / median(times["generate+decode"]),
-               rows / median(times["sampler+decode"]), "candidates/s", None,
-               "both followed by the same VQ decode to pixels",
-               {**common, "paired_ratio": paired_ratio(times["generate+decode"], times["sampler+decode"])}, m),
+        Result(
+            f"sampling: {n_prompts} prompts x N={n} / generate",
+            rows / median(times["generate"]),
+            rows / median(times["sampler"]),
+            "candidates/s",
+            1.5,
+            "transformers generate(generation_mode='image') vs UnifiedModel.sample, tokens only",
+            {**common, "paired_ratio": paired_ratio(times["generate"], times["sampler"])},
+            m,
+        ),
+        Result(
+            "sampling incl. VQ decode (info)",
+            rows / median(times["generate+decode"]),
+            rows / median(times["sampler+decode"]),
+            "candidates/s",
+            None,
+            "both followed by the same VQ decode to pixels",
+            {**common, "paired_ratio": paired_ratio(times["generate+decode"], times["sampler+decode"])},
+            m,
+        ),
     ]

@@ -37,7 +37,9 @@ PASSED_ON = ("UNIGAP_S3_ENDPOINT", "UNIGAP_S3_REGION", "UNIGAP_TRAINER_SHARD")
 class JobFailed(Exception):
     def __init__(self, job: str, reason: str, log: str = ""):
         tail = "\n".join(log.rstrip().splitlines()[-LOG_TAIL_LINES:])
-        super().__init__(f"trainer job {job} failed: {reason}" + (f"\n--- last lines of its log ---\n{tail}" if tail else ""))
+        super().__init__(
+            f"trainer job {job} failed: {reason}" + (f"\n--- last lines of its log ---\n{tail}" if tail else "")
+        )
         self.job, self.reason, self.log_tail = job, reason, tail
 
 
@@ -58,7 +60,9 @@ def submit(store: Store, job: TrainJob, key: str, executor: Executor) -> tuple[s
     return result["checkpoint"], result["log"]
 
 
-def trainer_command(python: list[str], torchrun: list[str], nproc: int, store_url: str, key: str, cache: str | None = None) -> list[str]:
+def trainer_command(
+    python: list[str], torchrun: list[str], nproc: int, store_url: str, key: str, cache: str | None = None
+) -> list[str]:
     """The entrypoint's command line: one process, or `nproc` under torchrun on this node."""
     launcher = [*python, "-m"] if nproc == 1 else [*torchrun, "--standalone", "--nproc-per-node", str(nproc), "-m"]
     return [*launcher, "pipelines.trainer", "--store", store_url, "--job", key, *(["--cache", cache] if cache else [])]
@@ -68,19 +72,45 @@ def trainer_command(python: list[str], torchrun: list[str], nproc: int, store_ur
 class LocalExecutor:
     """The job as a subprocess of this one (and its workers, under torchrun)."""
 
-    def __init__(self, store_url: str, nproc: int = 1, cache: str | Path | None = None, env: dict[str, str] | None = None, timeout_s: float | None = None):
+    def __init__(
+        self,
+        store_url: str,
+        nproc: int = 1,
+        cache: str | Path | None = None,
+        env: dict[str, str] | None = None,
+        timeout_s: float | None = None,
+    ):
         if nproc < 1:
             raise ValueError(f"nproc must be >= 1, not {nproc}")
-        self.store_url, self.nproc, self.cache, self.env, self.timeout_s = str(store_url), nproc, cache, env or {}, timeout_s
+        self.store_url, self.nproc, self.cache, self.env, self.timeout_s = (
+            str(store_url),
+            nproc,
+            cache,
+            env or {},
+            timeout_s,
+        )
 
     def run(self, job_key: str) -> None:
         python = [sys.executable]
-        cmd = trainer_command(python, [*python, "-m", "torch.distributed.run"], self.nproc, self.store_url, job_key, str(self.cache) if self.cache else None)
+        cmd = trainer_command(
+            python,
+            [*python, "-m", "torch.distributed.run"],
+            self.nproc,
+            self.store_url,
+            job_key,
+            str(self.cache) if self.cache else None,
+        )
         # The entrypoint must import from wherever this `pipelines` is, installed or a checkout.
         root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])), **self.env}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+            **self.env,
+        }
         # A process group of its own, so that stopping it stops torchrun's workers too.
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True) as proc:
+        with subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+        ) as proc:
             try:
                 out, _ = proc.communicate(timeout=self.timeout_s)
             except BaseException as e:  # timed out, or this process was interrupted
@@ -170,7 +200,9 @@ class KubernetesExecutor:
             command=trainer_command(["python"], ["torchrun"], self.nproc, self.store_url, job_key, CACHE_DIR),
             env=[k.V1EnvVar(name="HOME", value="/tmp"), k.V1EnvVar(name="PYTHONUNBUFFERED", value="1")]
             + [k.V1EnvVar(name=n, value=os.environ[n]) for n in PASSED_ON if os.environ.get(n)],
-            env_from=[k.V1EnvFromSource(secret_ref=k.V1SecretEnvSource(name=self.env_from_secret))] if self.env_from_secret else None,
+            env_from=[k.V1EnvFromSource(secret_ref=k.V1SecretEnvSource(name=self.env_from_secret))]
+            if self.env_from_secret
+            else None,
             resources=k.V1ResourceRequirements(requests=dict(self.resources), limits=limits),
             volume_mounts=[k.V1VolumeMount(name=n, mount_path=p) for n, p in volumes.items()],
             security_context=k.V1SecurityContext(
@@ -187,11 +219,17 @@ class KubernetesExecutor:
             service_account_name=self.service_account,
             automount_service_account_token=False,  # the trainer never calls the API server itself
             security_context=k.V1PodSecurityContext(
-                run_as_non_root=True, run_as_user=1000, run_as_group=1000, fs_group=1000,
+                run_as_non_root=True,
+                run_as_user=1000,
+                run_as_group=1000,
+                fs_group=1000,
                 seccomp_profile=k.V1SeccompProfile(type="RuntimeDefault"),
             ),
             volumes=[
-                k.V1Volume(name=n, empty_dir=k.V1EmptyDirVolumeSource(medium="Memory") if n == "dshm" else k.V1EmptyDirVolumeSource())
+                k.V1Volume(
+                    name=n,
+                    empty_dir=k.V1EmptyDirVolumeSource(medium="Memory") if n == "dshm" else k.V1EmptyDirVolumeSource(),
+                )
                 for n in volumes
             ],
         )
@@ -230,11 +268,19 @@ class KubernetesExecutor:
         while True:  # a watch ends at its timeout; a new one starts with the Job's current state
             left = give_up - time.monotonic()
             if left <= 0:
-                raise JobFailed(name, f"not finished {self.deadline + self.watch_margin_s:g} s after it was submitted "
-                                      "(never scheduled, or the cluster never reported its end)", self._logs(name))
+                raise JobFailed(
+                    name,
+                    f"not finished {self.deadline + self.watch_margin_s:g} s after it was submitted "
+                    "(never scheduled, or the cluster never reported its end)",
+                    self._logs(name),
+                )
             by_name = f"metadata.name={name}"
-            stream = watch.Watch().stream(batch.list_namespaced_job, self.namespace, field_selector=by_name,
-                                          timeout_seconds=max(1, int(min(300, left))))
+            stream = watch.Watch().stream(
+                batch.list_namespaced_job,
+                self.namespace,
+                field_selector=by_name,
+                timeout_seconds=max(1, int(min(300, left))),
+            )
             for event in stream:
                 if event["type"] == "DELETED":
                     raise JobFailed(name, "the Job was deleted before it finished")
@@ -268,8 +314,9 @@ class KubernetesExecutor:
                 return
             print(f"  trainer job {name} failed before; deleting it to run it again", flush=True)
             try:
-                batch.delete_namespaced_job(name, self.namespace,
-                                            body=client.V1DeleteOptions(propagation_policy="Foreground"))
+                batch.delete_namespaced_job(
+                    name, self.namespace, body=client.V1DeleteOptions(propagation_policy="Foreground")
+                )
             except ApiException as e:
                 if e.status != 404:
                     raise
@@ -298,7 +345,10 @@ class KubernetesExecutor:
         out = []
         for pod in core.list_namespaced_pod(self.namespace, label_selector=f"job-name={name}").items:
             try:
-                out.append(f"[pod {pod.metadata.name}]\n" + core.read_namespaced_pod_log(pod.metadata.name, self.namespace, tail_lines=LOG_TAIL_LINES))
+                out.append(
+                    f"[pod {pod.metadata.name}]\n"
+                    + core.read_namespaced_pod_log(pod.metadata.name, self.namespace, tail_lines=LOG_TAIL_LINES)
+                )
             except ApiException as e:
                 out.append(f"[pod {pod.metadata.name}: no log ({e.reason})]")
         return "\n".join(out)

@@ -7,8 +7,8 @@ After the rounds, both services are told to serve the promoted model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pipelines.executors import Executor
 from pipelines.service_backend import ServiceBackend
@@ -28,8 +28,16 @@ def parse_addresses(text: str) -> tuple[str, str]:
 
 
 def run_via_services(
-    cfg: LoopConfig, store: Store, cache: Path, start_model: Path, addresses: str, executor: Executor,
-    token: str | None = None, tls_ca: str | None = None, more_rounds: int = 0, progress: bool = True,
+    cfg: LoopConfig,
+    store: Store,
+    cache: Path,
+    start_model: Path,
+    addresses: str,
+    executor: Executor,
+    token: str | None = None,
+    tls_ca: str | None = None,
+    more_rounds: int = 0,
+    progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
     gen_address, judge_address = parse_addresses(addresses)

@@ -8,11 +8,12 @@ server: every client call has a deadline) are retried with backoff, a bounded nu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Callable
 
 import grpc
 
@@ -27,8 +28,13 @@ from unigap.train.round import TrainJob
 RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-def with_retries(call: Callable, attempts: int = 8, first_wait_s: float = 0.5, max_wait_s: float = 8.0,
-                 log: Callable[[str], None] = print):
+def with_retries(
+    call: Callable,
+    attempts: int = 8,
+    first_wait_s: float = 0.5,
+    max_wait_s: float = 8.0,
+    log: Callable[[str], None] = print,
+):
     """Run `call()`, retrying transient gRPC failures with exponential backoff (waits capped at
     `max_wait_s`: the defaults ride out about 30 s, e.g. the judge restarting its tritonserver)."""
     for attempt in range(attempts):
@@ -64,8 +70,21 @@ class RemoteJudge:
 
 
 class ServiceBackend:
-    def __init__(self, generation: GenerationClient, judge: JudgeClient, store: Store, executor: Executor, log: Callable[[str], None] = print):
-        self.generation, self.judge_client, self.store, self.executor, self.log = generation, judge, store, executor, log
+    def __init__(
+        self,
+        generation: GenerationClient,
+        judge: JudgeClient,
+        store: Store,
+        executor: Executor,
+        log: Callable[[str], None] = print,
+    ):
+        self.generation, self.judge_client, self.store, self.executor, self.log = (
+            generation,
+            judge,
+            store,
+            executor,
+            log,
+        )
 
     def _retry(self, call):
         return with_retries(call, log=self.log)
@@ -88,4 +107,4 @@ class ServiceBackend:
         set_serving(self.store, ref, **about)
         for client in (self.generation, self.judge_client):
             if self._retry(client.model_info).checkpoint != ref:
-                self._retry(lambda: client.reload(ref))
+                self._retry(functools.partial(client.reload, ref))

@@ -100,8 +100,10 @@ def check_shardable(job) -> None:
     if cfg.method.startswith("c-"):
         raise BadInput(f"--shard fsdp does not run the curriculum's replay ({cfg.method}): use sft or dpo")
     if cfg.train.regularised:
-        raise BadInput("--shard fsdp runs without the understanding anchor and the replays "
-                       "(--und-anchor, --und-replay, --gen-replay 0)")
+        raise BadInput(
+            "--shard fsdp runs without the understanding anchor and the replays "
+            "(--und-anchor, --und-replay, --gen-replay 0)"
+        )
 
 
 @contextmanager
@@ -125,10 +127,12 @@ def distributed():
         dist.destroy_process_group()
 
 
-def train(store: Store, key: str, job, cache: Path, log, checkpoint_every: int = CHECKPOINT_EVERY,
-          shard: str = "none") -> None:
+def train(
+    store: Store, key: str, job, cache: Path, log, checkpoint_every: int = CHECKPOINT_EVERY, shard: str = "none"
+) -> None:
     import torch
     import torch.distributed as dist
+
     from unigap.progress import quiet_transformers_in_logs
     from unigap.train.round import drop_state, train_round
 
@@ -145,9 +149,17 @@ def train(store: Store, key: str, job, cache: Path, log, checkpoint_every: int =
         log(f"job {key}: rank {rank}/{world} trains round {job.round} ({how})")
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         # Every rank resumes from the same state; only rank 0 takes new ones. A sharded job takes none.
-        ref, train_log = train_round(store if rank == 0 else _ReadOnly(store), job, cache, progress=False, log=log, device=device,
-                                     state_record=None if sharded else state_record(key),
-                                     checkpoint_every=checkpoint_every if rank == 0 and not sharded else 0, shard=shard)
+        ref, train_log = train_round(
+            store if rank == 0 else _ReadOnly(store),
+            job,
+            cache,
+            progress=False,
+            log=log,
+            device=device,
+            state_record=None if sharded else state_record(key),
+            checkpoint_every=checkpoint_every if rank == 0 and not sharded else 0,
+            shard=shard,
+        )
         if rank == 0:
             rec.put_record_json(store, result_record(key), {"checkpoint": ref, "log": train_log})
             drop_state(store, state_record(key))
@@ -158,12 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.trainer", description=__doc__.splitlines()[0])
     parser.add_argument("--store", required=True, help="a directory or s3://bucket[/prefix] (UNIGAP_S3_* settings)")
     parser.add_argument("--job", required=True, help="the job's key in the store (its record is KEY/job.json)")
-    parser.add_argument("--cache", default=os.environ.get("UNIGAP_CACHE_DIR"), help="folder for fetched checkpoints (default: UNIGAP_CACHE_DIR, else a temporary folder)")
-    parser.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
-                        help=f"save the training state to the store every N optimizer steps, 0 never (default: UNIGAP_CHECKPOINT_EVERY, else {CHECKPOINT_EVERY})")
-    parser.add_argument("--shard", default=None, metavar="{none,fsdp}",
-                        help="fsdp: shard the trained weights, gradients and optimizer state over the torchrun "
-                             "processes (default: UNIGAP_TRAINER_SHARD, else none)")
+    parser.add_argument(
+        "--cache",
+        default=os.environ.get("UNIGAP_CACHE_DIR"),
+        help="folder for fetched checkpoints (default: UNIGAP_CACHE_DIR, else a temporary folder)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"save the training state to the store every N optimizer steps, 0 never (default: UNIGAP_CHECKPOINT_EVERY, else {CHECKPOINT_EVERY})",
+    )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="{none,fsdp}",
+        help="fsdp: shard the trained weights, gradients and optimizer state over the torchrun "
+        "processes (default: UNIGAP_TRAINER_SHARD, else none)",
+    )
     args = parser.parse_args(argv)
 
     def log(line: str) -> None:
@@ -179,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 every = int(os.environ.get("UNIGAP_CHECKPOINT_EVERY") or CHECKPOINT_EVERY)
             except ValueError:
-                raise BadInput(f"UNIGAP_CHECKPOINT_EVERY must be a whole number, not {os.environ['UNIGAP_CHECKPOINT_EVERY']!r}") from None
+                raise BadInput(
+                    f"UNIGAP_CHECKPOINT_EVERY must be a whole number, not {os.environ['UNIGAP_CHECKPOINT_EVERY']!r}"
+                ) from None
         if every < 0:
             raise BadInput(f"--checkpoint-every must be >= 0, not {every}")
         job = read_job(store, args.job)

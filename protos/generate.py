@@ -26,7 +26,15 @@ def generate() -> dict[str, str]:
     """File name -> contents of a fresh generation."""
     include = Path(protoc.__file__).parent / "_proto"
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["protoc", f"-I{ROOT}", f"-I{include}", f"--python_out={tmp}", f"--pyi_out={tmp}", f"--grpc_python_out={tmp}", *PROTOS]
+        args = [
+            "protoc",
+            f"-I{ROOT}",
+            f"-I{include}",
+            f"--python_out={tmp}",
+            f"--pyi_out={tmp}",
+            f"--grpc_python_out={tmp}",
+            *PROTOS,
+        ]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")
         out = {}

@@ -64,26 +64,71 @@ class Child:
             self.process.wait()
 
 
-def plan(model: str, store: str | None, generation_port: int, judge_port: int, s3_port: int | None,
-         mode: str, host: str = "127.0.0.1", triton_ports: tuple[int, int] | None = None) -> list[Child]:
+def plan(
+    model: str,
+    store: str | None,
+    generation_port: int,
+    judge_port: int,
+    s3_port: int | None,
+    mode: str,
+    host: str = "127.0.0.1",
+    triton_ports: tuple[int, int] | None = None,
+) -> list[Child]:
     """The children to start, in start order. With a local S3 endpoint, both servers use it as store."""
     py = sys.executable
     children, env = [], {}
     if s3_port is not None:
         if importlib.util.find_spec("moto") is None:
-            raise ValueError("--s3-port starts a local S3 endpoint with moto, which is a dev tool: pip install 'unigap[dev]'")
-        children.append(Child("s3", [py, "-m", "moto.server", "-H", host, "-p", str(s3_port)], f"{host}:{s3_port}", kind="http"))
-        env = {"UNIGAP_S3_ENDPOINT": f"http://{host}:{s3_port}", "UNIGAP_S3_ACCESS_KEY": os.environ.get("UNIGAP_S3_ACCESS_KEY", "unigap"),
-               "UNIGAP_S3_SECRET_KEY": os.environ.get("UNIGAP_S3_SECRET_KEY", "unigap-local")}
+            raise ValueError(
+                "--s3-port starts a local S3 endpoint with moto, which is a dev tool: pip install 'unigap[dev]'"
+            )
+        children.append(
+            Child("s3", [py, "-m", "moto.server", "-H", host, "-p", str(s3_port)], f"{host}:{s3_port}", kind="http")
+        )
+        env = {
+            "UNIGAP_S3_ENDPOINT": f"http://{host}:{s3_port}",
+            "UNIGAP_S3_ACCESS_KEY": os.environ.get("UNIGAP_S3_ACCESS_KEY", "unigap"),
+            "UNIGAP_S3_SECRET_KEY": os.environ.get("UNIGAP_S3_SECRET_KEY", "unigap-local"),
+        }
         store = store or f"s3://{S3_BUCKET}"
     if store:
         env["UNIGAP_STORE"] = store
     gen = f"{host}:{generation_port}"
-    children.append(Child("generation", [py, "-m", "services.generation", "--model", model, "--host", host, "--port", str(generation_port)], gen, env))
-    children.append(Child("judge", [py, "-m", "services.judge", "--model", model, "--mode", mode, "--host", host,
-                                    "--port", str(judge_port), "--generation", gen]
-                          + (["--triton-http-port", str(triton_ports[0]), "--triton-grpc-port", str(triton_ports[1])] if triton_ports else []),
-                          f"{host}:{judge_port}", env))
+    children.append(
+        Child(
+            "generation",
+            [py, "-m", "services.generation", "--model", model, "--host", host, "--port", str(generation_port)],
+            gen,
+            env,
+        )
+    )
+    children.append(
+        Child(
+            "judge",
+            [
+                py,
+                "-m",
+                "services.judge",
+                "--model",
+                model,
+                "--mode",
+                mode,
+                "--host",
+                host,
+                "--port",
+                str(judge_port),
+                "--generation",
+                gen,
+            ]
+            + (
+                ["--triton-http-port", str(triton_ports[0]), "--triton-grpc-port", str(triton_ports[1])]
+                if triton_ports
+                else []
+            ),
+            f"{host}:{judge_port}",
+            env,
+        )
+    )
     return children
 
 
@@ -115,7 +160,10 @@ def serve(children: list[Child], on_ready, ready_timeout_s: float = 120, stop_ti
         while not stopping:
             dead = [c for c in children if c.process.poll() is not None]
             if dead:
-                print(f"{dead[0].name} exited with status {dead[0].process.returncode}; stopping the others", file=sys.stderr)
+                print(
+                    f"{dead[0].name} exited with status {dead[0].process.returncode}; stopping the others",
+                    file=sys.stderr,
+                )
                 status = 1
                 break
             time.sleep(0.2)

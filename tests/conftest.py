@@ -26,3 +26,11 @@ def shipped():
     from unigap.paths import DEFAULT_MODEL
 
     return UnifiedModel.load(DEFAULT_MODEL)
+
+
+def pytest_collection_modifyitems(items):
+    """Each test carries its folder's marker (unit, services, pipelines, deploy): `pytest -m services`."""
+    for item in items:
+        folder = item.path.parent.name
+        if folder in ("unit", "services", "pipelines", "deploy"):
+            item.add_marker(getattr(pytest.mark, folder))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -28,7 +28,9 @@ def _by_category(prompts: list[str], rows: Callable[[np.ndarray], dict]) -> dict
     return out
 
 
-def external_verdicts(um, tokens: np.ndarray, prompts: list[str], batch: int = 512, progress: bool = False) -> np.ndarray:
+def external_verdicts(
+    um, tokens: np.ndarray, prompts: list[str], batch: int = 512, progress: bool = False
+) -> np.ndarray:
     """The external evaluator's verdict on each row of image tokens, decoded by `um` (the loop
     never trains the image tokenizer, so any of a run's models decodes its tokens alike)."""
     out = []
@@ -56,12 +58,21 @@ def by_acceptance(candidates: Candidates, ok: np.ndarray) -> list[dict]:
     out = []
     for lo, hi in zip(ACCEPTANCE_BINS, ACCEPTANCE_BINS[1:]):
         rows = candidates.accepted & (rate >= lo) & ((rate < hi) | (hi == 1.0))  # the last bin holds rate 1
-        out.append({"rate_from": lo, "rate_to": hi, "prompts": len(set(prompt[rows])), "accepted": int(rows.sum()),
-                    "judge_precision": float(ok[rows].mean()) if rows.any() else None})
+        out.append(
+            {
+                "rate_from": lo,
+                "rate_to": hi,
+                "prompts": len(set(prompt[rows])),
+                "accepted": int(rows.sum()),
+                "judge_precision": float(ok[rows].mean()) if rows.any() else None,
+            }
+        )
     return out
 
 
-def audit_round(candidates: Candidates, data: RoundData, correct: Callable[[np.ndarray, list[str]], np.ndarray]) -> dict:
+def audit_round(
+    candidates: Candidates, data: RoundData, correct: Callable[[np.ndarray, list[str]], np.ndarray]
+) -> dict:
     """`correct(tokens, prompts)`: the external evaluator's verdict on each row's decoded image.
 
     - candidates: the judge's precision (accepted images that are right), recall (right images it
@@ -74,8 +85,14 @@ def audit_round(candidates: Candidates, data: RoundData, correct: Callable[[np.n
     def judged(mask: np.ndarray) -> dict:
         a, c = candidates.accepted[mask], ok[mask]
         s = gap_summary(a, c, prompt_of=prompts[mask])  # recall is not among its figures (nor the judge service's)
-        return {"images": s["n_images"], "truth": s["gen_acc"], "accepted": 1 - s["nu"], "judge_precision": s["judge_precision"],
-                "judge_recall": float(a[c].mean()) if c.any() else None, "judge_coverage": s["judge_coverage"]}
+        return {
+            "images": s["n_images"],
+            "truth": s["gen_acc"],
+            "accepted": 1 - s["nu"],
+            "judge_precision": s["judge_precision"],
+            "judge_recall": float(a[c].mean()) if c.any() else None,
+            "judge_coverage": s["judge_coverage"],
+        }
 
     out = {"candidates": _by_category(candidates.prompts, judged), "by_acceptance": by_acceptance(candidates, ok)}
     if data.sft:
@@ -90,9 +107,16 @@ def judge_on_own_images(accepted: np.ndarray, correct: np.ndarray) -> dict:
     share (1 - NU) is right - false_rejects + false_accepts: across rounds it tells a NU that falls
     because the images got right from one that falls because the judge accepts more wrong ones."""
     a, c = np.asarray(accepted, dtype=bool), np.asarray(correct, dtype=bool)
-    return {"images": len(a), "right": float(c.mean()), "accepted": float(a.mean()), "agreement": float((a == c).mean()),
-            "accepts_right": float(a[c].mean()) if c.any() else None, "accepts_wrong": float(a[~c].mean()) if (~c).any() else None,
-            "false_accepts": float((a & ~c).mean()), "false_rejects": float((~a & c).mean())}
+    return {
+        "images": len(a),
+        "right": float(c.mean()),
+        "accepted": float(a.mean()),
+        "agreement": float((a == c).mean()),
+        "accepts_right": float(a[c].mean()) if c.any() else None,
+        "accepts_wrong": float(a[~c].mean()) if (~c).any() else None,
+        "false_accepts": float((a & ~c).mean()),
+        "false_rejects": float((~a & c).mean()),
+    }
 
 
 # A prompt the head model's candidates pass more often than this is "called solved": `--focus`'s
@@ -100,8 +124,13 @@ def judge_on_own_images(accepted: np.ndarray, correct: np.ndarray) -> dict:
 SOLVED_RATE = 0.5
 
 
-def change_by_rows(data: RoundData, rates: dict[str, float], before: tuple[dict, list[str]], after: tuple[dict, list[str]],
-                   earlier: tuple[dict, list[str]] | None = None) -> list[dict]:
+def change_by_rows(
+    data: RoundData,
+    rates: dict[str, float],
+    before: tuple[dict, list[str]],
+    after: tuple[dict, list[str]],
+    earlier: tuple[dict, list[str]] | None = None,
+) -> list[dict]:
     """What the SFT rule did to each kind of prompt: per held-out prompt, the change in NU and
     external accuracy from the head model's evaluation (`before`) to the round's model's (`after`),
     each its stored arrays (`accepted`, `correct`) and the prompt of each image, averaged over the
@@ -111,6 +140,7 @@ def change_by_rows(data: RoundData, rates: dict[str, float], before: tuple[dict,
     apart from what befalls solved prompts whatever they are given. With `earlier` (the head's own
     head's evaluation), each group also has its change from there to the head (`*_before`): how
     the prompts moved before the round's candidates called them solved or not."""
+
     def per_prompt(a: dict, prompts: list[str]) -> dict[str, np.ndarray]:
         names, idx = np.unique(np.array(prompts), return_inverse=True)
         n = np.bincount(idx)
@@ -121,17 +151,23 @@ def change_by_rows(data: RoundData, rates: dict[str, float], before: tuple[dict,
     first = per_prompt(*earlier) if earlier is not None else old  # no earlier: the "before" change is 0, not reported
     groups: dict[tuple[int, bool], list[np.ndarray]] = {}
     for t in new:
-        groups.setdefault((counts.get(t, 0), rates.get(t, 0.0) > SOLVED_RATE), []).append(np.concatenate([new[t] - old[t], old[t] - first[t]]))
+        groups.setdefault((counts.get(t, 0), rates.get(t, 0.0) > SOLVED_RATE), []).append(
+            np.concatenate([new[t] - old[t], old[t] - first[t]])
+        )
     out = []
     for (k, solved), d in sorted(groups.items()):
         mean = np.mean(d, 0)
-        out.append({"rows": k, "solved": solved, "prompts": len(d), "nu_change": float(mean[0]), "gen_change": float(mean[1])})
+        out.append(
+            {"rows": k, "solved": solved, "prompts": len(d), "nu_change": float(mean[0]), "gen_change": float(mean[1])}
+        )
         if earlier is not None:
             out[-1] |= {"nu_change_before": float(mean[2]), "gen_change_before": float(mean[3])}
     return out
 
 
-def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: int = 0, baseline: str | None = None) -> list[dict]:
+def audit_run(
+    store, run: str, cache, progress: bool = True, eval_per_category: int = 0, baseline: str | None = None
+) -> list[dict]:
     """`audit_round` for every finished round of a loop run (`run`: its `runs/<key>` prefix), its
     tokens decoded by the model that sampled them; and `change_by_rows` for each round whose head
     model's evaluation is found: one of the run's own rounds, or the starting model's when
@@ -168,8 +204,13 @@ def audit_run(store, run: str, cache, progress: bool = True, eval_per_category: 
             row["judge_on_own_start"] = judged(start)
         if (head := manifests.get(m["base"])) is not None and head is not m:
             earlier = manifests.get(head.get("base", ""))  # the starting model's round 0 has no base
-            row["change_by_rows"] = change_by_rows(data, acceptance_rates(candidates), heldout(head), heldout(m),
-                                                   heldout(earlier) if earlier is not None else None)
+            row["change_by_rows"] = change_by_rows(
+                data,
+                acceptance_rates(candidates),
+                heldout(head),
+                heldout(m),
+                heldout(earlier) if earlier is not None else None,
+            )
         rounds.append(row)
         r += 1
     return rounds

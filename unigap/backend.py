@@ -9,8 +9,9 @@ one-machine default; pipelines/ provides one over the gRPC services and trainer 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from unigap.evaluate import make_judge
 from unigap.model.adapter import UnifiedModel
@@ -29,8 +30,15 @@ class Backend(Protocol):
 class LocalBackend:
     """Models loaded from the store into this process, on `device` (the two most recent kept)."""
 
-    def __init__(self, store: Store, cache: Path, judge_mode: str, progress: bool = True, log: Callable[[str], None] = print,
-                 device: str = "cpu"):
+    def __init__(
+        self,
+        store: Store,
+        cache: Path,
+        judge_mode: str,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+        device: str = "cpu",
+    ):
         self.store, self.cache, self.judge_mode, self.progress, self.log = store, Path(cache), judge_mode, progress, log
         self.device = device
         self._models: OrderedDict[str, UnifiedModel] = OrderedDict()

@@ -17,8 +17,8 @@ trainer will: the limit is the model (or the trainer), not the self-judgment.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import asdict, replace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from unigap.model.adapter import UnifiedModel
 from unigap.train.data import split_for
 from unigap.train.round import collect, regulariser
 from unigap.train.trainer import train_sft
+
 
 def control_samples(arm: str, um: UnifiedModel, prompts: list[str], cfg: LoopConfig, seed: int, progress: bool) -> list:
     """(prompt, image tokens) to train one round of `arm` on."""
@@ -58,13 +59,23 @@ def evaluate(um: UnifiedModel, cfg: LoopConfig, progress: bool) -> dict:
     its judge against the external evaluator on those images (`judge_on_own`: does an arm's
     training make the judge accept more of the model's wrong images?)."""
     specs = evaluated_specs("heldout", cfg.eval_per_category)
-    figures, arrays = evaluate_split(um, make_judge(um, cfg.judge_mode, cfg.threshold), specs, cfg.eval_n, cfg.eval_seed, progress)
-    return {**{k: figures[k] for k in ("gen_acc", "nu", "und_acc", "diversity", "by_category")},
-            "judge_on_own": judge_on_own_images(arrays["accepted"], arrays["correct"])}
+    figures, arrays = evaluate_split(
+        um, make_judge(um, cfg.judge_mode, cfg.threshold), specs, cfg.eval_n, cfg.eval_seed, progress
+    )
+    return {
+        **{k: figures[k] for k in ("gen_acc", "nu", "und_acc", "diversity", "by_category")},
+        "judge_on_own": judge_on_own_images(arrays["accepted"], arrays["correct"]),
+    }
 
 
-def run_controls(start: UnifiedModel, arms: list[str], prompts: list[str], cfg: LoopConfig, progress: bool = True,
-                 log: Callable[[str], None] = print) -> dict:
+def run_controls(
+    start: UnifiedModel,
+    arms: list[str],
+    prompts: list[str],
+    cfg: LoopConfig,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Each arm for `cfg.rounds` rounds from `start`; round 0 (the start) is evaluated once."""
     torch.manual_seed(cfg.seed)
     zero = evaluate(start, cfg, progress)

@@ -136,7 +136,10 @@ def score_report(
 
     report = gap_report(specs, res["specs"], res["judged"].accepted, res["correct"], und_acc_rendered, res["known"])
     report["settings"] = {
-        **s.__dict__, "judge_mode": judge.mode, "threshold": judge.threshold, "model": um.path,
+        **s.__dict__,
+        "judge_mode": judge.mode,
+        "threshold": judge.threshold,
+        "model": um.path,
         "evaluator": evaluator.name,
     }
     report["_samples"] = res  # for plots and sample grids; dropped from the JSON

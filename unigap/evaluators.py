@@ -17,8 +17,8 @@ user's own. The evaluator only measures: nothing it says flows into training.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -35,7 +35,7 @@ class Verdicts:
     known: np.ndarray  # [images] bool: the evaluator could tell
 
     @classmethod
-    def of(cls, answers: Sequence[bool | None]) -> "Verdicts":
+    def of(cls, answers: Sequence[bool | None]) -> Verdicts:
         known = np.array([a is not None for a in answers], dtype=bool)
         return cls(np.array([bool(a) for a in answers], dtype=bool), known)
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -27,7 +27,15 @@ from unigap.evaluate import generate_and_judge, rendered_understanding, select_p
 from unigap.score import gap_summary, win_rate
 from unigap.store import records as rec
 from unigap.store.base import Store
-from unigap.train.data import Candidates, concat_candidates, get_candidates, get_round_data, put_candidates, put_round_data, split_for
+from unigap.train.data import (
+    Candidates,
+    concat_candidates,
+    get_candidates,
+    get_round_data,
+    put_candidates,
+    put_round_data,
+    split_for,
+)
 from unigap.train.round import TrainJob, collect
 
 
@@ -91,7 +99,9 @@ def evaluated_specs(split: str, per_category: int) -> list:
     return select_prompts(world.split(split), per_category)
 
 
-def evaluate_split(generator, judge, specs: list, n: int, seed: int, progress: bool, und_pairs: int = 1) -> tuple[dict, dict]:
+def evaluate_split(
+    generator, judge, specs: list, n: int, seed: int, progress: bool, und_pairs: int = 1
+) -> tuple[dict, dict]:
     """Figures of one split with fixed seeds (n images and `und_pairs` rendered understanding
     pairs per prompt), and the arrays a later win rate needs."""
     res = generate_and_judge(generator, judge, specs, Sampling(n=n, seed=seed), progress)
@@ -102,9 +112,16 @@ def evaluate_split(generator, judge, specs: list, n: int, seed: int, progress: b
     summary["und_acc"] = float(rendered_understanding(judge, specs, seed, und_pairs).mean())
     summary["diversity"] = diversity(judged.tokens, judged.prompt_index)
     summary["by_category"] = {
-        c: float(res["correct"][[s.category == c for s in rows]].mean()) for c in world.CATEGORIES if any(s.category == c for s in rows)
+        c: float(res["correct"][[s.category == c for s in rows]].mean())
+        for c in world.CATEGORIES
+        if any(s.category == c for s in rows)
     }
-    arrays = {"images": judged.images, "accepted": judged.accepted, "correct": res["correct"], "prompt_index": judged.prompt_index}
+    arrays = {
+        "images": judged.images,
+        "accepted": judged.accepted,
+        "correct": res["correct"],
+        "prompt_index": judged.prompt_index,
+    }
     return summary, arrays
 
 
@@ -122,8 +139,15 @@ def _figures(split: dict) -> dict:
 
 class Loop:
     def __init__(
-        self, cfg: LoopConfig, store: Store, cache: Path, start_model: Path, progress: bool = True,
-        log: Callable[[str], None] = print, backend: Backend | None = None, device: str = "cpu",
+        self,
+        cfg: LoopConfig,
+        store: Store,
+        cache: Path,
+        start_model: Path,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+        backend: Backend | None = None,
+        device: str = "cpu",
     ):
         self.cfg, self.store, self.cache, self.progress, self.log = cfg, store, Path(cache), progress, log
         self.pool = pool_texts(cfg.pool)
@@ -174,7 +198,9 @@ class Loop:
         out, arrays = {}, {}
         generator, judge = self.backend.generator(ref), self.backend.judge(ref, self.cfg.threshold)
         for split in splits:
-            n = {"val": self.cfg.val_n or self.cfg.eval_n, "novel": max(2, self.cfg.eval_n // 2)}.get(split, self.cfg.eval_n)
+            n = {"val": self.cfg.val_n or self.cfg.eval_n, "novel": max(2, self.cfg.eval_n // 2)}.get(
+                split, self.cfg.eval_n
+            )
             specs = evaluated_specs(split, self.cfg.eval_per_category)
             pairs = self.cfg.val_pairs if split == "val" else 1
             out[split], arr = evaluate_split(generator, judge, specs, n, seed, self.progress, pairs)
@@ -190,7 +216,13 @@ class Loop:
     def _gate_sample(self, incumbent: str, candidate: str, r: int) -> str:
         """The incumbent and the candidate on a val sample of round r's own seed (--gate-fresh-val)."""
         seed = self.cfg.eval_seed * 1000 + r  # no training round samples with it
-        return rec.put_json(self.store, {who: self._measure(ref, ("val",), seed)[0]["val"] for who, ref in (("old", incumbent), ("new", candidate))})
+        return rec.put_json(
+            self.store,
+            {
+                who: self._measure(ref, ("val",), seed)[0]["val"]
+                for who, ref in (("old", incumbent), ("new", candidate))
+            },
+        )
 
     def _gate(self, o: dict, n: dict) -> tuple[bool, list[str]]:
         """Promote only if val NU falls, diversity holds, and rendered understanding and external
@@ -214,7 +246,15 @@ class Loop:
         if zero is None:
             progress = rec.get_record_json(self.store, f"{self._round_key(0)}/progress.json") or {}
             ev = self._step(0, progress, "eval", lambda: self._evaluate(self.start_ref, ("val", "heldout", "novel")))
-            zero = {"round": 0, "checkpoint": self.start_ref, "eval": ev, "promoted": True, "n_sft": 0, "n_pairs": 0, "n_discard": 0}
+            zero = {
+                "round": 0,
+                "checkpoint": self.start_ref,
+                "eval": ev,
+                "promoted": True,
+                "n_sft": 0,
+                "n_pairs": 0,
+                "n_discard": 0,
+            }
             rec.put_record_json(self.store, f"{self._round_key(0)}/manifest.json", zero)
         rows = [self._row(zero)]
         self.log(self._describe(rows[-1]))
@@ -234,14 +274,21 @@ class Loop:
         base_ref = progress["base"]
         self.log(f"round {r}: from the model of round {base_round}")
         cand = self._step(r, progress, "candidates", lambda: self._candidates_ref(base_ref, r))
-        data_ref = self._step(r, progress, "data", lambda: put_round_data(self.store, split_for(self._training_candidates(r, cand), cfg)))
+        data_ref = self._step(
+            r, progress, "data", lambda: put_round_data(self.store, split_for(self._training_candidates(r, cand), cfg))
+        )
         data = get_round_data(self.store, data_ref)
         if not data.sft and not data.pairs:
             self.log(f"  round {r}: no accepted sample and no pair: nothing to train on; the round keeps the model")
         job = TrainJob(base=self.trains_from(base_ref), data=data_ref, loop=asdict(cfg), round=r)
         ckpt = self._step(r, progress, "checkpoint", lambda: json.dumps(self.backend.train(job)))
         ckpt_ref, train_log = json.loads(ckpt)
-        ev = self._step(r, progress, "eval", lambda: self._evaluate(ckpt_ref, ("val", "heldout") + (("novel",) if r == cfg.rounds else ())))
+        ev = self._step(
+            r,
+            progress,
+            "eval",
+            lambda: self._evaluate(ckpt_ref, ("val", "heldout") + (("novel",) if r == cfg.rounds else ())),
+        )
         old_eval = rec.get_json(self.store, self.manifest(base_round)["eval"])
         new_eval = rec.get_json(self.store, ev)
         trained = ckpt_ref != job.base
@@ -252,9 +299,19 @@ class Loop:
             old_val, new_val = sample["old"], sample["new"]
         promoted, reasons = self._gate(old_val, new_val) if trained else (False, ["nothing was trained"])
         m = {
-            "round": r, "base": base_ref, "trained_from": job.base, "checkpoint": ckpt_ref, "eval": ev, "promoted": promoted, "reasons": reasons,
-            "candidates": cand, "data": data_ref, "train_log": train_log,
-            "n_sft": len(data.sft), "n_pairs": len(data.pairs), "n_discard": len(data.discard),
+            "round": r,
+            "base": base_ref,
+            "trained_from": job.base,
+            "checkpoint": ckpt_ref,
+            "eval": ev,
+            "promoted": promoted,
+            "reasons": reasons,
+            "candidates": cand,
+            "data": data_ref,
+            "train_log": train_log,
+            "n_sft": len(data.sft),
+            "n_pairs": len(data.pairs),
+            "n_discard": len(data.discard),
             "win_rate": self._win_rate(old_eval, ckpt_ref if trained else None),
         }
         if gate_ref:
@@ -291,11 +348,22 @@ class Loop:
         ev = rec.get_json(self.store, m["eval"])
         h = ev["heldout"]
         row = {
-            "round": m["round"], "nu": h["nu"], "nu_ci": h["nu_ci"], "gen_acc": h["gen_acc"], "und_acc": h["und_acc"],
-            "und_acc_own": h["und_acc_own"], "win_rate": (m.get("win_rate") or {}).get("win_rate"),
-            "promoted": m["promoted"], "n_sft": m["n_sft"], "n_pairs": m["n_pairs"], "n_discard": m["n_discard"],
-            "diversity": h["diversity"], "by_category": h["by_category"], "val": _figures(ev["val"]),
-            "reasons": m.get("reasons", []), "checkpoint": m["checkpoint"],
+            "round": m["round"],
+            "nu": h["nu"],
+            "nu_ci": h["nu_ci"],
+            "gen_acc": h["gen_acc"],
+            "und_acc": h["und_acc"],
+            "und_acc_own": h["und_acc_own"],
+            "win_rate": (m.get("win_rate") or {}).get("win_rate"),
+            "promoted": m["promoted"],
+            "n_sft": m["n_sft"],
+            "n_pairs": m["n_pairs"],
+            "n_discard": m["n_discard"],
+            "diversity": h["diversity"],
+            "by_category": h["by_category"],
+            "val": _figures(ev["val"]),
+            "reasons": m.get("reasons", []),
+            "checkpoint": m["checkpoint"],
         }
         if "novel" in ev:
             row["novel"] = _figures(ev["novel"])
@@ -306,7 +374,9 @@ class Loop:
 
     def heldout_samples(self, r: int) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Round r's held-out evaluation images (fixed seeds), their prompts and verdicts."""
-        a, prompts = heldout_arrays(self.store, rec.get_json(self.store, self.manifest(r)["eval"]), self.cfg.eval_per_category)
+        a, prompts = heldout_arrays(
+            self.store, rec.get_json(self.store, self.manifest(r)["eval"]), self.cfg.eval_per_category
+        )
         return a["images"], prompts, a["correct"]
 
     @staticmethod

@@ -11,7 +11,6 @@ held-out figures reported for it are not selected on.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 
 import numpy as np
 from scipy import stats
@@ -27,7 +26,10 @@ FLAGS = {"judge_mode": "mode"}  # config fields whose `unigap loop` flag has ano
 
 def _flat(config: dict) -> dict:
     """A loop's settings in one level, the trainer's under `train.`."""
-    return {**{k: v for k, v in config.items() if k != "train"}, **{f"train.{k}": v for k, v in config["train"].items()}}
+    return {
+        **{k: v for k, v in config.items() if k != "train"},
+        **{f"train.{k}": v for k, v in config["train"].items()},
+    }
 
 
 def recipe(config: dict) -> str:
@@ -73,20 +75,40 @@ def run_figures(result: dict) -> dict:
         "seed": result["config"]["seed"],
         "rounds": len(rounds) - 1,
         "shipped_round": final["round"],
-        "gen_start": start["gen_acc"], "gen": final["gen_acc"], "gen_gain": final["gen_acc"] - start["gen_acc"],
-        "nu_start": start["nu"], "nu": final["nu"], "nu_rel_drop": (start["nu"] - final["nu"]) / start["nu"] if start["nu"] else 0.0,
-        "und_start": start["und_acc"], "und": final["und_acc"], "und_drop": start["und_acc"] - final["und_acc"],
+        "gen_start": start["gen_acc"],
+        "gen": final["gen_acc"],
+        "gen_gain": final["gen_acc"] - start["gen_acc"],
+        "nu_start": start["nu"],
+        "nu": final["nu"],
+        "nu_rel_drop": (start["nu"] - final["nu"]) / start["nu"] if start["nu"] else 0.0,
+        "und_start": start["und_acc"],
+        "und": final["und_acc"],
+        "und_drop": start["und_acc"] - final["und_acc"],
         "win_rate": float(np.mean(wins)) if wins else None,
         "diversity_ratio": final["diversity"] / start["diversity"] if start["diversity"] else None,
         "novel_gen_start": (start.get("novel") or {}).get("gen_acc"),
         "novel_gen_last": (last.get("novel") or {}).get("gen_acc"),
-        "by_category_start": start["by_category"], "by_category": final["by_category"],
+        "by_category_start": start["by_category"],
+        "by_category": final["by_category"],
         "gen_by_round": [r["gen_acc"] for r in rounds[1:]],  # every round's model, promoted or not
     }
 
 
-FIGURES = ("gen_start", "gen", "gen_gain", "nu_start", "nu", "nu_rel_drop", "und_start", "und", "und_drop",
-           "win_rate", "diversity_ratio", "novel_gen_start", "novel_gen_last")
+FIGURES = (
+    "gen_start",
+    "gen",
+    "gen_gain",
+    "nu_start",
+    "nu",
+    "nu_rel_drop",
+    "und_start",
+    "und",
+    "und_drop",
+    "win_rate",
+    "diversity_ratio",
+    "novel_gen_start",
+    "novel_gen_last",
+)
 SHARES = {"gen_start", "gen", "nu_start", "nu", "und_start", "und", "win_rate", "novel_gen_start", "novel_gen_last"}
 
 
@@ -104,13 +126,23 @@ def method_table(results: list[dict]) -> list[dict]:
         row |= {f: mean_ci([r[f] for r in runs], bounds=(0.0, 1.0) if f in SHARES else None) for f in FIGURES}
         # what the training recipe does, the gate left out: round k's model over the seeds that ran it
         depth = max(len(r["gen_by_round"]) for r in runs)
-        row["gen_by_round"] = [mean_ci([r["gen_by_round"][k] for r in runs if len(r["gen_by_round"]) > k], bounds=(0.0, 1.0))
-                               for k in range(depth)]
+        row["gen_by_round"] = [
+            mean_ci([r["gen_by_round"][k] for r in runs if len(r["gen_by_round"]) > k], bounds=(0.0, 1.0))
+            for k in range(depth)
+        ]
         cats = runs[0]["by_category"]
-        row["by_category"] = {c: {"start": mean_ci([r["by_category_start"][c] for r in runs], bounds=(0.0, 1.0)),
-                                  "shipped": mean_ci([r["by_category"][c] for r in runs], bounds=(0.0, 1.0))} for c in cats}
-        row["target_met"] = (row["nu_rel_drop"]["mean"] >= TARGET["nu_rel_drop"] and row["gen_gain"]["mean"] >= TARGET["gen_gain"]
-                             and row["und_drop"]["mean"] <= TARGET["und_max_drop"])
+        row["by_category"] = {
+            c: {
+                "start": mean_ci([r["by_category_start"][c] for r in runs], bounds=(0.0, 1.0)),
+                "shipped": mean_ci([r["by_category"][c] for r in runs], bounds=(0.0, 1.0)),
+            }
+            for c in cats
+        }
+        row["target_met"] = (
+            row["nu_rel_drop"]["mean"] >= TARGET["nu_rel_drop"]
+            and row["gen_gain"]["mean"] >= TARGET["gen_gain"]
+            and row["und_drop"]["mean"] <= TARGET["und_max_drop"]
+        )
         rows.append(row)
     return rows
 
@@ -130,8 +162,10 @@ def markdown(rows: list[dict]) -> str:
     """The table as Markdown, one line per recipe (means over seeds, 95% intervals in brackets),
     then each recipe's accuracy per category, on `novel` prompts, and the diversity it kept, then
     every round's generation accuracy whether the gate promoted it or not."""
-    head = ("| recipe | seeds | Gen % start -> shipped | Gen gain, points | NU % start -> shipped | NU relative drop % "
-            "| Und % (rendered) drop, points | Und win rate % | target met |\n|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| recipe | seeds | Gen % start -> shipped | Gen gain, points | NU % start -> shipped | NU relative drop % "
+        "| Und % (rendered) drop, points | Und win rate % | target met |\n|---|---|---|---|---|---|---|---|---|"
+    )
     lines = [head]
     for r in rows:
         lines.append(
@@ -140,15 +174,26 @@ def markdown(rows: list[dict]) -> str:
             f"| {pct_ci(r['win_rate'])} | {'yes' if r['target_met'] else 'no'} |"
         )
     cats = list(rows[0]["by_category"]) if rows else []
-    lines += ["", "| recipe | " + " | ".join(f"{c} gen %" for c in cats) + " | novel gen % (last round) | diversity kept % |",
-              "|---|" + "---|" * (len(cats) + 2)]
+    lines += [
+        "",
+        "| recipe | " + " | ".join(f"{c} gen %" for c in cats) + " | novel gen % (last round) | diversity kept % |",
+        "|---|" + "---|" * (len(cats) + 2),
+    ]
     for r in rows:
-        per = [f"{pct_ci(r['by_category'][c]['start'], interval=False)} -> {pct_ci(r['by_category'][c]['shipped'])}" for c in cats]
+        per = [
+            f"{pct_ci(r['by_category'][c]['start'], interval=False)} -> {pct_ci(r['by_category'][c]['shipped'])}"
+            for c in cats
+        ]
         novel = f"{pct_ci(r['novel_gen_start'], interval=False)} -> {pct_ci(r['novel_gen_last'])}"
         lines.append(f"| `{r['recipe']}` | " + " | ".join(per) + f" | {novel} | {pct_ci(r['diversity_ratio'])} |")
     depth = max((len(r["gen_by_round"]) for r in rows), default=0)
-    lines += ["", "| recipe (every round's model, promoted or not) | " + " | ".join(f"round {k + 1} gen %" for k in range(depth)) + " |",
-              "|---|" + "---|" * depth]
+    lines += [
+        "",
+        "| recipe (every round's model, promoted or not) | "
+        + " | ".join(f"round {k + 1} gen %" for k in range(depth))
+        + " |",
+        "|---|" + "---|" * depth,
+    ]
     for r in rows:
         cells = [pct_ci(m) for m in r["gen_by_round"]] + ["-"] * (depth - len(r["gen_by_round"]))
         lines.append(f"| `{r['recipe']}` | " + " | ".join(cells) + " |")

@@ -26,7 +26,11 @@ def plot_score(report: dict, path: str | Path) -> None:
     names = [g for g, _ in groups]
     x = np.arange(len(groups))
     fig, ax = plt.subplots(figsize=(max(8, len(groups) * 1.1), 4.2))
-    series = (("nu", "NU (own judge rejects)"), ("gen_acc", "generation acc (external)"), ("und_acc", "judge agrees with external"))
+    series = (
+        ("nu", "NU (own judge rejects)"),
+        ("gen_acc", "generation acc (external)"),
+        ("und_acc", "judge agrees with external"),
+    )
     for i, (key, label) in enumerate(series):
         vals = [np.nan if r[key] is None else 100 * r[key] for _, r in groups]  # absent (no evaluator): no bar, not 0
         absent = all(np.isnan(vals))
@@ -34,7 +38,9 @@ def plot_score(report: dict, path: str | Path) -> None:
     nu_lo = [100 * r["nu_ci"][0] for _, r in groups]
     nu_hi = [100 * r["nu_ci"][1] for _, r in groups]
     nu = [100 * r["nu"] for _, r in groups]
-    ax.errorbar(x - 0.27, nu, yerr=[np.subtract(nu, nu_lo), np.subtract(nu_hi, nu)], fmt="none", ecolor="black", capsize=3)
+    ax.errorbar(
+        x - 0.27, nu, yerr=[np.subtract(nu, nu_lo), np.subtract(nu_hi, nu)], fmt="none", ecolor="black", capsize=3
+    )
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
@@ -69,7 +75,13 @@ def plot_rounds(result: dict, folder: str | Path) -> list[Path]:
     ax.plot(r, nu, "o-")
     ax.fill_between(r, lo, hi, alpha=0.2)
     for row in rows[1:]:
-        ax.annotate("promoted" if row["promoted"] else "rejected", (row["round"], row["nu"] * 100), fontsize=7, xytext=(3, 5), textcoords="offset points")
+        ax.annotate(
+            "promoted" if row["promoted"] else "rejected",
+            (row["round"], row["nu"] * 100),
+            fontsize=7,
+            xytext=(3, 5),
+            textcoords="offset points",
+        )
     ax.set_xlabel("round")
     ax.set_ylabel("NU % (held-out, 95% CI)")
     ax.set_xticks(r)
@@ -115,7 +127,12 @@ def plot_dynamics(results: dict[str, dict], path: str | Path) -> None:
             lim = [min(p.min(), o.min()), max(p.max(), o.max())]
             ax.plot(lim, lim, "k--", lw=0.8)
             corr = r[f"{b}_correlation"]
-            ax.set_title(f"{name}: {'generation' if b == 'gen' else 'understanding'} branch (r = {corr:.2f})" if corr is not None else name, fontsize=9)
+            ax.set_title(
+                f"{name}: {'generation' if b == 'gen' else 'understanding'} branch (r = {corr:.2f})"
+                if corr is not None
+                else name,
+                fontsize=9,
+            )
             ax.set_xlabel("eNTK prediction of delta log p")
             ax.set_ylabel("observed delta log p")
         im = row[2].imshow(np.array(r["cosine_matrix"]), cmap="coolwarm", vmin=-1, vmax=1)

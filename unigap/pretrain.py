@@ -75,13 +75,13 @@ class Data:
         specs = [s for name in splits for s in world.split(name)]
         self.by_cat = {c: [s for s in specs if s.category == c] for c in world.CATEGORIES}
         novel = {s.canonical() for s in world.split("novel")}
-        self.negatives = {
-            s: [n for _, n in world.negatives(s) if n.canonical() not in novel] for s in specs
-        }
+        self.negatives = {s: [n for _, n in world.negatives(s) if n.canonical() not in novel] for s in specs}
 
     def specs(self, n: int) -> list:
         cats = self.rng.choice(len(world.CATEGORIES), n)
-        return [self.by_cat[world.CATEGORIES[c]][self.rng.integers(len(self.by_cat[world.CATEGORIES[c]]))] for c in cats]
+        return [
+            self.by_cat[world.CATEGORIES[c]][self.rng.integers(len(self.by_cat[world.CATEGORIES[c]]))] for c in cats
+        ]
 
     def images(self, specs) -> np.ndarray:
         seeds = self.rng.integers(0, 2**31, len(specs))
@@ -259,7 +259,9 @@ def pretrain(out: Path, cfg: PretrainConfig = PretrainConfig(), size: TinySize =
     um.model.eval()
     um.save(out)
     (out / "pretrain.json").write_text(
-        json.dumps({"config": asdict(cfg), "size": asdict(size), "seconds": round(time.time() - t0), "log": log}, indent=1)
+        json.dumps(
+            {"config": asdict(cfg), "size": asdict(size), "seconds": round(time.time() - t0), "log": log}, indent=1
+        )
     )
     return um
 
@@ -291,14 +293,23 @@ def grow_depth(um: UnifiedModel, layers: int) -> UnifiedModel:
         i, tail = rest.split(".", 1)
         grown[f"{head}{sep}{int(i) * k}.{tail}"] = value
         for j in range(1, k):
-            grown[f"{head}{sep}{int(i) * k + j}.{tail}"] = torch.zeros_like(value) if tail in NEW_LAYER_OUTPUTS else value.clone()
+            grown[f"{head}{sep}{int(i) * k + j}.{tail}"] = (
+                torch.zeros_like(value) if tail in NEW_LAYER_OUTPUTS else value.clone()
+            )
     model = JanusForConditionalGeneration(config)
     model.load_state_dict(grown, strict=True)
     return UnifiedModel(model.eval(), um.processor)
 
 
-def grow(start: Path, out: Path, layers: int, steps: int, lr: float = 5e-4, seed: int = 11,
-         cfg: PretrainConfig = PretrainConfig()) -> UnifiedModel:
+def grow(
+    start: Path,
+    out: Path,
+    layers: int,
+    steps: int,
+    lr: float = 5e-4,
+    seed: int = 11,
+    cfg: PretrainConfig = PretrainConfig(),
+) -> UnifiedModel:
     """Grow a trained model's language model and continue joint training (the final stage's data)."""
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
@@ -307,6 +318,14 @@ def grow(start: Path, out: Path, layers: int, steps: int, lr: float = 5e-4, seed
     log: list = []
     train_stage(um, _streams(seed, um.image_size), cfg, steps, JOINT, f"grown to {layers} layers", log, lr)
     um.save(out)
-    record = {"start": str(start), "layers": layers, "steps": steps, "lr": lr, "seed": seed, "seconds": round(time.time() - t0), "log": log}
+    record = {
+        "start": str(start),
+        "layers": layers,
+        "steps": steps,
+        "lr": lr,
+        "seed": seed,
+        "seconds": round(time.time() - t0),
+        "log": log,
+    }
     (Path(out) / "grow.json").write_text(json.dumps(record, indent=1))
     return um

@@ -44,12 +44,12 @@ def _record(item, where: str) -> Prompt:
     if isinstance(item, str):
         return Prompt(item.strip())
     if not isinstance(item, dict):
-        raise ValueError(f"{where}: expected a prompt string or an object with a \"prompt\" field")
+        raise ValueError(f'{where}: expected a prompt string or an object with a "prompt" field')
     text, category = item.get("prompt"), item.get("category", FREE)
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"{where}: \"prompt\" must be a non-empty string")
+        raise ValueError(f'{where}: "prompt" must be a non-empty string')
     if not isinstance(category, str) or not category.strip():
-        raise ValueError(f"{where}: \"category\" must be a non-empty string")
+        raise ValueError(f'{where}: "category" must be a non-empty string')
     meta = {k: v for k, v in item.items() if k not in ("prompt", "category")}
     return Prompt(text.strip(), category.strip(), meta)
 

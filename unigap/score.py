@@ -8,8 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def bootstrap_ci(values, groups=None, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
-                 chunk: int = 250) -> tuple[float, float]:
+def bootstrap_ci(
+    values, groups=None, n_boot: int = 2000, seed: int = 0, level: float = 0.95, chunk: int = 250
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of `values`.
 
     With `groups` (each value's group, e.g. the prompt an image was generated for), whole groups

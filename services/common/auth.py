@@ -9,7 +9,11 @@ import grpc
 from services.common.interceptors import handler_kind
 
 # Probes and tooling must work without the token.
-OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
+OPEN_SERVICES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
 
 
 def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:

@@ -64,7 +64,9 @@ def _credentials(tls_ca) -> grpc.ChannelCredentials:
 
 
 class _Details(
-    collections.namedtuple("_Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+    collections.namedtuple(
+        "_Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
     grpc.ClientCallDetails,
 ):
     pass
@@ -82,8 +84,14 @@ class _Bearer(
         self.metadata = bearer_metadata(token)
 
     def _details(self, d):
-        return _Details(d.method, d.timeout, tuple(d.metadata or ()) + self.metadata, d.credentials,
-                        d.wait_for_ready, getattr(d, "compression", None))
+        return _Details(
+            d.method,
+            d.timeout,
+            tuple(d.metadata or ()) + self.metadata,
+            d.credentials,
+            d.wait_for_ready,
+            getattr(d, "compression", None),
+        )
 
     def intercept_unary_unary(self, continuation, details, request):
         return continuation(self._details(details), request)
@@ -93,8 +101,9 @@ class _Bearer(
     intercept_stream_stream = intercept_unary_unary
 
 
-def channel(address: str, token: str | None = None, tls_ca=None,
-            max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.Channel:
+def channel(
+    address: str, token: str | None = None, tls_ca=None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> grpc.Channel:
     """A sync channel (thread-safe); TLS when `tls_ca` is given, the token on every call."""
     opts = _options(max_message_bytes)
     ch = grpc.secure_channel(address, _credentials(tls_ca), opts) if tls_ca else grpc.insecure_channel(address, opts)
@@ -130,8 +139,9 @@ class _AioBearerSS(_AioBearer, grpc.aio.StreamStreamClientInterceptor):
     intercept_stream_stream = _AioBearer._call
 
 
-def aio_channel(address: str, token: str | None = None, tls_ca=None,
-                max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
+def aio_channel(
+    address: str, token: str | None = None, tls_ca=None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> grpc.aio.Channel:
     """The asyncio variant of `channel`."""
     opts = _options(max_message_bytes)
     interceptors = [cls(token) for cls in (_AioBearerUU, _AioBearerUS, _AioBearerSU, _AioBearerSS)] if token else None
@@ -150,8 +160,14 @@ class ServiceClient:
 
     stub = get_model_request = reload_model_request = None
 
-    def __init__(self, address: str, token: str | None = None, tls_ca=None, timeout: float | None = None,
-                 max_batch: int = DEFAULT_MAX_BATCH):
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        tls_ca=None,
+        timeout: float | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ):
         self.timeout, self.max_batch = default_timeout() if timeout is None else timeout, max_batch
         self._channel = channel(address, token, tls_ca)
         self._stub = self.stub(self._channel)

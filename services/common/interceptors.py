@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from typing import AsyncContextManager, Callable
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import grpc
 
 # guard(method, context) -> an async context manager entered around the whole RPC: it sees the
 # RPC's exceptions (and may turn them into a status) and exits once the last message is sent.
-Guard = Callable[[str, grpc.aio.ServicerContext], AsyncContextManager]
+Guard = Callable[[str, grpc.aio.ServicerContext], AbstractAsyncContextManager]
 
 _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 

@@ -19,9 +19,22 @@ class ServerMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.requests = Counter("unigap_grpc_requests", "gRPC requests finished", ["method", "code"], registry=r)
-        self.errors = Counter("unigap_grpc_errors", "gRPC requests that ended in an error", ["method", "code"], registry=r)
-        self.latency = Histogram("unigap_grpc_latency_seconds", "gRPC request latency (streams: until the last message)", ["method"], registry=r)
-        self.batch_size = Histogram("unigap_batch_size", "Items per model call (servicers observe it)", ["op"], buckets=BATCH_BUCKETS, registry=r)
+        self.errors = Counter(
+            "unigap_grpc_errors", "gRPC requests that ended in an error", ["method", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "unigap_grpc_latency_seconds",
+            "gRPC request latency (streams: until the last message)",
+            ["method"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "unigap_batch_size",
+            "Items per model call (servicers observe it)",
+            ["op"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
 
     @asynccontextmanager
     async def _observe(self, method: str, context):
@@ -46,7 +59,7 @@ class ServerMetrics:
         return GuardInterceptor(self._observe)
 
 
-_by_registry: "weakref.WeakKeyDictionary[CollectorRegistry, ServerMetrics]" = weakref.WeakKeyDictionary()
+_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, ServerMetrics] = weakref.WeakKeyDictionary()
 
 
 def metrics_for(registry: CollectorRegistry) -> ServerMetrics:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from services.api import model_pb2
 from services.common.server import log_event
@@ -21,7 +21,6 @@ from unigap.store import StoreError
 from unigap.store import open_store as _open_store
 from unigap.store.base import is_ref
 from unigap.store.records import fetch_checkpoint, get_serving
-
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: one Loaded per load
@@ -39,9 +38,15 @@ def open_store(url: str):
 
 
 class ModelHolder:
-    def __init__(self, ref: str, settings, judge_mode: str = "", lru_size: int = 2,
-                 loader: Callable[[Path], UnifiedModel] = UnifiedModel.load,
-                 defaults: model_pb2.RequestDefaults | None = None):
+    def __init__(
+        self,
+        ref: str,
+        settings,
+        judge_mode: str = "",
+        lru_size: int = 2,
+        loader: Callable[[Path], UnifiedModel] = UnifiedModel.load,
+        defaults: model_pb2.RequestDefaults | None = None,
+    ):
         """Loads `ref` now (blocking): a server starts only with a model it can serve. `defaults`:
         what the server uses for its requests' unset fields, reported by `info()`."""
         self.settings, self.judge_mode, self.lru_size, self.loader = settings, judge_mode, lru_size, loader
@@ -60,14 +65,18 @@ class ModelHolder:
         """A reference -> a local save_pretrained folder (fetching from the store when needed)."""
         if is_ref(ref):
             if not self.settings.store:
-                raise Invalid("checkpoint", f"{ref} is a store reference but this server has no store (set UNIGAP_STORE)")
+                raise Invalid(
+                    "checkpoint", f"{ref} is a store reference but this server has no store (set UNIGAP_STORE)"
+                )
             try:
                 return fetch_checkpoint(self.store(), ref, self.settings.cache_dir)
             except KeyError:
                 raise NotFound("checkpoint", f"{ref} is not in the store {self.settings.store}") from None
         path = Path(ref)
         if not ref or not path.is_dir():
-            raise Invalid("checkpoint", f"{ref!r} is neither a store reference (64 hex digits) nor a folder on the server")
+            raise Invalid(
+                "checkpoint", f"{ref!r} is neither a store reference (64 hex digits) nor a folder on the server"
+            )
         if not (path / "config.json").is_file():
             raise Invalid("checkpoint", f"{ref} has no config.json (expected a save_pretrained folder)")
         return path

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,8 +31,16 @@ def log_event(event: str, **fields) -> None:
 
 
 class RunningServer:
-    def __init__(self, server: grpc.aio.Server, port: int, settings: ServerSettings, health_servicer,
-                 metrics: ServerMetrics, metrics_port: int | None, service_names: Sequence[str]):
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        settings: ServerSettings,
+        health_servicer,
+        metrics: ServerMetrics,
+        metrics_port: int | None,
+        service_names: Sequence[str],
+    ):
         self.server, self.port, self.settings = server, port, settings
         self.health, self.metrics, self.metrics_port = health_servicer, metrics, metrics_port
         self.service_names = list(service_names)
@@ -83,8 +91,12 @@ class RunningServer:
         await self.stop()
 
 
-async def serve(add_servicers: Callable[[grpc.aio.Server], None], service_names: Sequence[str],
-                settings: ServerSettings, registry: CollectorRegistry | None = None) -> RunningServer:
+async def serve(
+    add_servicers: Callable[[grpc.aio.Server], None],
+    service_names: Sequence[str],
+    settings: ServerSettings,
+    registry: CollectorRegistry | None = None,
+) -> RunningServer:
     """Build, bind and start a server. `add_servicers(server)` registers the services named
     (full names, e.g. "unigap.v1.GenerationService"); `registry` holds the metrics
     (`metrics_for(registry)` gives servicers the same ServerMetrics, e.g. its batch_size)."""
@@ -113,9 +125,15 @@ async def serve(add_servicers: Callable[[grpc.aio.Server], None], service_names:
     if settings.metrics_port is not None:
         metrics_port = start_metrics(metrics.registry, settings.host, settings.metrics_port)
     running = RunningServer(server, port, settings, health_servicer, metrics, metrics_port, service_names)
-    log_event("serving", services=list(service_names), address=running.address, tls=settings.tls_cert is not None,
-              auth=settings.token is not None, metrics=None if metrics_port is None else f"http://{settings.host}:{metrics_port}/metrics",
-              pid=os.getpid())
+    log_event(
+        "serving",
+        services=list(service_names),
+        address=running.address,
+        tls=settings.tls_cert is not None,
+        auth=settings.token is not None,
+        metrics=None if metrics_port is None else f"http://{settings.host}:{metrics_port}/metrics",
+        pid=os.getpid(),
+    )
     return running
 
 

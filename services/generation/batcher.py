@@ -11,9 +11,9 @@ several malloc arenas, and the server's memory then swings by ~20% under steady 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Hashable
 
 import grpc
 
@@ -35,8 +35,13 @@ class Batcher:
     nothing waits forever. A worker task that died is started again by the next `submit`, and
     the jobs it left queued are served; after `stop`, `submit` refuses with UNAVAILABLE."""
 
-    def __init__(self, run: Callable[[Hashable, list[str], list[int]], list], window_s: float = 0.005,
-                 max_rows: int = 64, on_batch: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        run: Callable[[Hashable, list[str], list[int]], list],
+        window_s: float = 0.005,
+        max_rows: int = 64,
+        on_batch: Callable[[int], None] | None = None,
+    ):
         """`run(key, prompts, seeds)` (blocking; runs in a worker thread) returns one result per prompt."""
         self.run, self.window_s, self.max_rows, self.on_batch = run, window_s, max_rows, on_batch
         self._queue: list[Job] = []
@@ -90,7 +95,8 @@ class Batcher:
                 if self.on_batch:
                     self.on_batch(sum(j.rows for j in jobs))
                 results = await asyncio.get_running_loop().run_in_executor(
-                    self._thread, self.run, jobs[0].key, [j.prompt for j in jobs], [j.seed for j in jobs])
+                    self._thread, self.run, jobs[0].key, [j.prompt for j in jobs], [j.seed for j in jobs]
+                )
                 results = list(results)
                 if len(results) != len(jobs):
                     raise RuntimeError(f"the model returned {len(results)} results for {len(jobs)} prompts")

@@ -27,16 +27,29 @@ class RemoteSamples:
 
 class GenerationClient(ServiceClient):
     stub = generation_pb2_grpc.GenerationServiceStub
-    get_model_request, reload_model_request = pb.GenerationServiceGetModelRequest, pb.GenerationServiceReloadModelRequest
+    get_model_request, reload_model_request = (
+        pb.GenerationServiceGetModelRequest,
+        pb.GenerationServiceReloadModelRequest,
+    )
 
-    def sample(self, prompts: list[str], n: int = 1, cfg: float = Sampling.cfg,
-               temperature: float = Sampling.temperature, seed: int = 0, checkpoint: str = "") -> RemoteSamples:
+    def sample(
+        self,
+        prompts: list[str],
+        n: int = 1,
+        cfg: float = Sampling.cfg,
+        temperature: float = Sampling.temperature,
+        seed: int = 0,
+        checkpoint: str = "",
+    ) -> RemoteSamples:
         responses = []  # (prompt index in `prompts`, response)
         for part in self.chunks(len(prompts)):
-            request = pb.GenerateRequest(prompts=prompts[part], n=n, cfg_scale=cfg, temperature=temperature, seed=seed,
-                                         checkpoint=checkpoint)
+            request = pb.GenerateRequest(
+                prompts=prompts[part], n=n, cfg_scale=cfg, temperature=temperature, seed=seed, checkpoint=checkpoint
+            )
             with rpc_errors():
-                responses += [(part.start + r.prompt_index, r) for r in self._stub.Generate(request, timeout=self.timeout)]
+                responses += [
+                    (part.start + r.prompt_index, r) for r in self._stub.Generate(request, timeout=self.timeout)
+                ]
         responses.sort(key=lambda x: (x[0], x[1].candidate_index))
         return RemoteSamples(
             tokens=np.array([list(r.image_tokens) for _, r in responses], dtype=np.int64),

@@ -28,9 +28,11 @@ DEFAULT_N, DEFAULT_CFG, DEFAULT_TEMPERATURE = 1, 1.5, 0.7
 def sampling(r, default_n: int = DEFAULT_N) -> tuple[int, float, float]:
     """(n, cfg_scale, temperature) of a GenerateRequest or NonUnificationRequest: each unset field
     (proto3 `optional`) takes the server's default; a field that is set is used as it is."""
-    return (r.n if r.HasField("n") else default_n,
-            r.cfg_scale if r.HasField("cfg_scale") else DEFAULT_CFG,
-            r.temperature if r.HasField("temperature") else DEFAULT_TEMPERATURE)
+    return (
+        r.n if r.HasField("n") else default_n,
+        r.cfg_scale if r.HasField("cfg_scale") else DEFAULT_CFG,
+        r.temperature if r.HasField("temperature") else DEFAULT_TEMPERATURE,
+    )
 
 
 def check_sampling(n: int, cfg: float, temperature: float, max_n: int) -> None:
@@ -78,8 +80,12 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
     def __init__(self, holder: ModelHolder, settings: GenerationSettings, registry: CollectorRegistry):
         self.holder, self.settings = holder, settings
         self.batch_size = metrics_for(registry).batch_size
-        self.batcher = Batcher(_sample, settings.batch_window_ms / 1000, settings.batch_rows,
-                               on_batch=self.batch_size.labels("generate").observe)
+        self.batcher = Batcher(
+            _sample,
+            settings.batch_window_ms / 1000,
+            settings.batch_rows,
+            on_batch=self.batch_size.labels("generate").observe,
+        )
 
     def _check(self, r: pb.GenerateRequest) -> tuple[int, float, float]:
         s = self.settings
@@ -98,8 +104,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         try:
             for i, job in enumerate(jobs):
                 for k, (png, tokens) in enumerate(await job):
-                    yield pb.GenerateResponse(prompt_index=i, candidate_index=k, png=png, image_tokens=tokens,
-                                              checkpoint=loaded.ref)
+                    yield pb.GenerateResponse(
+                        prompt_index=i, candidate_index=k, png=png, image_tokens=tokens, checkpoint=loaded.ref
+                    )
         finally:
             for job in jobs:  # a cancelled stream frees its queued work
                 job.cancel()
@@ -124,8 +131,12 @@ async def start(settings: GenerationSettings, registry: CollectorRegistry | None
     defaults = model_pb2.RequestDefaults(n=DEFAULT_N, cfg_scale=DEFAULT_CFG, temperature=DEFAULT_TEMPERATURE)
     holder = await asyncio.to_thread(ModelHolder, settings.model, settings, defaults=defaults)
     servicer = GenerationServicer(holder, settings, registry)
-    running = await serve(lambda s: generation_pb2_grpc.add_GenerationServiceServicer_to_server(servicer, s),
-                          [SERVICE_NAME], settings, registry)
+    running = await serve(
+        lambda s: generation_pb2_grpc.add_GenerationServiceServicer_to_server(servicer, s),
+        [SERVICE_NAME],
+        settings,
+        registry,
+    )
     running.servicer = servicer  # embedders and tests reach the holder and the batcher
     running.on_stop(servicer.batcher.stop)
     follow_promotions(holder, running)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -27,17 +27,27 @@ class JudgeClient(ServiceClient):
         for part in self.chunks(len(prompts)):
             pairs = [pb.ImagePrompt(png=encode_png(im), prompt=p) for im, p in zip(images[part], prompts[part])]
             with rpc_errors():
-                r = self._stub.Score(pb.ScoreRequest(pairs=pairs, threshold=threshold, checkpoint=checkpoint), timeout=self.timeout)
+                r = self._stub.Score(
+                    pb.ScoreRequest(pairs=pairs, threshold=threshold, checkpoint=checkpoint), timeout=self.timeout
+                )
             p_yes += [j.p_yes for j in r.judgments]
             decision += [j.decision for j in r.judgments]
         return Judgment(np.array(p_yes, dtype=np.float32), np.array(decision, dtype=bool))
 
-    def non_unification(self, prompts: list[str], n: int = 4, seed: int = 0, cfg: float = Sampling.cfg,
-                        temperature: float = Sampling.temperature, checkpoint: str = "",
-                        on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+    def non_unification(
+        self,
+        prompts: list[str],
+        n: int = 4,
+        seed: int = 0,
+        cfg: float = Sampling.cfg,
+        temperature: float = Sampling.temperature,
+        checkpoint: str = "",
+        on_progress: Callable[[str, int, int], None] | None = None,
+    ) -> dict:
         """`unigap score`'s figures (overall, by_category, by_tier: gap_summary dicts) and the checkpoint."""
-        request = pb.NonUnificationRequest(prompts=prompts, n=n, seed=seed, cfg_scale=cfg, temperature=temperature,
-                                           checkpoint=checkpoint)
+        request = pb.NonUnificationRequest(
+            prompts=prompts, n=n, seed=seed, cfg_scale=cfg, temperature=temperature, checkpoint=checkpoint
+        )
         with rpc_errors():
             for r in self._stub.NonUnification(request, timeout=self.timeout):
                 if r.HasField("progress"):

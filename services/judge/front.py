@@ -40,7 +40,9 @@ class TritonJudge:
         self.client = triton_grpc.InferenceServerClient(address)
         self.down = False  # set when tritonserver has died: refuse at once until a new one is ready
 
-    async def p_yes(self, images: np.ndarray, prompts: list[str], checkpoint: str = "", timeout: float | None = None) -> np.ndarray:
+    async def p_yes(
+        self, images: np.ndarray, prompts: list[str], checkpoint: str = "", timeout: float | None = None
+    ) -> np.ndarray:
         """p_yes [B] of uint8 images [B, H, W, 3]: requests of <= MAX_BATCH rows, sent at once, each
         with a deadline (`timeout` s; None = the clients' default), so a stuck Triton cannot hang a call."""
         from tritonclient.utils import InferenceServerException
@@ -48,29 +50,43 @@ class TritonJudge:
         timeout = default_timeout() if timeout is None else timeout
 
         if self.down:
-            raise Refused(grpc.StatusCode.UNAVAILABLE, "triton", f"the judge's Triton server at {self.address} is restarting")
-        chunks = [self._infer(images[i : i + MAX_BATCH], prompts[i : i + MAX_BATCH], checkpoint, timeout)
-                  for i in range(0, len(prompts), MAX_BATCH)]
+            raise Refused(
+                grpc.StatusCode.UNAVAILABLE, "triton", f"the judge's Triton server at {self.address} is restarting"
+            )
+        chunks = [
+            self._infer(images[i : i + MAX_BATCH], prompts[i : i + MAX_BATCH], checkpoint, timeout)
+            for i in range(0, len(prompts), MAX_BATCH)
+        ]
         try:
             return np.concatenate(await asyncio.gather(*chunks))
         except InferenceServerException as e:
             status = str(e.status())  # e.g. "StatusCode.UNAVAILABLE"
             # A tritonserver that listens but has not loaded the model yet (it is starting) is as transient.
             if "UNAVAILABLE" in status or f"'{MODEL_NAME}' has no available versions" in (e.message() or ""):
-                raise Refused(grpc.StatusCode.UNAVAILABLE, "triton",
-                              f"the judge's Triton server at {self.address} is not answering ({e.message()})") from None
+                raise Refused(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "triton",
+                    f"the judge's Triton server at {self.address} is not answering ({e.message()})",
+                ) from None
             if "DEADLINE_EXCEEDED" in status:
-                raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, "triton", "the deadline passed while Triton judged") from None
+                raise Refused(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, "triton", "the deadline passed while Triton judged"
+                ) from None
             # The model failed inside (pytriton passes its traceback on): keep the last ValueError line if any.
             reasons = re.findall(r"ValueError: (.+)", e.message() or "")
-            raise Refused(grpc.StatusCode.INTERNAL, "triton", reasons[-1] if reasons else (e.message() or str(e))) from None
+            raise Refused(
+                grpc.StatusCode.INTERNAL, "triton", reasons[-1] if reasons else (e.message() or str(e))
+            ) from None
 
     async def _infer(self, images: np.ndarray, prompts: list[str], checkpoint: str, timeout) -> np.ndarray:
         from tritonclient.grpc import InferInput, InferRequestedOutput
 
         n = len(prompts)
-        inputs = [InferInput("image", list(images.shape), "UINT8"), InferInput("prompt", [n, 1], "BYTES"),
-                  InferInput("checkpoint", [n, 1], "BYTES")]
+        inputs = [
+            InferInput("image", list(images.shape), "UINT8"),
+            InferInput("prompt", [n, 1], "BYTES"),
+            InferInput("checkpoint", [n, 1], "BYTES"),
+        ]
         inputs[0].set_data_from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
         inputs[1].set_data_from_numpy(np.array([[p.encode()] for p in prompts], dtype=object))
         inputs[2].set_data_from_numpy(np.full((n, 1), checkpoint.encode(), dtype=object))
@@ -119,10 +135,12 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         loaded = await self.holder.get(request.checkpoint)
         size = loaded.model.image_size
         images = await asyncio.to_thread(
-            lambda: np.stack([decode_png(p.png, f"pairs[{i}].png", size) for i, p in enumerate(pairs)]))
+            lambda: np.stack([decode_png(p.png, f"pairs[{i}].png", size) for i, p in enumerate(pairs)])
+        )
         p_yes = await self.triton.p_yes(images, prompts, loaded.ref, context.time_remaining())
-        return pb.ScoreResponse(judgments=[pb.Judgment(p_yes=p, decision=p >= threshold) for p in p_yes.tolist()],
-                                checkpoint=loaded.ref)
+        return pb.ScoreResponse(
+            judgments=[pb.Judgment(p_yes=p, decision=p >= threshold) for p in p_yes.tolist()], checkpoint=loaded.ref
+        )
 
     async def NonUnification(self, request, context):
         s = self.settings
@@ -131,8 +149,11 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         n, cfg, temperature = sampling(request, DEFAULT_NU_N)
         check_sampling(n, cfg, temperature, s.max_n)
         if self.generation is None:
-            raise Refused(grpc.StatusCode.FAILED_PRECONDITION, "generation",
-                          "this judge has no GenerationService to sample from (start it with --generation HOST:PORT)")
+            raise Refused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "generation",
+                "this judge has no GenerationService to sample from (start it with --generation HOST:PORT)",
+            )
         loaded = await self.holder.get(request.checkpoint)
         prompts, total = list(request.prompts), len(request.prompts) * n
         step = max(1, MAX_BATCH // n)  # prompts per round trip: one Triton request's worth of images

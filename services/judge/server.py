@@ -57,8 +57,9 @@ async def start(settings: JudgeSettings, registry: CollectorRegistry | None = No
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = metrics_for(registry)
-    defaults = model_pb2.RequestDefaults(n=DEFAULT_NU_N, cfg_scale=DEFAULT_CFG, temperature=DEFAULT_TEMPERATURE,
-                                         threshold=DEFAULT_THRESHOLD)
+    defaults = model_pb2.RequestDefaults(
+        n=DEFAULT_NU_N, cfg_scale=DEFAULT_CFG, temperature=DEFAULT_TEMPERATURE, threshold=DEFAULT_THRESHOLD
+    )
     holder = await asyncio.to_thread(ModelHolder, settings.model, settings, settings.mode, defaults=defaults)
     loop = asyncio.get_running_loop()
 
@@ -68,17 +69,27 @@ async def start(settings: JudgeSettings, registry: CollectorRegistry | None = No
     infer = JudgeModel(model_for, settings.mode, on_batch=metrics.batch_size.labels("judge").observe)
 
     def start_triton_on(http_port: int, grpc_port: int, metrics_port: int):
-        return start_triton(infer, settings.triton_host, http_port, grpc_port, metrics_port, settings.triton_queue_delay_us,
-                            access_token=settings.token,  # one token for the front and Triton's protected endpoints
-                            log_file=str(settings.triton_log) if settings.triton_log else None)
+        return start_triton(
+            infer,
+            settings.triton_host,
+            http_port,
+            grpc_port,
+            metrics_port,
+            settings.triton_queue_delay_us,
+            access_token=settings.token,  # one token for the front and Triton's protected endpoints
+            log_file=str(settings.triton_log) if settings.triton_log else None,
+        )
 
     triton = start_triton_on(settings.triton_http_port, settings.triton_grpc_port, settings.triton_metrics_port)
     try:
         scorer = TritonJudge(triton.grpc)
-        generation = GenerationClient(settings.generation, settings.token, settings.tls_ca) if settings.generation else None
+        generation = (
+            GenerationClient(settings.generation, settings.token, settings.tls_ca) if settings.generation else None
+        )
         servicer = JudgeServicer(holder, scorer, settings, generation)
-        running = await serve(lambda s: judge_pb2_grpc.add_JudgeServiceServicer_to_server(servicer, s),
-                              [SERVICE_NAME], settings, registry)
+        running = await serve(
+            lambda s: judge_pb2_grpc.add_JudgeServiceServicer_to_server(servicer, s), [SERVICE_NAME], settings, registry
+        )
     except BaseException:
         triton.stop()
         raise
@@ -106,7 +117,8 @@ async def start(settings: JudgeSettings, registry: CollectorRegistry | None = No
 
     running.servicer, running.triton, running.infer = servicer, triton, infer
     running.supervisor = TritonSupervisor(
-        triton, start_triton_on,
+        triton,
+        start_triton_on,
         on_down=lambda: asyncio.run_coroutine_threadsafe(down(), loop).result(10),
         on_up=lambda new: asyncio.run_coroutine_threadsafe(use(new), loop).result(10),
     )
@@ -117,7 +129,15 @@ async def start(settings: JudgeSettings, registry: CollectorRegistry | None = No
     running.on_stop(lambda: asyncio.to_thread(running.supervisor.stop))
     running.on_stop(close_clients)
     follow_promotions(holder, running)
-    log_event("judge", front=running.address, triton_http=triton.http, triton_grpc=triton.grpc,
-              triton_metrics=triton.metrics, triton_pid=triton.pid, mode=settings.mode, generation=settings.generation,
-              metrics=None if running.metrics_port is None else f"http://{settings.host}:{running.metrics_port}/metrics")
+    log_event(
+        "judge",
+        front=running.address,
+        triton_http=triton.http,
+        triton_grpc=triton.grpc,
+        triton_metrics=triton.metrics,
+        triton_pid=triton.pid,
+        mode=settings.mode,
+        generation=settings.generation,
+        metrics=None if running.metrics_port is None else f"http://{settings.host}:{running.metrics_port}/metrics",
+    )
     return running

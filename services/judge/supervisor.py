@@ -14,16 +14,22 @@ live as long as the server it started.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from services.common.server import log_event
 from services.judge.triton_model import RunningTriton
 
 
 class TritonSupervisor:
-    def __init__(self, triton: RunningTriton, start: Callable[[int, int, int], RunningTriton],
-                 on_down: Callable[[], None], on_up: Callable[[RunningTriton], None],
-                 interval_s: float = 0.5, max_backoff_s: float = 30.0):
+    def __init__(
+        self,
+        triton: RunningTriton,
+        start: Callable[[int, int, int], RunningTriton],
+        on_down: Callable[[], None],
+        on_up: Callable[[RunningTriton], None],
+        interval_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+    ):
         """`start(http_port, grpc_port, metrics_port)` starts a ready tritonserver (0 = a free port)."""
         self.triton, self.start, self.on_down, self.on_up = triton, start, on_down, on_up
         self.interval_s, self.max_backoff_s = interval_s, max_backoff_s
@@ -62,8 +68,14 @@ class TritonSupervisor:
                 wait = min(2 * wait, self.max_backoff_s)
                 continue
             self.pid, self.restarts = self.triton.pid, self.restarts + 1
-            log_event("triton_restarted", triton_pid=self.pid, triton_http=self.triton.http, triton_grpc=self.triton.grpc,
-                      triton_metrics=self.triton.metrics, restarts=self.restarts)
+            log_event(
+                "triton_restarted",
+                triton_pid=self.pid,
+                triton_http=self.triton.http,
+                triton_grpc=self.triton.grpc,
+                triton_metrics=self.triton.metrics,
+                restarts=self.restarts,
+            )
             self._quietly(lambda: self.on_up(self.triton))
             return
 

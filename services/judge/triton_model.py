@@ -23,9 +23,9 @@ import sysconfig
 import tempfile
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -76,7 +76,9 @@ class JudgeModel:
     same model (the front sends the served model's reference, plain clients send '') share a group.
     """
 
-    def __init__(self, model_for: Callable[[str], UnifiedModel], mode: str, on_batch: Callable[[int], None] | None = None):
+    def __init__(
+        self, model_for: Callable[[str], UnifiedModel], mode: str, on_batch: Callable[[int], None] | None = None
+    ):
         self.model_for, self.mode, self.on_batch = model_for, mode, on_batch
         self.batch_sizes: deque[int] = deque(maxlen=4096)  # rows per execution: the batcher at work
         self._lock = threading.Lock()  # one execution at a time (one model instance)
@@ -259,8 +261,11 @@ def start_triton(
         log_file=log_file or os.path.join(folder, "tritonserver.log"),
     )
     # The workspace must not exist yet; a given one keeps ~/.cache/pytriton clean after a kill.
-    triton = Triton(config=config, workspace=os.path.join(folder, "workspace"),
-                    security_config=TritonSecurityConfig(access_token=access_token))
+    triton = Triton(
+        config=config,
+        workspace=os.path.join(folder, "workspace"),
+        security_config=TritonSecurityConfig(access_token=access_token),
+    )
     running = RunningTriton(triton, host, config.http_port, config.grpc_port, config.metrics_port, folder)
     try:
         triton.bind(
@@ -276,7 +281,9 @@ def start_triton(
                 Tensor(name="decision", dtype=np.bool_, shape=(1,)),
                 Tensor(name="error", dtype=bytes, shape=(1,)),
             ],
-            config=ModelConfig(max_batch_size=MAX_BATCH, batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)),
+            config=ModelConfig(
+                max_batch_size=MAX_BATCH, batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)
+            ),
             strict=True,
         )
         triton.run()

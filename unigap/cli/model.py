@@ -104,7 +104,10 @@ def dynamics_cmd(
         "r(pred, obs) understanding",
     ):
         table.add_column(col, justify="right")
-    f = lambda x: "-" if x is None else f"{x:.3f}"
+
+    def f(x):
+        return "-" if x is None else f"{x:.3f}"
+
     for name, r in results.items():
         table.add_row(
             name,

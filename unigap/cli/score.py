@@ -91,7 +91,9 @@ def print_report(report: dict) -> None:
             if told == 0
             else "gen, und own, ext agree, precision and cover count only those"
         )
-        console.print(f"external evaluator {s.get('evaluator', 'shapes')}: a verdict on {told} of {images} images; {absent}")
+        console.print(
+            f"external evaluator {s.get('evaluator', 'shapes')}: a verdict on {told} of {images} images; {absent}"
+        )
     if report["overall"].get("und_acc_rendered") is None:
         console.print("und rendered is absent (-): it needs the shapes world's renders")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,9 @@ def und_text(image_block: str, question: str) -> str:
 class Samples:
     """N candidates per prompt, rows ordered prompt-major (prompt 0's N, then prompt 1's ...)."""
 
-    tokens: torch.Tensor  # [rows, n_image_tokens] long, on the CPU (as the images): results leave the adapter as host data
+    tokens: (
+        torch.Tensor
+    )  # [rows, n_image_tokens] long, on the CPU (as the images): results leave the adapter as host data
     images: np.ndarray | None  # [rows, H, W, 3] uint8
     prompt_index: list[int]
     prompts: list[str]
@@ -160,7 +162,7 @@ class UnifiedModel:
 
     # ------------------------------------------------------------------ load / save
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> "UnifiedModel":
+    def load(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> UnifiedModel:
         """Any transformers Janus checkpoint folder (the shipped model, Janus-Pro-1B/7B or a team's
         own) with its processor and tokenizer, which are used throughout. FileNotFoundError without
         config.json; ValueError, in one line, for a folder that is not a Janus checkpoint."""
@@ -215,7 +217,9 @@ class UnifiedModel:
         ids = self.token_ids(texts)
         width, pad = max(map(len, ids), default=0), self.tokenizer.pad_token_id
         rows = torch.tensor([[pad] * (width - len(x)) + x for x in ids], dtype=torch.long).view(len(ids), width)
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], dtype=torch.long).view(len(ids), width)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], dtype=torch.long).view(
+            len(ids), width
+        )
         return rows.to(self.device), mask.to(self.device)
 
     def gen_prefix(
@@ -353,7 +357,9 @@ class UnifiedModel:
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> np.ndarray:
         tokens = tokens.to(self.device)
-        pixels = torch.cat([self.model.decode_image_tokens(tokens[s]) for s in self._vq_chunks(len(tokens))])  # [B, H, W, 3] in [-1, 1]
+        pixels = torch.cat(
+            [self.model.decode_image_tokens(tokens[s]) for s in self._vq_chunks(len(tokens))]
+        )  # [B, H, W, 3] in [-1, 1]
         return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
 
     @torch.no_grad()
@@ -411,7 +417,9 @@ class UnifiedModel:
             return torch.zeros(len(answers), 0, device=self.device), amask
         first_answer = np.concatenate([[0], np.cumsum(counts)])
         answer_tokens = [sum(map(len, answer_ids[first_answer[i] : first_answer[i + 1]])) for i in range(len(counts))]
-        logp = torch.zeros(len(answers), width, device=self.device, dtype=torch.promote_types(self.model.dtype, torch.float32))
+        logp = torch.zeros(
+            len(answers), width, device=self.device, dtype=torch.promote_types(self.model.dtype, torch.float32)
+        )
         for chunk in self._chunks(questions, answer_tokens):
             rows = [a for i in chunk for a in range(first_answer[i], first_answer[i + 1])]
             part = images[chunk] if isinstance(images, (np.ndarray, torch.Tensor)) else [images[i] for i in chunk]
@@ -474,7 +482,9 @@ class UnifiedModel:
         prefix = mask.bool().cpu()[:, None, :].expand(-1, span, -1)
         attn = torch.cat([prefix, own], -1)[:, None].to(self.device)  # [images, 1, span, prefix + span]
         pos = (positions(mask)[:, -1:].cpu() + 1 + off).to(self.device)
-        logits = self.model(input_ids=packed.to(self.device), attention_mask=attn, position_ids=pos, cache=cache, use_cache=True).logits
+        logits = self.model(
+            input_ids=packed.to(self.device), attention_mask=attn, position_ids=pos, cache=cache, use_cache=True
+        ).logits
         # The prefix predicts every answer's first token; token k > 0 is predicted at packed place start + k - 1.
         pred = torch.cat([first[:, None], logits], 1)  # [images, 1 + span, V]
         k = torch.arange(width)[None, :]

@@ -45,8 +45,18 @@ class TinySize:
 
 # Janus-Pro's layout (deepseek-community/Janus-Pro-1B and -7B): 384 px images in 16 px patches,
 # 576 image tokens, a 16384-code book, a VQ that downsamples by 16; here at tiny widths.
-PRO_LAYOUT = TinySize(image_size=384, patch_size=16, hidden=64, layers=1, heads=2, vision_hidden=64,
-                      vision_layers=1, codebook=16384, vq_multipliers=(1, 1, 2, 2, 4), max_positions=1024)
+PRO_LAYOUT = TinySize(
+    image_size=384,
+    patch_size=16,
+    hidden=64,
+    layers=1,
+    heads=2,
+    vision_hidden=64,
+    vision_layers=1,
+    codebook=16384,
+    vq_multipliers=(1, 1, 2, 2, 4),
+    max_positions=1024,
+)
 # Janus-Pro's own special tokens (DeepSeek's tokenizer); its chat markers are plain text there.
 PRO_BOS, PRO_EOS, PRO_PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
 
@@ -81,8 +91,12 @@ def build_bpe_tokenizer(corpus: list[str], vocab_size: int = 1000) -> PreTrained
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(corpus, trainer)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{PRO_BOS} $A", pair=f"{PRO_BOS} $A $B", special_tokens=[(PRO_BOS, tok.token_to_id(PRO_BOS))]

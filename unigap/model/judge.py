@@ -10,8 +10,8 @@ Three readings of the same understanding branch:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -114,7 +114,9 @@ class Judge:
         prompt's competitors; differentiable (the trainer's understanding anchor uses them)."""
         groups = [[x] + [c for c in self.competitors(x) if c != x] for x in prompts]
         captions = [c for g in groups for c in g]
-        lp = self.model.answer_logprobs(images, [CAPTION_QUESTION] * len(groups), captions, counts=[len(g) for g in groups])
+        lp = self.model.answer_logprobs(
+            images, [CAPTION_QUESTION] * len(groups), captions, counts=[len(g) for g in groups]
+        )
         return list(lp.split([len(g) for g in groups]))
 
     def _caption_p(self, images, prompts) -> np.ndarray:

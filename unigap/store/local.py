@@ -57,4 +57,8 @@ class LocalStore:
 
     def list_records(self, prefix: str) -> list[str]:
         base = self.root / "records"
-        return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".") and str(p.relative_to(base)).startswith(prefix))
+        return sorted(
+            str(p.relative_to(base))
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and str(p.relative_to(base)).startswith(prefix)
+        )

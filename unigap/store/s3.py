@@ -80,7 +80,9 @@ class S3Store:
             cert_reqs="CERT_REQUIRED",
             ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
         )
-        self.client = Minio(url.netloc, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http)
+        self.client = Minio(
+            url.netloc, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http
+        )
         if not self._call(self.client.bucket_exists, bucket):
             if not create_bucket:
                 raise StoreError(f"S3 store {self.where}: bucket {bucket} does not exist")
@@ -157,7 +159,9 @@ class S3Store:
             return False
 
     def delete_object(self, sha: str) -> None:
-        self._call(self.client.remove_object, self.bucket, self._key(object_key(sha)))  # S3: deleting a missing key succeeds
+        self._call(
+            self.client.remove_object, self.bucket, self._key(object_key(sha))
+        )  # S3: deleting a missing key succeeds
 
     def put_record(self, key: str, data: bytes) -> None:
         self._write(self._key(f"records/{key}"), data)
@@ -167,5 +171,7 @@ class S3Store:
 
     def list_records(self, prefix: str) -> list[str]:
         base = self._key("records/")
-        names = self._call(lambda: [o.object_name for o in self.client.list_objects(self.bucket, base + prefix, recursive=True)])
-        return sorted(name[len(base):] for name in names)
+        names = self._call(
+            lambda: [o.object_name for o in self.client.list_objects(self.bucket, base + prefix, recursive=True)]
+        )
+        return sorted(name[len(base) :] for name in names)

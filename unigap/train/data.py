@@ -24,8 +24,10 @@ class Candidates:
 def concat_candidates(parts: list[Candidates]) -> Candidates:
     """Several judged sets as one (rows of a prompt need not be adjacent: the split groups them)."""
     return Candidates(
-        [p for c in parts for p in c.prompts], np.concatenate([c.tokens for c in parts]),
-        np.concatenate([c.p_yes for c in parts]), np.concatenate([c.accepted for c in parts]),
+        [p for c in parts for p in c.prompts],
+        np.concatenate([c.tokens for c in parts]),
+        np.concatenate([c.p_yes for c in parts]),
+        np.concatenate([c.accepted for c in parts]),
     )
 
 
@@ -35,14 +37,20 @@ class RoundData:
     pairs: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)  # (prompt, chosen, rejected)
     discard: list[str] = field(default_factory=list)  # prompts with no accepted candidate
 
-    def extend(self, other: "RoundData") -> None:
+    def extend(self, other: RoundData) -> None:
         self.sft += other.sft
         self.pairs += other.pairs
         self.discard += other.discard
 
 
-def split_candidates(c: Candidates, max_per_prompt: int = 0, balance: bool = False, focus: float = 1.0,
-                     solved_rows: int = 1, min_accept_rate: float = 0.0) -> RoundData:
+def split_candidates(
+    c: Candidates,
+    max_per_prompt: int = 0,
+    balance: bool = False,
+    focus: float = 1.0,
+    solved_rows: int = 1,
+    min_accept_rate: float = 0.0,
+) -> RoundData:
     """SFT: every accepted candidate (the best `max_per_prompt` by p_yes when set, so easy prompts
     do not dominate). With `balance`, every prompt with an accepted candidate gives exactly
     `max_per_prompt` rows, its accepted ones repeated best first: a composition the model gets
@@ -97,7 +105,9 @@ def split_for(c: Candidates, cfg) -> RoundData:
 def put_candidates(store, c: Candidates) -> str:
     from unigap.store import records as rec
 
-    return rec.put_arrays(store, prompts=np.array(c.prompts, dtype=str), tokens=c.tokens, p_yes=c.p_yes, accepted=c.accepted)
+    return rec.put_arrays(
+        store, prompts=np.array(c.prompts, dtype=str), tokens=c.tokens, p_yes=c.p_yes, accepted=c.accepted
+    )
 
 
 def get_candidates(store, ref: str) -> Candidates:

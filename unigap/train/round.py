@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import io
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -66,8 +66,17 @@ def put_state(store: Store, record: str, state: dict) -> str:
     torch.save(state, buf)
     sha = store.put_object(buf.getvalue())
     before = rec.get_record_json(store, record)
-    rec.put_record_json(store, record, {"state": sha, "kind": state["run"]["kind"], "step": state["step"],
-                                        "epoch": state["epoch"] + 1, "position": state["position"]})
+    rec.put_record_json(
+        store,
+        record,
+        {
+            "state": sha,
+            "kind": state["run"]["kind"],
+            "step": state["step"],
+            "epoch": state["epoch"] + 1,
+            "position": state["position"],
+        },
+    )
     if before is not None and before.get("state") not in (None, sha):
         store.delete_object(before["state"])
     return sha
@@ -87,7 +96,9 @@ def get_state(store: Store, record: str) -> tuple[dict, str] | None:
     pointer = rec.get_record_json(store, record)
     if pointer is None or pointer.get("state") is None:
         return None
-    return torch.load(io.BytesIO(store.get_object(pointer["state"])), map_location="cpu", weights_only=True), pointer["state"]
+    return torch.load(io.BytesIO(store.get_object(pointer["state"])), map_location="cpu", weights_only=True), pointer[
+        "state"
+    ]
 
 
 def load_model(store: Store, ref: str, cache: Path, device: str = "cpu") -> UnifiedModel:
@@ -128,7 +139,9 @@ def _batch_rng(tokens: torch.Tensor, seed: int) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def understanding_replay_loss(um: UnifiedModel, seed: int, flawed: int = 0, batch: int = PretrainConfig.batch, every: int = 1) -> Anchor:
+def understanding_replay_loss(
+    um: UnifiedModel, seed: int, flawed: int = 0, batch: int = PretrainConfig.batch, every: int = 1
+) -> Anchor:
     """The pretraining understanding loss (captioning and yes/no with hard negatives, on fresh
     renders and their VQ reconstructions of every prompt outside `novel`): the data the judge was
     trained on, replayed while generation trains, so the judge keeps what it knew of renders. The
@@ -184,8 +197,15 @@ def regulariser(um: UnifiedModel, reference: UnifiedModel | None, cfg: TrainConf
 
 
 def train_round(
-    store: Store, job: TrainJob, cache: str | Path, progress: bool = True, log: Callable[[str], None] = print, device: str = "cpu",
-    state_record: str | None = None, checkpoint_every: int = 0, shard: str = "none",
+    store: Store,
+    job: TrainJob,
+    cache: str | Path,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    device: str = "cpu",
+    state_record: str | None = None,
+    checkpoint_every: int = 0,
+    shard: str = "none",
 ) -> tuple[str, list]:
     """Train the base model on the round's data; returns (checkpoint reference, training log).
 
@@ -208,15 +228,22 @@ def train_round(
     resume = get_state(store, state_record) if state_record else None
     if resume is not None:
         state, sha = resume
-        log(f"  resuming from step {state['step']} (epoch {state['epoch'] + 1}, batch {state['position']}), state {sha[:12]}")
+        log(
+            f"  resuming from step {state['step']} (epoch {state['epoch'] + 1}, batch {state['position']}), state {sha[:12]}"
+        )
         resume = state
 
     def save_state(state: dict) -> None:
         sha = put_state(store, state_record, state)
         log(f"  training state at step {state['step']} saved, {sha[:12]}")
 
-    options = dict(checkpoint_every=checkpoint_every if state_record else 0, save_state=save_state, resume_state=resume,
-                   anchor=regulariser(um, reference, tcfg), shard=shard)
+    options = dict(
+        checkpoint_every=checkpoint_every if state_record else 0,
+        save_state=save_state,
+        resume_state=resume,
+        anchor=regulariser(um, reference, tcfg),
+        shard=shard,
+    )
 
     def replay() -> RoundData:
         """Regenerate the discard pool with the CURRENT model and judge; keep what it now accepts."""
@@ -232,10 +259,13 @@ def train_round(
         on_epoch = (lambda e: replay().sft if e == cfg.curriculum_epoch else []) if curriculum else None
         train_log = train_sft(um, data.sft, tcfg, reference, on_epoch, progress, **options)
     else:
+
         def ref_logps(pairs):
             prompts = [p for p, _, _ in pairs]
-            return (sequence_logps(reference, prompts, np.array([c for _, c, _ in pairs])),
-                    sequence_logps(reference, prompts, np.array([x for _, _, x in pairs])))
+            return (
+                sequence_logps(reference, prompts, np.array([c for _, c, _ in pairs])),
+                sequence_logps(reference, prompts, np.array([x for _, _, x in pairs])),
+            )
 
         def on_epoch(e):
             if e != cfg.curriculum_epoch:
@@ -243,8 +273,13 @@ def train_round(
             fresh = replay().pairs
             return (fresh, *ref_logps(fresh)) if fresh else ([], torch.zeros(0), torch.zeros(0))
 
-        train_log = (train_dpo(um, data.pairs, *ref_logps(data.pairs), tcfg, on_epoch if curriculum else None, progress, **options)
-                     if data.pairs else [])
+        train_log = (
+            train_dpo(
+                um, data.pairs, *ref_logps(data.pairs), tcfg, on_epoch if curriculum else None, progress, **options
+            )
+            if data.pairs
+            else []
+        )
     if not train_log:
         return job.base, []
     if shard == "fsdp" and dist.is_initialized() and dist.get_world_size() > 1:

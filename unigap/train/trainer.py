@@ -20,9 +20,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Callable
 
 import numpy as np
 import torch
@@ -33,7 +33,6 @@ from unigap.config import MODULES, TrainConfig
 from unigap.model.adapter import UnifiedModel
 from unigap.progress import bar
 from unigap.train.losses import dpo_loss, kl_anchor, sft_loss
-
 
 LM = "model.language_model."
 HEAD = ("model.generation_head.", "model.generation_aligner.", "model.generation_embeddings.")
@@ -239,15 +238,30 @@ class _Checkpoints:
     is drawn again from it and its first `position` batches skipped), and the samples the curriculum
     has added by then (a replay is not repeated: its result is in the state)."""
 
-    def __init__(self, kind: str, um: UnifiedModel, params: list, opt, rng: np.random.Generator, cfg: TrainConfig, rows: list,
-                 every: int, save: Callable[[dict], None] | None):
+    def __init__(
+        self,
+        kind: str,
+        um: UnifiedModel,
+        params: list,
+        opt,
+        rng: np.random.Generator,
+        cfg: TrainConfig,
+        rows: list,
+        every: int,
+        save: Callable[[dict], None] | None,
+    ):
         if every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, not {every}")
         names = {id(p): name for name, p in um.model.named_parameters()}
         self.names = [names[id(p)] for p in params]
         self.um, self.params, self.opt, self.rng, self.cfg = um, params, opt, rng, cfg
         self.every, self.save = (every, save) if save is not None else (0, None)
-        self.run = {"kind": kind, "n": len(rows), "data": _digest(rows), "cfg": asdict(cfg)}  # what a state must come from
+        self.run = {
+            "kind": kind,
+            "n": len(rows),
+            "data": _digest(rows),
+            "cfg": asdict(cfg),
+        }  # what a state must come from
 
     def due(self, step: int, epoch: int, position: int, batches: int) -> bool:
         # Not after the very last step: the finished model is written next.
@@ -256,26 +270,32 @@ class _Checkpoints:
 
     def take(self, step: int, epoch: int, position: int, epoch_rng: dict, added, log: list, running: dict) -> None:
         cuda = self.um.device.type == "cuda"
-        self.save(_detached({
-            "version": STATE_VERSION,
-            "run": self.run,
-            "step": step,
-            "epoch": epoch,
-            "position": position,
-            "epoch_rng": epoch_rng,
-            "params": {name: p for name, p in zip(self.names, self.params)},
-            "optimizer": self.opt.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.um.device) if cuda else None,
-            "added": added,
-            "log": log,
-            "running": running,
-        }))
+        self.save(
+            _detached(
+                {
+                    "version": STATE_VERSION,
+                    "run": self.run,
+                    "step": step,
+                    "epoch": epoch,
+                    "position": position,
+                    "epoch_rng": epoch_rng,
+                    "params": {name: p for name, p in zip(self.names, self.params)},
+                    "optimizer": self.opt.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(self.um.device) if cuda else None,
+                    "added": added,
+                    "log": log,
+                    "running": running,
+                }
+            )
+        )
 
     def restore(self, state: dict) -> dict:
         """Puts the weights, optimizer and RNGs where `state` has them; returns the state."""
         if state.get("version") != STATE_VERSION or state.get("run") != self.run:
-            raise ValueError(f"the training state to resume is not from this run: it is from {state.get('run')}, this is {self.run}")
+            raise ValueError(
+                f"the training state to resume is not from this run: it is from {state.get('run')}, this is {self.run}"
+            )
         with torch.no_grad():
             for name, p in zip(self.names, self.params):
                 p.copy_(state["params"][name])
@@ -317,16 +337,22 @@ def _train(
         raise ValueError(f"shard must be one of {', '.join(SHARDS)}, not {shard!r}")
     sharded = shard == "fsdp" and _world()[1] > 1
     if sharded and (cfg.lora_rank > 0 or on_epoch is not None or checkpoint_every or resume_state is not None):
-        raise ValueError("a sharded trainer (fsdp) trains full weights without a curriculum or training states: "
-                         "set --lora-rank 0, a method without c-, and no checkpoints")
+        raise ValueError(
+            "a sharded trainer (fsdp) trains full weights without a curriculum or training states: "
+            "set --lora-rank 0, a method without c-, and no checkpoints"
+        )
     if not rows:
         return []
     if cfg.regularised != (anchor is not None):
-        raise ValueError(f"und_anchor {cfg.und_anchor}, und_replay {cfg.und_replay} and gen_replay {cfg.gen_replay} need an anchor, "
-                         "and an anchor needs one of them > 0")
+        raise ValueError(
+            f"und_anchor {cfg.und_anchor}, und_replay {cfg.und_replay} and gen_replay {cfg.gen_replay} need an anchor, "
+            "and an anchor needs one of them > 0"
+        )
     if anchor is not None and _world()[1] > 1:
         # Its forward runs outside the DDP-wrapped one, so DDP would not reduce its gradients.
-        raise ValueError("the understanding anchor and the replays run in a single trainer process only (--trainer-procs 1)")
+        raise ValueError(
+            "the understanding anchor and the replays run in a single trainer process only (--trainer-procs 1)"
+        )
     with lora_adapters(um, cfg.lora_rank):
         rng = np.random.default_rng(cfg.seed)
         params = trainable_parameters(um, cfg.modules, lora=cfg.lora_rank > 0)
@@ -354,8 +380,10 @@ def _train(
             total = step - skip + (cfg.epochs - epoch) * math.ceil(len(rows) / cfg.batch)
             epoch_rng = copy.deepcopy(rng.bit_generator.state)
             batches = list(_batches(len(rows), cfg.batch, rng))
-            for position, idx in enumerate(bar(batches[skip:], f"{kind.upper()} epoch {epoch + 1}", progress,
-                                               initial=skip, total=len(batches)), start=skip + 1):
+            for position, idx in enumerate(
+                bar(batches[skip:], f"{kind.upper()} epoch {epoch + 1}", progress, initial=skip, total=len(batches)),
+                start=skip + 1,
+            ):
                 idx, weight = _share(idx)
                 loss, figures = batch_loss(logprobs, [rows[i] for i in idx])
                 update(loss * weight, opt, params, cfg.lr * lr_factor(step, total))
@@ -403,8 +431,20 @@ def train_sft(
             loss = loss + anchor(prompts, tokens)
         return loss, {}
 
-    return _train("sft", um, samples, cfg, batch_loss, on_epoch, progress, checkpoint_every, save_state, resume_state,
-                  anchor, shard)
+    return _train(
+        "sft",
+        um,
+        samples,
+        cfg,
+        batch_loss,
+        on_epoch,
+        progress,
+        checkpoint_every,
+        save_state,
+        resume_state,
+        anchor,
+        shard,
+    )
 
 
 def _with_references(pairs: list, ref_chosen: torch.Tensor | None, ref_rejected: torch.Tensor | None) -> list[tuple]:
@@ -462,5 +502,6 @@ def train_dpo(
         raise ValueError("train_dpo needs the reference log-probs or the reference model")
     more = None if on_epoch is None else (lambda e: _with_references(*on_epoch(e)))
     rows = _with_references(pairs, ref_chosen, ref_rejected)
-    return _train("dpo", um, rows, cfg, batch_loss, more, progress, checkpoint_every, save_state, resume_state,
-                  anchor, shard)
+    return _train(
+        "dpo", um, rows, cfg, batch_loss, more, progress, checkpoint_every, save_state, resume_state, anchor, shard
+    )

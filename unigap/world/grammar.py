@@ -62,9 +62,7 @@ class Spec:
 
     def __post_init__(self) -> None:
         # Fail early on specs the grammar cannot say: every consumer assumes validity.
-        ok = self.category in CATEGORIES and all(
-            o.colour in COLOURS and o.shape in SHAPES for o in self.objects
-        )
+        ok = self.category in CATEGORIES and all(o.colour in COLOURS and o.shape in SHAPES for o in self.objects)
         n = 2 if self.category in _TWO_OBJECT_CATEGORIES else 1
         ok = ok and len(self.objects) == n
         if self.category in _TWO_OBJECT_CATEGORIES:
@@ -121,18 +119,9 @@ def _all_specs() -> tuple[Spec, ...]:
     specs = [Spec("single_object", (o,)) for o in objs]
     specs += [Spec("position", (o,), position=p) for o in objs for p in POSITIONS]
     # Unordered pairs: only the canonical (palette-order) phrasing is generated.
+    specs += [Spec("colour", (a, b)) for i, a in enumerate(objs) for b in objs[i + 1 :] if a.colour != b.colour]
     specs += [
-        Spec("colour", (a, b))
-        for i, a in enumerate(objs)
-        for b in objs[i + 1 :]
-        if a.colour != b.colour
-    ]
-    specs += [
-        Spec("two_objects", (a, b), relation=r)
-        for a in objs
-        for b in objs
-        if a.colour != b.colour
-        for r in RELATIONS
+        Spec("two_objects", (a, b), relation=r) for a in objs for b in objs if a.colour != b.colour for r in RELATIONS
     ]
     specs += [Spec("counting", (o,), count=n) for o in objs for n in COUNT_WORDS]
     return tuple(specs)

@@ -128,7 +128,11 @@ def render_flawed(spec: Spec, seed: int, size: int = 32) -> tuple[np.ndarray, st
     if flaw == "extra":
         s = int(rng.integers(round(7 * size / 32), round(10 * size / 32) + 1))
         for _ in range(200):  # free space for one more shape, or fall back to a bitten one
-            box = (int(rng.integers(MARGIN, size - MARGIN - s + 1)), int(rng.integers(MARGIN, size - MARGIN - s + 1)), s)
+            box = (
+                int(rng.integers(MARGIN, size - MARGIN - s + 1)),
+                int(rng.integers(MARGIN, size - MARGIN - s + 1)),
+                s,
+            )
             if _valid([b for _, b in placed] + [box], size):
                 extra = (Obj(COLOURS[rng.integers(len(COLOURS))], SHAPES[rng.integers(len(SHAPES))]), box)
                 break

@@ -30,7 +30,8 @@ def main(argv=None) -> int:
     with grpc.secure_channel(args.address, creds, options=options) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
         except grpc.RpcError as e:
             print(f"probe: {e.code().name}: {e.details()}", file=sys.stderr)
             return 1
