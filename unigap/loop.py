@@ -24,6 +24,7 @@ from unigap.backend import Backend, LocalBackend
 from unigap.candidates import Sampling
 from unigap.config import POOLS, LoopConfig
 from unigap.evaluate import generate_and_judge, rendered_understanding, select_prompts
+from unigap.model.adapter import SAMPLER
 from unigap.score import gap_summary, win_rate
 from unigap.store import records as rec
 from unigap.store.base import Store
@@ -264,7 +265,7 @@ class Loop:
                 m = self._round(r)
             rows.append(self._row(m))
             self.log(self._describe(rows[-1]))
-        return {"run": self.run, "config": asdict(cfg), "rounds": rows}
+        return {"run": self.run, "config": asdict(cfg), "sampler": SAMPLER, "rounds": rows}
 
     def _round(self, r: int) -> dict:
         cfg = self.cfg

@@ -22,10 +22,14 @@ from pathlib import Path
 from unigap import world
 from unigap.config import LoopConfig
 from unigap.methods import markdown, method_table
+from unigap.model.adapter import SAMPLER
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_FILE = re.compile(r"s(\d+)\.json")
 FIRST_ROW = "default"  # what `unigap loop` runs leads the tables; the rest follow by name
+# A loop JSON names its sampler's noise; one without the field was sampled before the name was recorded,
+# from a CPU generator per candidate drawing all its noise up front.
+EARLIER_NOISE = "per-candidate streams"
 
 
 def _unseeded(config: dict) -> dict:
@@ -57,6 +61,8 @@ def recipe_runs(results: Path) -> dict[str, list[dict]]:
                 raise ValueError(f"{f}: its config's seed is {run['config'].get('seed')}, its name says {f.name}")
             if runs and _unseeded(run["config"]) != _unseeded(runs[0]["config"]):
                 raise ValueError(f"{f}: its settings differ from {files[0].name}'s (one recipe per folder)")
+            if runs and run.get("sampler") != runs[0].get("sampler"):
+                raise ValueError(f"{f}: sampled by other noise than {files[0].name} (one sampler per folder)")
             runs.append(run)
         found[folder.name] = runs
     return dict(sorted(found.items(), key=lambda kv: (kv[0] != FIRST_ROW, kv[0])))
@@ -82,13 +88,16 @@ def render(results: Path = ROOT / "results", recipes: Path = ROOT / "recipes") -
     n_images = " or ".join(f"{heldout * n:,} ({heldout} x {n})" for n in sorted(eval_n))
     headline, per_category, per_round = markdown(rows).split("\n\n")
 
-    recipe_lines = ["| recipe | method | pool the loop samples | rounds x epochs | seeds |", "|---|---|---|---|---|"]
+    recipe_lines = [
+        "| recipe | method | pool the loop samples | rounds x epochs | seeds | sampler noise |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, runs in by_recipe.items():
         cfg = LoopConfig.from_dict(runs[0]["config"])
         seeds = ", ".join(str(r["config"]["seed"]) for r in runs)
         recipe_lines.append(
             f"| `recipes/{name}.yaml` | {cfg.method} | {_pool(cfg.pool)} | {cfg.rounds} x {cfg.train.epochs} "
-            f"| {seeds} |"
+            f"| {seeds} | {runs[0].get('sampler', EARLIER_NOISE)} |"
         )
     unmeasured = sorted(p.stem for p in recipes.glob("*.yaml") if p.stem not in by_recipe) if recipes.is_dir() else []
     out = [
@@ -118,6 +127,15 @@ def render(results: Path = ROOT / "results", recipes: Path = ROOT / "recipes") -
             "trains on the very held-out texts it is measured on (never on their labels or renders). Its gain says "
             "how far the loop improves the model on prompts it has practised, not on unseen ones. Recipes on the "
             f"`train+heldout` pool practise the held-out texts too, among {len(world.split('train'))} `train` texts."
+        ),
+        "",
+        (
+            f"**Sampler noise:** `{SAMPLER}` draws each candidate's Gumbel noise on the model's device, one step "
+            "at a time, from a hash of (candidate, step, code); runs marked `"
+            + EARLIER_NOISE
+            + "` drew it from a CPU generator per candidate, all up front. Both sample the same distribution, "
+            "but not the same images: rerunning such a recipe today gives other figures of the same spread, "
+            "not its digits."
         ),
         "",
         "## Recipes",

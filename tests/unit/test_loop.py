@@ -54,7 +54,9 @@ def test_loop_rounds_json(tiny_model, tmp_path, method):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rounds = json.loads(out.read_text())["rounds"]
+    result = json.loads(out.read_text())
+    rounds = result["rounds"]
+    assert result["sampler"] == "counter-gumbel"  # docs/results.md tells runs of another noise apart by it
     assert [r["round"] for r in rounds] == [0, 1, 2]
     for r in rounds:
         for key in ("round", "nu", "gen_acc", "und_acc", "win_rate", "promoted", "n_sft", "n_pairs", "n_discard"):

@@ -137,6 +137,10 @@ def test_a_folder_mixing_two_configs_or_misnamed_seeds_is_refused(tmp_path):
     shutil.copy(ROOT / "results" / "e5-every3" / "s2.json", results / "e5-every3" / "s1.json")
     with pytest.raises(ValueError, match=r"s1\.json: its config's seed is 2, its name says s1\.json"):
         render(results, tmp_path)
+    run = json.loads((ROOT / "results" / "e5-every3" / "s1.json").read_text())
+    (results / "e5-every3" / "s1.json").write_text(json.dumps({**run, "sampler": "counter-gumbel"}))
+    with pytest.raises(ValueError, match=r"s1\.json: sampled by other noise than s0\.json"):
+        render(results, tmp_path)
     (results / "e5-every3" / "s1.json").write_text('{"rows": []}')
     with pytest.raises(ValueError, match=r"s1\.json: not a `unigap loop --json` result"):
         render(results, tmp_path)
@@ -145,7 +149,10 @@ def test_a_folder_mixing_two_configs_or_misnamed_seeds_is_refused(tmp_path):
 def test_the_command_writes_the_doc_and_says_bad_input_in_one_line(tmp_path, capsys):
     out = tmp_path / "docs" / "results.md"
     assert main(["--results", str(_copy(tmp_path, "floor-steps")), "--recipes", str(tmp_path), "--out", str(out)]) == 0
-    assert "`recipes/floor-steps.yaml` | sft | train+heldout | 1 x 18 | 0, 1, 2 |" in out.read_text()
+    assert (
+        "`recipes/floor-steps.yaml` | sft | train+heldout | 1 x 18 | 0, 1, 2 | per-candidate streams |"
+        in out.read_text()
+    )
     (tmp_path / "results" / "floor-steps" / "s0.json").write_text("{")
     with pytest.raises(SystemExit) as e:
         main(["--results", str(tmp_path / "results"), "--out", str(out)])
