@@ -19,7 +19,8 @@ from typing import Any
 METHODS = ("sft", "dpo", "c-sft", "c-dpo")
 POOLS = ("train+heldout", "train", "heldout+val")  # named pools: splits joined by "+"
 MODULES = ("lm", "lm+head")
-JUDGE_MODES = ("probability", "decision", "likelihood")  # the judge's readings (unigap/model/judge.py)
+JUDGE_MODES = ("probability", "decision", "likelihood")
+BUILT_IN_EVALUATORS = ("shapes", "none")  # unigap/evaluators.py; here, as this module imports no numpy  # the judge's readings (unigap/model/judge.py)
 CONTROL_ARMS = ("render", "oracle", "judge", "all")  # `unigap controls` (unigap/controls.py)
 YES_NO = 8  # yes/no rows of each understanding batch, pretraining's and the replay's (its first renders asked)
 
@@ -205,6 +206,23 @@ class LoopConfig:
         "the gate's val is then in the pool, as heldout is), or a file.",
         "Run",
     )
+    evaluator: str = setting(
+        "shapes",
+        "External evaluator of the evaluations (never of training): shapes (the shapes world's exact one), none "
+        "(NU and diversity only: its figures and gate check are absent) or module:callable.",
+        "Evaluation",
+    )
+    eval_prompts: str = setting(
+        "",
+        "Prompts file of the reported evaluation (one per line, .json or .jsonl as `unigap score` reads; empty: the "
+        "world's heldout split). Free text needs --mode probability or decision.",
+        "Evaluation",
+    )
+    val_prompts: str = setting(
+        "",
+        "Prompts file of the gate's val evaluation (as --eval-prompts; empty: the world's val split).",
+        "Gate",
+    )
     judge_mode: str = setting(
         JudgeSettings.mode, "The model's own judge: likelihood, probability or decision.", "SFT set", "--mode"
     )
@@ -321,6 +339,10 @@ class LoopConfig:
         )
         _check_sampling(self.cfg, self.temperature)
         _check_judge(self.judge_mode, self.threshold)
+        _check(
+            self.evaluator in BUILT_IN_EVALUATORS or ":" in self.evaluator,
+            f"--evaluator must be one of {', '.join(BUILT_IN_EVALUATORS)} or module:callable, not {self.evaluator!r}",
+        )
         _check(isinstance(self.train, TrainConfig), "train must be a TrainConfig (LoopConfig.from_dict reads a dict)")
         if self.method.startswith("c-"):
             _check(
