@@ -19,8 +19,8 @@ from typing import Any
 METHODS = ("sft", "dpo", "c-sft", "c-dpo")
 POOLS = ("train+heldout", "train", "heldout+val")  # named pools: splits joined by "+"
 MODULES = ("lm", "lm+head")
-JUDGE_MODES = ("probability", "decision", "likelihood")
-BUILT_IN_EVALUATORS = ("shapes", "none")  # unigap/evaluators.py; here, as this module imports no numpy  # the judge's readings (unigap/model/judge.py)
+JUDGE_MODES = ("probability", "decision", "likelihood")  # the judge's readings (unigap/model/judge.py)
+BUILT_IN_EVALUATORS = ("shapes", "none")  # unigap/evaluators.py's built-ins (named here: this module needs no numpy)
 CONTROL_ARMS = ("render", "oracle", "judge", "all")  # `unigap controls` (unigap/controls.py)
 YES_NO = 8  # yes/no rows of each understanding batch, pretraining's and the replay's (its first renders asked)
 
