@@ -203,7 +203,7 @@ class LoopConfig:
     pool: str = setting(
         "heldout+val",
         "Prompt TEXTS to improve on: train+heldout, train, heldout+val (the evaluated texts only: "
-        "the gate's val is then in the pool, as heldout is), or a file.",
+        "the gate's val is then in the pool, as heldout is), or a file (free text: --mode probability or decision).",
         "Run",
     )
     evaluator: str = setting(
