@@ -374,12 +374,15 @@ class LoopConfig:
         first = first_defaults()
         return cls(**{**first, **d, "train": TrainConfig(**{**first["train"], **d.get("train", {})})})
 
-    def key(self, start_ref: str, pool_texts: list[str]) -> str:
+    def key(self, start_ref: str, pool_texts: list[str], evaluated: dict | None = None) -> str:
         """A run's identity: the same settings on the same model resume the same run. Settings at
         their first defaults (FIRST) are left out, so neither a setting added later (its default
-        keeping the old behaviour) nor a changed default orphans the runs made before it."""
+        keeping the old behaviour) nor a changed default orphans the runs made before it.
+        `evaluated`: the texts of prompts files the run evaluates on (--eval-prompts,
+        --val-prompts), so an edited file starts another run; left out when empty."""
         settings = {k: v for k, v in _changed(asdict(self), first_defaults()).items() if k != "rounds"}
-        blob = json.dumps({"cfg": settings, "start": start_ref, "pool": pool_texts}, sort_keys=True)
+        identity = {"cfg": settings, "start": start_ref, "pool": pool_texts}
+        blob = json.dumps({**identity, **({"evaluated": evaluated} if evaluated else {})}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

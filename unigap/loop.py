@@ -200,7 +200,7 @@ class Loop:
             split: select_prompts(prompts_file(path, split), cfg.eval_per_category)
             if path
             else evaluated_specs(split, cfg.eval_per_category)
-            for split, path in (("heldout", cfg.eval_prompts), ("val", cfg.val_prompts))
+            for split, path in self._files()
         }
         for split, specs in self.specs.items():
             if not free_text and not in_world(specs):
@@ -209,8 +209,13 @@ class Loop:
         # novel holds the world's unseen compositions: evaluated only beside the world's heldout
         self.novel = () if cfg.eval_prompts else ("novel",)
         self.start_ref = rec.put_checkpoint(store, start_model)
-        self.run = f"runs/{cfg.key(self.start_ref, self.pool)}"
+        files = {split: [p.text for p in self.specs[split]] for split, path in self._files() if path}
+        self.run = f"runs/{cfg.key(self.start_ref, self.pool, files)}"
         self.backend = backend or LocalBackend(store, cache, cfg.judge_mode, progress, log, device)
+
+    def _files(self) -> tuple[tuple[str, str], ...]:
+        """Each evaluated split with its prompts file ("": the world's split)."""
+        return (("heldout", self.cfg.eval_prompts), ("val", self.cfg.val_prompts))
 
     # ------------------------------------------------------------------ store helpers
     def _step(self, r: int, progress: dict, name: str, compute: Callable[[], str]) -> str:

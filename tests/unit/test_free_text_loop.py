@@ -70,3 +70,28 @@ def test_free_text_needs_a_judge_without_competing_captions(files, tmp_path):
     assert_one_line_error(run(*args, "--eval-prompts", str(tmp_path / "nope.txt")), "--eval-prompts", "no such file")
     assert_one_line_error(run(*args, "--evaluator", "nomodule_here:judge"), "nomodule_here")
     assert_one_line_error(run(*args, "--evaluator", "bogus"), "--evaluator")
+
+
+def test_an_edited_prompts_file_is_another_run_and_baseline(files, tmp_path):
+    """Runs and their round-0 evaluation are keyed by the prompts files' texts, not their names."""
+    from unigap.config import LoopConfig
+    from unigap.loop import Loop, baseline_record
+    from unigap.store import LocalStore
+
+    store, val = LocalStore(tmp_path / "store"), tmp_path / "val.txt"
+    cfg = LoopConfig(pool=str(files / "pool.txt"), judge_mode="probability", evaluator="none", val_prompts=str(val))
+
+    def keys(texts):
+        val.write_text("\n".join(texts) + "\n")
+        loop = Loop(cfg, store, tmp_path / "cache", files / "tiny", progress=False, log=lambda _: None)
+        assert [p.text for p in loop.specs["val"]] == texts
+        return loop.run, baseline_record(cfg, loop.start_ref)
+
+    first = keys(VAL)
+    assert keys(VAL) == first
+    edited = keys([*VAL, "a kite over a beach"])
+    assert edited[0] != first[0] and edited[1] != first[1]
+    world_val = Loop(
+        LoopConfig(pool=str(files / "pool.txt"), judge_mode="probability"), store, tmp_path / "cache", files / "tiny"
+    )
+    assert world_val.run not in (first[0], edited[0]) and "novel" in world_val.novel
