@@ -34,7 +34,7 @@ def loop(files, store, *extra):
 
 def test_one_round_on_free_text_without_an_evaluator(files, tmp_path):
     out = tmp_path / "loop.json"
-    args = loop(files, tmp_path / "store", *FAST, *JUDGE, "--json", str(out))
+    args = loop(files, tmp_path / "store", *FAST, *JUDGE, "--json", str(out), "--report", str(tmp_path / "report"))
     proc = subprocess.run([sys.executable, "-m", "unigap", *args], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
@@ -49,6 +49,7 @@ def test_one_round_on_free_text_without_an_evaluator(files, tmp_path):
         assert row["win_rate"] is None and row["by_category"] == {}
         assert "novel" not in row  # the world's novel split goes with the world's heldout only
     assert "gen -  und -" in proc.stdout  # absent figures are printed "-"
+    assert (tmp_path / "report" / "gen_vs_und_per_round.png").stat().st_size > 0  # absent figures: no points
     assert first["n_sft"] > 0 and first["reasons"] != ["nothing was trained"]
     # The gate decided on val NU and diversity alone, and says which checks it could not run.
     absent = " ".join(first["gate_absent"])
