@@ -50,6 +50,7 @@ def test_one_round_on_free_text_without_an_evaluator(files, tmp_path):
         assert "novel" not in row  # the world's novel split goes with the world's heldout only
     assert "gen -  und -" in proc.stdout  # absent figures are printed "-"
     assert (tmp_path / "report" / "gen_vs_und_per_round.png").stat().st_size > 0  # absent figures: no points
+    assert_one_line_error(run("audit", str(out), "--store", str(tmp_path / "store")), "--evaluator none")
     assert first["n_sft"] > 0 and first["reasons"] != ["nothing was trained"]
     # The gate decided on val NU and diversity alone, and says which checks it could not run.
     absent = " ".join(first["gate_absent"])
