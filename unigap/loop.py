@@ -85,9 +85,7 @@ def pool_file_texts(text: str, where: str, free_text: bool = False) -> list[str]
     texts = [line.strip() for line in text.splitlines() if line.strip()]
     if not texts:
         raise ValueError(f"pool file {where} has no prompts")
-    for i, t in enumerate(texts, 1):
-        if free_text:
-            break
+    for i, t in enumerate([] if free_text else texts, 1):
         try:
             world.parse(t)  # the likelihood judge needs competing captions from the grammar
         except ValueError:
