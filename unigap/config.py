@@ -20,6 +20,7 @@ METHODS = ("sft", "dpo", "c-sft", "c-dpo")
 POOLS = ("train+heldout", "train", "heldout+val")  # named pools: splits joined by "+"
 MODULES = ("lm", "lm+head")
 JUDGE_MODES = ("probability", "decision", "likelihood")  # the judge's readings (unigap/model/judge.py)
+BUILT_IN_EVALUATORS = ("shapes", "none")  # unigap/evaluators.py's built-ins (named here: this module needs no numpy)
 CONTROL_ARMS = ("render", "oracle", "judge", "all")  # `unigap controls` (unigap/controls.py)
 YES_NO = 8  # yes/no rows of each understanding batch, pretraining's and the replay's (its first renders asked)
 
@@ -202,8 +203,25 @@ class LoopConfig:
     pool: str = setting(
         "heldout+val",
         "Prompt TEXTS to improve on: train+heldout, train, heldout+val (the evaluated texts only: "
-        "the gate's val is then in the pool, as heldout is), or a file.",
+        "the gate's val is then in the pool, as heldout is), or a file (free text: --mode probability or decision).",
         "Run",
+    )
+    evaluator: str = setting(
+        "shapes",
+        "External evaluator of the evaluations (never of training): shapes (the shapes world's exact one), none "
+        "(NU and diversity only: its figures and gate check are absent) or module:callable.",
+        "Evaluation",
+    )
+    eval_prompts: str = setting(
+        "",
+        "Prompts file of the reported evaluation (one per line, .json or .jsonl as `unigap score` reads; empty: the "
+        "world's heldout split). Free text needs --mode probability or decision.",
+        "Evaluation",
+    )
+    val_prompts: str = setting(
+        "",
+        "Prompts file of the gate's val evaluation (as --eval-prompts; empty: the world's val split).",
+        "Gate",
     )
     judge_mode: str = setting(
         JudgeSettings.mode, "The model's own judge: likelihood, probability or decision.", "SFT set", "--mode"
@@ -321,6 +339,10 @@ class LoopConfig:
         )
         _check_sampling(self.cfg, self.temperature)
         _check_judge(self.judge_mode, self.threshold)
+        _check(
+            self.evaluator in BUILT_IN_EVALUATORS or ":" in self.evaluator,
+            f"--evaluator must be one of {', '.join(BUILT_IN_EVALUATORS)} or module:callable, not {self.evaluator!r}",
+        )
         _check(isinstance(self.train, TrainConfig), "train must be a TrainConfig (LoopConfig.from_dict reads a dict)")
         if self.method.startswith("c-"):
             _check(
@@ -352,12 +374,15 @@ class LoopConfig:
         first = first_defaults()
         return cls(**{**first, **d, "train": TrainConfig(**{**first["train"], **d.get("train", {})})})
 
-    def key(self, start_ref: str, pool_texts: list[str]) -> str:
+    def key(self, start_ref: str, pool_texts: list[str], evaluated: dict | None = None) -> str:
         """A run's identity: the same settings on the same model resume the same run. Settings at
         their first defaults (FIRST) are left out, so neither a setting added later (its default
-        keeping the old behaviour) nor a changed default orphans the runs made before it."""
+        keeping the old behaviour) nor a changed default orphans the runs made before it.
+        `evaluated`: the texts of prompts files the run evaluates on (--eval-prompts,
+        --val-prompts), so an edited file starts another run; left out when empty."""
         settings = {k: v for k, v in _changed(asdict(self), first_defaults()).items() if k != "rounds"}
-        blob = json.dumps({"cfg": settings, "start": start_ref, "pool": pool_texts}, sort_keys=True)
+        identity = {"cfg": settings, "start": start_ref, "pool": pool_texts}
+        blob = json.dumps({**identity, **({"evaluated": evaluated} if evaluated else {})}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from unigap import world
-
-BUILT_IN = ("shapes", "none")
+from unigap.config import BUILT_IN_EVALUATORS as BUILT_IN
 
 
 @dataclass

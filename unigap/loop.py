@@ -24,7 +24,9 @@ from unigap.backend import Backend, LocalBackend
 from unigap.candidates import Sampling
 from unigap.config import POOLS, LoopConfig
 from unigap.evaluate import generate_and_judge, rendered_understanding, select_prompts
+from unigap.evaluators import SHAPES, Evaluator, get_evaluator
 from unigap.model.adapter import SAMPLER
+from unigap.prompts import in_world, load_prompts
 from unigap.score import gap_summary, win_rate
 from unigap.store import records as rec
 from unigap.store.base import Store
@@ -45,15 +47,20 @@ def baseline_record(c: LoopConfig, start_ref: str) -> str:
     with the same evaluation settings."""
     settings = [c.judge_mode, c.eval_n, c.eval_seed, c.eval_per_category, start_ref]
     settings += ([c.val_n] if c.val_n else []) + ([{"val_pairs": c.val_pairs}] if c.val_pairs != 1 else [])
+    settings += [{"evaluator": c.evaluator}] if c.evaluator != "shapes" else []
+    for split, path in (("heldout", c.eval_prompts), ("val", c.val_prompts)):
+        if path:  # the prompts' texts, not the file's name: an edited file is another evaluation
+            settings.append({split: [p.text for p in prompts_file(path, split)]})
     blob = json.dumps(settings)  # the val sample only when set: baselines stored before keep their key
     return f"baselines/{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
-def pool_texts(pool: str) -> list[str]:
+def pool_texts(pool: str, free_text: bool = False) -> list[str]:
     """Prompt TEXTS of the pool (never labels): a named pool (its splits' texts, in the order
     named), a file, or an object in S3 (`s3://bucket/key`, read with the store's UNIGAP_S3_*
     settings, so a scheduled loop takes the pool a team last uploaded); a file or object holds
-    one prompt per line. An object that is missing is a ValueError; S3 unreachable, a StoreError."""
+    one prompt per line, shapes-world prompts only unless `free_text` (a judge that needs no
+    competing captions). An object that is missing is a ValueError; S3 unreachable, a StoreError."""
     if pool in POOLS:
         return [s.text for name in pool.split("+") for s in world.split(name)]
     if pool.startswith("s3://"):
@@ -65,24 +72,40 @@ def pool_texts(pool: str) -> list[str]:
             raise ValueError(f"pool {pool}: no such object (upload the prompts there, one per line)") from None
         except UnicodeDecodeError:
             raise ValueError(f"pool {pool} is not UTF-8 text") from None
-        return pool_file_texts(text, pool)
+        return pool_file_texts(text, pool, free_text)
     path = Path(pool)
     if not path.is_file():
         raise ValueError(f"pool {pool!r} is neither {' nor '.join(POOLS)} nor a file nor s3://bucket/key")
-    return pool_file_texts(path.read_text(), pool)
+    return pool_file_texts(path.read_text(), pool, free_text)
 
 
-def pool_file_texts(text: str, where: str) -> list[str]:
-    """The prompts of a pool file's text (from a local file or an S3 object named `where`)."""
+def pool_file_texts(text: str, where: str, free_text: bool = False) -> list[str]:
+    """The prompts of a pool file's text (from a local file or an S3 object named `where`); each
+    must be a shapes-world prompt unless `free_text`."""
     texts = [line.strip() for line in text.splitlines() if line.strip()]
     if not texts:
         raise ValueError(f"pool file {where} has no prompts")
-    for i, t in enumerate(texts, 1):
+    for i, t in enumerate([] if free_text else texts, 1):
         try:
-            world.parse(t)  # the embedded judge needs competing captions from the grammar
+            world.parse(t)  # the likelihood judge needs competing captions from the grammar
         except ValueError:
-            raise ValueError(f"{where}:{i}: {t!r} is not a prompt of the shapes world") from None
+            raise ValueError(
+                f"{where}:{i}: {t!r} is not a prompt of the shapes world (the likelihood judge needs one; "
+                "judge free text with --mode probability or decision)"
+            ) from None
     return texts
+
+
+def prompts_file(path: str, split: str) -> list:
+    """The prompts of an --eval-prompts / --val-prompts file (`unigap.prompts.load_prompts`);
+    ValueError naming the option when it is missing or bad."""
+    option = "--eval-prompts" if split == "heldout" else "--val-prompts"
+    try:
+        return load_prompts(path)
+    except FileNotFoundError:
+        raise ValueError(f"{option} {path}: no such file") from None
+    except ValueError as e:
+        raise ValueError(f"{option} {e}") from None
 
 
 def diversity(tokens: np.ndarray, prompt_index: np.ndarray) -> float:
@@ -101,35 +124,52 @@ def evaluated_specs(split: str, per_category: int) -> list:
 
 
 def evaluate_split(
-    generator, judge, specs: list, n: int, seed: int, progress: bool, und_pairs: int = 1
+    generator,
+    judge,
+    specs: list,
+    n: int,
+    seed: int,
+    progress: bool,
+    und_pairs: int = 1,
+    evaluator: Evaluator = SHAPES,
 ) -> tuple[dict, dict]:
     """Figures of one split with fixed seeds (n images and `und_pairs` rendered understanding
-    pairs per prompt), and the arrays a later win rate needs."""
-    res = generate_and_judge(generator, judge, specs, Sampling(n=n, seed=seed), progress)
-    rows = res["specs"]
+    pairs per prompt), and the arrays a later win rate needs.
+
+    `specs` are the world's specs or free-text prompts. The evaluator's figures (gen_acc,
+    und_acc_own, by_category) count the images it could tell and are None where it told none;
+    `und_acc` (rendered pairs) is None unless every prompt is the world's (only it renders)."""
+    res = generate_and_judge(generator, judge, specs, Sampling(n=n, seed=seed), progress, evaluator)
+    rows, known, correct = res["specs"], res["known"], res["correct"]
     judged = res["judged"]
-    summary = gap_summary(judged.accepted, res["correct"], len(specs), judged.prompt_index)
+    summary = gap_summary(judged.accepted, correct, len(specs), judged.prompt_index, known)
     summary["und_acc_own"] = summary.pop("und_acc")
-    summary["und_acc"] = float(rendered_understanding(judge, specs, seed, und_pairs).mean())
+    rendered = rendered_understanding(judge, specs, seed, und_pairs) if in_world(specs) else None
+    summary["und_acc"] = None if rendered is None else float(rendered.mean())
     summary["diversity"] = diversity(judged.tokens, judged.prompt_index)
-    summary["by_category"] = {
-        c: float(res["correct"][[s.category == c for s in rows]].mean())
-        for c in world.CATEGORIES
-        if any(s.category == c for s in rows)
-    }
+    summary["by_category"] = {}
+    for c in dict.fromkeys([*world.CATEGORIES, *(s.category for s in rows)]):
+        told = np.array([s.category == c for s in rows], bool) & known
+        if told.any():
+            summary["by_category"][c] = float(correct[told].mean())
     arrays = {
         "images": judged.images,
         "accepted": judged.accepted,
-        "correct": res["correct"],
+        "correct": correct,
         "prompt_index": judged.prompt_index,
     }
+    if not known.all():  # stored only where the evaluator could not tell on some image
+        arrays["known"] = known
     return summary, arrays
 
 
-def heldout_arrays(store: Store, ev: dict, eval_per_category: int) -> tuple[dict, list[str]]:
-    """A stored evaluation's held-out images, verdicts and judgments, with the prompt of each image."""
+def heldout_arrays(store: Store, ev: dict, eval_per_category: int, specs: list | None = None) -> tuple[dict, list[str]]:
+    """A stored evaluation's held-out images, verdicts and judgments, with the prompt of each image;
+    `specs`: the evaluated prompts (default: the world's heldout split). `known` (where the
+    evaluator could tell) is everywhere True unless the evaluation stored it."""
     a = rec.get_arrays(store, ev["heldout_arrays"])
-    specs = evaluated_specs("heldout", eval_per_category)
+    a.setdefault("known", np.ones(len(a["correct"]), bool))
+    specs = evaluated_specs("heldout", eval_per_category) if specs is None else specs
     return a, [specs[i].text for i in a["prompt_index"]]
 
 
@@ -151,10 +191,29 @@ class Loop:
         device: str = "cpu",
     ):
         self.cfg, self.store, self.cache, self.progress, self.log = cfg, store, Path(cache), progress, log
-        self.pool = pool_texts(cfg.pool)
+        free_text = cfg.judge_mode != "likelihood"  # only the likelihood judge needs the world's captions
+        self.pool = pool_texts(cfg.pool, free_text)
+        self.evaluator = get_evaluator(cfg.evaluator)
+        self.specs = {
+            split: select_prompts(prompts_file(path, split), cfg.eval_per_category)
+            if path
+            else evaluated_specs(split, cfg.eval_per_category)
+            for split, path in self._files()
+        }
+        for split, specs in self.specs.items():
+            if not free_text and not in_world(specs):
+                option = "--eval-prompts" if split == "heldout" else "--val-prompts"
+                raise ValueError(f"{option}: free-text prompts need --mode probability or decision, not likelihood")
+        # novel holds the world's unseen compositions: evaluated only beside the world's heldout
+        self.novel = () if cfg.eval_prompts else ("novel",)
         self.start_ref = rec.put_checkpoint(store, start_model)
-        self.run = f"runs/{cfg.key(self.start_ref, self.pool)}"
+        files = {split: [p.text for p in self.specs[split]] for split, path in self._files() if path}
+        self.run = f"runs/{cfg.key(self.start_ref, self.pool, files)}"
         self.backend = backend or LocalBackend(store, cache, cfg.judge_mode, progress, log, device)
+
+    def _files(self) -> tuple[tuple[str, str], ...]:
+        """Each evaluated split with its prompts file ("": the world's split)."""
+        return (("heldout", self.cfg.eval_prompts), ("val", self.cfg.val_prompts))
 
     # ------------------------------------------------------------------ store helpers
     def _step(self, r: int, progress: dict, name: str, compute: Callable[[], str]) -> str:
@@ -202,9 +261,9 @@ class Loop:
             n = {"val": self.cfg.val_n or self.cfg.eval_n, "novel": max(2, self.cfg.eval_n // 2)}.get(
                 split, self.cfg.eval_n
             )
-            specs = evaluated_specs(split, self.cfg.eval_per_category)
+            specs = self.specs.get(split) or evaluated_specs(split, self.cfg.eval_per_category)
             pairs = self.cfg.val_pairs if split == "val" else 1
-            out[split], arr = evaluate_split(generator, judge, specs, n, seed, self.progress, pairs)
+            out[split], arr = evaluate_split(generator, judge, specs, n, seed, self.progress, pairs, self.evaluator)
             if split == "heldout":
                 arrays = arr
         return out, arrays
@@ -225,20 +284,28 @@ class Loop:
             },
         )
 
-    def _gate(self, o: dict, n: dict) -> tuple[bool, list[str]]:
+    def _gate(self, o: dict, n: dict) -> tuple[bool, list[str], list[str]]:
         """Promote only if val NU falls, diversity holds, and rendered understanding and external
-        accuracy hold (within their tolerances). `o`, `n`: the old and new model's val figures."""
+        accuracy hold (within their tolerances). `o`, `n`: the old and new model's val figures.
+
+        Returns (promoted, reasons it was not, checks that were absent): rendered understanding
+        is absent on prompts outside the shapes world, external accuracy where the evaluator
+        told on no val image (--evaluator none); an absent check neither promotes nor rejects."""
         c = self.cfg
-        reasons = []
+        reasons, absent = [], []
         if not n["nu"] < o["nu"]:
             reasons.append(f"val NU did not fall ({o['nu']:.3f} -> {n['nu']:.3f})")
         if n["diversity"] < c.gate_diversity_floor * o["diversity"]:
             reasons.append(f"diversity collapsed ({o['diversity']:.3f} -> {n['diversity']:.3f})")
-        if n["und_acc"] < o["und_acc"] - c.gate_und_tolerance:
+        if o["und_acc"] is None or n["und_acc"] is None:
+            absent.append("val understanding (rendered pairs exist only for the shapes world's prompts)")
+        elif n["und_acc"] < o["und_acc"] - c.gate_und_tolerance:
             reasons.append(f"val understanding fell ({o['und_acc']:.3f} -> {n['und_acc']:.3f})")
-        if c.gate_external and n["gen_acc"] < o["gen_acc"] - c.gate_ext_tolerance:
+        if c.gate_external and (o["gen_acc"] is None or n["gen_acc"] is None):
+            absent.append(f"val external accuracy (evaluator {c.evaluator} told on no val image)")
+        elif c.gate_external and n["gen_acc"] < o["gen_acc"] - c.gate_ext_tolerance:
             reasons.append(f"val external accuracy fell ({o['gen_acc']:.3f} -> {n['gen_acc']:.3f})")
-        return not reasons, reasons
+        return not reasons, reasons, absent
 
     # ------------------------------------------------------------------ the loop
     def run_all(self) -> dict:
@@ -246,7 +313,9 @@ class Loop:
         zero = self.manifest(0)
         if zero is None:
             progress = rec.get_record_json(self.store, f"{self._round_key(0)}/progress.json") or {}
-            ev = self._step(0, progress, "eval", lambda: self._evaluate(self.start_ref, ("val", "heldout", "novel")))
+            ev = self._step(
+                0, progress, "eval", lambda: self._evaluate(self.start_ref, ("val", "heldout", *self.novel))
+            )
             zero = {
                 "round": 0,
                 "checkpoint": self.start_ref,
@@ -288,7 +357,7 @@ class Loop:
             r,
             progress,
             "eval",
-            lambda: self._evaluate(ckpt_ref, ("val", "heldout") + (("novel",) if r == cfg.rounds else ())),
+            lambda: self._evaluate(ckpt_ref, ("val", "heldout") + (self.novel if r == cfg.rounds else ())),
         )
         old_eval = rec.get_json(self.store, self.manifest(base_round)["eval"])
         new_eval = rec.get_json(self.store, ev)
@@ -298,7 +367,7 @@ class Loop:
             gate_ref = self._step(r, progress, "gate_eval", lambda: self._gate_sample(base_ref, ckpt_ref, r))
             sample = rec.get_json(self.store, gate_ref)
             old_val, new_val = sample["old"], sample["new"]
-        promoted, reasons = self._gate(old_val, new_val) if trained else (False, ["nothing was trained"])
+        promoted, reasons, absent = self._gate(old_val, new_val) if trained else (False, ["nothing was trained"], [])
         m = {
             "round": r,
             "base": base_ref,
@@ -317,6 +386,8 @@ class Loop:
         }
         if gate_ref:
             m["gate_eval"] = gate_ref
+        if absent:  # only where a check could not run, so a shapes-world round's manifest is as before
+            m["gate_absent"] = absent
         rec.put_record_json(self.store, f"{self._round_key(r)}/manifest.json", m)  # last: the round is done
         return m
 
@@ -338,12 +409,14 @@ class Loop:
         return concat_candidates([get_candidates(self.store, ref) for ref in earlier + [cand]])
 
     def _win_rate(self, old_eval: dict, new_ref: str | None) -> dict:
-        """Old vs new judge on the OLD model's held-out images, decided by the external evaluator."""
-        if new_ref is None:
+        """Old vs new judge on the OLD model's held-out images, decided by the external evaluator
+        (on the images it could tell; None without an evaluator)."""
+        if new_ref is None or not self.evaluator.measures:
             return {"win_rate": None, "n_disagree": 0}
-        a, prompts = heldout_arrays(self.store, old_eval, self.cfg.eval_per_category)
+        a, prompts = heldout_arrays(self.store, old_eval, self.cfg.eval_per_category, self.specs["heldout"])
         new = self.backend.judge(new_ref, self.cfg.threshold).score(a["images"], prompts).decision
-        return win_rate(a["accepted"], new, a["correct"])
+        k = a["known"]
+        return win_rate(a["accepted"][k], new[k], a["correct"][k])
 
     def _row(self, m: dict) -> dict:
         ev = rec.get_json(self.store, m["eval"])
@@ -368,6 +441,8 @@ class Loop:
         }
         if "novel" in ev:
             row["novel"] = _figures(ev["novel"])
+        if m.get("gate_absent"):  # the gate's checks that could not run (no evaluator, prompts outside the world)
+            row["gate_absent"] = m["gate_absent"]
         if m.get("gate_eval"):  # what the gate compared: the incumbent and this round's model on a fresh val sample
             sample = rec.get_json(self.store, m["gate_eval"])
             row["gate_val"] = {who: _figures(sample[who]) for who in ("old", "new")}
@@ -376,14 +451,23 @@ class Loop:
     def heldout_samples(self, r: int) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Round r's held-out evaluation images (fixed seeds), their prompts and verdicts."""
         a, prompts = heldout_arrays(
-            self.store, rec.get_json(self.store, self.manifest(r)["eval"]), self.cfg.eval_per_category
+            self.store,
+            rec.get_json(self.store, self.manifest(r)["eval"]),
+            self.cfg.eval_per_category,
+            self.specs["heldout"],
         )
         return a["images"], prompts, a["correct"]
 
     @staticmethod
     def _describe(row: dict) -> str:
-        s = f"round {row['round']}: NU {row['nu']:.3f}  gen {row['gen_acc']:.3f}  und {row['und_acc']:.3f}  div {row['diversity']:.3f}"
+        def f(x):
+            return "-" if x is None else f"{x:.3f}"  # a figure the evaluator or the world could not give
+
+        s = f"round {row['round']}: NU {f(row['nu'])}  gen {f(row['gen_acc'])}  und {f(row['und_acc'])}"
+        s += f"  div {f(row['diversity'])}"
         if row["round"]:
             s += f"  sft {row['n_sft']} pairs {row['n_pairs']} discard {row['n_discard']}  "
             s += "PROMOTED" if row["promoted"] else "rejected: " + "; ".join(row["reasons"])
+            if row.get("gate_absent"):
+                s += "  (absent: " + "; ".join(row["gate_absent"]) + ")"
         return s

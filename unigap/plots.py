@@ -89,9 +89,13 @@ def plot_rounds(result: dict, folder: str | Path) -> list[Path]:
     paths.append(save(fig, folder / "nu_per_round.png"))
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    ax.plot(r, [100 * row["gen_acc"] for row in rows], "o-", label="generation acc (external evaluator)")
-    ax.plot(r, [100 * row["und_acc"] for row in rows], "s-", label="understanding acc (rendered pairs)")
-    ax.plot(r, [100 * row["und_acc_own"] for row in rows], "^--", label="judge agrees with evaluator (own images)")
+    for key, style, label, why in (
+        ("gen_acc", "o-", "generation acc (external evaluator)", "no external evaluator"),
+        ("und_acc", "s-", "understanding acc (rendered pairs)", "prompts outside the shapes world"),
+        ("und_acc_own", "^--", "judge agrees with evaluator (own images)", "no external evaluator"),
+    ):
+        vals = [np.nan if row[key] is None else 100 * row[key] for row in rows]  # absent: no point, not 0
+        ax.plot(r, vals, style, label=label + (f": absent ({why})" if all(np.isnan(vals)) else ""))
     ax.set_xlabel("round")
     ax.set_ylabel("% (held-out)")
     ax.set_xticks(r)

@@ -86,8 +86,17 @@ def audit_cmd(
     try:
         result = json.loads(run.read_text())
         key, per_category = result["run"], result["config"]["eval_per_category"]
-        baseline = baseline_record(LoopConfig.from_dict(result["config"]), result["rounds"][0]["checkpoint"])
+        cfg = LoopConfig.from_dict(result["config"])
     except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        fail(f"{run}: not a `unigap loop --json` result ({e.__class__.__name__}: {e})")
+    if cfg.evaluator != "shapes" or cfg.eval_prompts:  # the audit checks candidates and heldout with the world's
+        fail(
+            f"{run}: the audit needs a run evaluated by the shapes evaluator on the world's heldout split, "
+            f"not --evaluator {cfg.evaluator}" + (f" --eval-prompts {cfg.eval_prompts}" if cfg.eval_prompts else "")
+        )
+    try:
+        baseline = baseline_record(cfg, result["rounds"][0]["checkpoint"])
+    except (ValueError, KeyError, TypeError, IndexError) as e:
         fail(f"{run}: not a `unigap loop --json` result ({e.__class__.__name__}: {e})")
     store, cache = open_store_or_fail(store_url)
     try:
