@@ -20,7 +20,7 @@ def demo_cmd(
     rounds: int = field_option(LoopConfig, "rounds"),
 ):
     """The whole loop on the shipped model, on one machine: measure the gap, then run rounds of
-    self-judged SFT with the default recipe and evaluate each on held-out prompts (about 9
+    self-judged SFT with the default recipe and evaluate each on held-out prompts (about 13
     minutes on 2 cores)."""
     out.mkdir(parents=True, exist_ok=True)
     console.rule("1. The internal gap of the shipped tiny model (held-out prompts)")
