@@ -19,6 +19,9 @@ from typing import Any
 METHODS = ("sft", "dpo", "c-sft", "c-dpo")
 POOLS = ("train+heldout", "train", "heldout+val")  # named pools: splits joined by "+"
 MODULES = ("lm", "lm+head")
+# The noise the sampler draws (unigap/model/adapter.py: step_gumbel), by name: a loop JSON records it, so
+# runs sampled by another noise (the same distribution, other samples) are told apart in docs/results.md.
+SAMPLER = "counter-gumbel"
 JUDGE_MODES = ("probability", "decision", "likelihood")  # the judge's readings (unigap/model/judge.py)
 BUILT_IN_EVALUATORS = ("shapes", "none")  # unigap/evaluators.py's built-ins (named here: this module needs no numpy)
 CONTROL_ARMS = ("render", "oracle", "judge", "all")  # `unigap controls` (unigap/controls.py)

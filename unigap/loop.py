@@ -22,10 +22,9 @@ import numpy as np
 from unigap import world
 from unigap.backend import Backend, LocalBackend
 from unigap.candidates import Sampling
-from unigap.config import POOLS, LoopConfig
+from unigap.config import POOLS, SAMPLER, LoopConfig
 from unigap.evaluate import generate_and_judge, rendered_understanding, select_prompts
 from unigap.evaluators import SHAPES, Evaluator, get_evaluator
-from unigap.model.adapter import SAMPLER
 from unigap.prompts import in_world, load_prompts
 from unigap.score import gap_summary, win_rate
 from unigap.store import records as rec

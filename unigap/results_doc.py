@@ -20,9 +20,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from unigap import world
-from unigap.config import LoopConfig
+from unigap.config import SAMPLER, LoopConfig
 from unigap.methods import markdown, method_table
-from unigap.model.adapter import SAMPLER
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_FILE = re.compile(r"s(\d+)\.json")

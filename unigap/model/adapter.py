@@ -56,9 +56,6 @@ def row_seed(seed: int, prompt: str, k: int) -> int:
 _MASK32 = 0xFFFF_FFFF
 _MULTIPLIERS = (0x7FEB352D, 0x846CA68B)  # lowbias32 (Wellons, hash-prospector): a 32-bit mixer of low bias
 _CODE_SALT = 0x9E3779B9  # keeps code 0's input away from 0
-# The noise the sampler draws, by name: a loop JSON records it, so runs sampled by another noise (the
-# same distribution, other samples) are told apart in docs/results.md.
-SAMPLER = "counter-gumbel"
 
 
 def mix32(x: int) -> int:
