@@ -73,6 +73,7 @@ def plan(
     mode: str,
     host: str = "127.0.0.1",
     triton_ports: tuple[int, int] | None = None,
+    evaluator: str = "shapes",
 ) -> list[Child]:
     """The children to start, in start order. With a local S3 endpoint, both servers use it as store."""
     py = sys.executable
@@ -113,6 +114,8 @@ def plan(
                 model,
                 "--mode",
                 mode,
+                "--evaluator",
+                evaluator,
                 "--host",
                 host,
                 "--port",

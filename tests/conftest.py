@@ -5,6 +5,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # oversubscribed OpenMP spi
 import pytest
 import torch
 
+from unigap.model.judge import question
+
 torch.set_num_threads(2)
 
 
@@ -26,6 +28,29 @@ def shipped():
     from unigap.paths import DEFAULT_MODEL
 
     return UnifiedModel.load(DEFAULT_MODEL)
+
+
+PRO_CORPUS = [
+    "a photo of a cat on a sofa",
+    "two dogs playing in the snow",
+    "a red bicycle leaning on a wall",
+    question("a bowl of fruit"),  # the judge's own prompt, so its words are in the vocabulary
+    "The score is 1",
+    "The score is 0",
+] * 4
+
+
+@pytest.fixture(scope="session")
+def pro_folder(tmp_path_factory):
+    """A team's own checkpoint as unigap sees it: a tiny random Janus with Janus-Pro's layout (byte-level
+    BPE tokenizer trained on PRO_CORPUS, 384 px, 576 image tokens), saved as a folder."""
+    from unigap.model.adapter import UnifiedModel
+    from unigap.model.build import build_pro_layout
+
+    model, processor = build_pro_layout(PRO_CORPUS)
+    folder = tmp_path_factory.mktemp("pro-layout")
+    UnifiedModel(model.eval(), processor).save(folder)
+    return folder
 
 
 def pytest_collection_modifyitems(items):

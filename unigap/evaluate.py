@@ -37,6 +37,14 @@ def competitors(prompt: str) -> list[str]:
     return out + [REJECT_CAPTION]
 
 
+def check_judge_fits(mode: str, prompt: str) -> None:
+    """Raise ValueError (why) when the `mode` judge cannot judge `prompt`: the likelihood judge
+    needs competing captions, which only the shapes world supplies; the other modes judge any text.
+    The one place this rule lives: the CLI, the loop and both judge services ask it."""
+    if mode == "likelihood":
+        competitors(prompt)
+
+
 def make_judge(um: UnifiedModel, mode: str, threshold: float = JudgeSettings.threshold) -> Judge:
     return Judge(um, mode, threshold, competitors=competitors)
 

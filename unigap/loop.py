@@ -23,7 +23,7 @@ from unigap import world
 from unigap.backend import Backend, LocalBackend
 from unigap.candidates import Sampling
 from unigap.config import POOLS, SAMPLER, LoopConfig
-from unigap.evaluate import generate_and_judge, rendered_understanding, select_prompts
+from unigap.evaluate import check_judge_fits, generate_and_judge, rendered_understanding, select_prompts
 from unigap.evaluators import SHAPES, Evaluator, get_evaluator
 from unigap.prompts import in_world, load_prompts
 from unigap.score import gap_summary, win_rate
@@ -54,12 +54,12 @@ def baseline_record(c: LoopConfig, start_ref: str) -> str:
     return f"baselines/{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
-def pool_texts(pool: str, free_text: bool = False) -> list[str]:
+def pool_texts(pool: str, judge_mode: str = "likelihood") -> list[str]:
     """Prompt TEXTS of the pool (never labels): a named pool (its splits' texts, in the order
     named), a file, or an object in S3 (`s3://bucket/key`, read with the store's UNIGAP_S3_*
     settings, so a scheduled loop takes the pool a team last uploaded); a file or object holds
-    one prompt per line, shapes-world prompts only unless `free_text` (a judge that needs no
-    competing captions). An object that is missing is a ValueError; S3 unreachable, a StoreError."""
+    one prompt per line, each one the `judge_mode` judge can judge (free text needs a judge other
+    than likelihood). An object that is missing is a ValueError; S3 unreachable, a StoreError."""
     if pool in POOLS:
         return [s.text for name in pool.split("+") for s in world.split(name)]
     if pool.startswith("s3://"):
@@ -71,27 +71,24 @@ def pool_texts(pool: str, free_text: bool = False) -> list[str]:
             raise ValueError(f"pool {pool}: no such object (upload the prompts there, one per line)") from None
         except UnicodeDecodeError:
             raise ValueError(f"pool {pool} is not UTF-8 text") from None
-        return pool_file_texts(text, pool, free_text)
+        return pool_file_texts(text, pool, judge_mode)
     path = Path(pool)
     if not path.is_file():
         raise ValueError(f"pool {pool!r} is neither {' nor '.join(POOLS)} nor a file nor s3://bucket/key")
-    return pool_file_texts(path.read_text(), pool, free_text)
+    return pool_file_texts(path.read_text(), pool, judge_mode)
 
 
-def pool_file_texts(text: str, where: str, free_text: bool = False) -> list[str]:
+def pool_file_texts(text: str, where: str, judge_mode: str = "likelihood") -> list[str]:
     """The prompts of a pool file's text (from a local file or an S3 object named `where`); each
-    must be a shapes-world prompt unless `free_text`."""
+    must be one the `judge_mode` judge can judge (`unigap.evaluate.check_judge_fits`)."""
     texts = [line.strip() for line in text.splitlines() if line.strip()]
     if not texts:
         raise ValueError(f"pool file {where} has no prompts")
-    for i, t in enumerate([] if free_text else texts, 1):
+    for i, t in enumerate(texts, 1):
         try:
-            world.parse(t)  # the likelihood judge needs competing captions from the grammar
-        except ValueError:
-            raise ValueError(
-                f"{where}:{i}: {t!r} is not a prompt of the shapes world (the likelihood judge needs one; "
-                "judge free text with --mode probability or decision)"
-            ) from None
+            check_judge_fits(judge_mode, t)
+        except ValueError as e:
+            raise ValueError(f"{where}:{i}: {e}") from None
     return texts
 
 
@@ -190,8 +187,7 @@ class Loop:
         device: str = "cpu",
     ):
         self.cfg, self.store, self.cache, self.progress, self.log = cfg, store, Path(cache), progress, log
-        free_text = cfg.judge_mode != "likelihood"  # only the likelihood judge needs the world's captions
-        self.pool = pool_texts(cfg.pool, free_text)
+        self.pool = pool_texts(cfg.pool, cfg.judge_mode)
         self.evaluator = get_evaluator(cfg.evaluator)
         self.specs = {
             split: select_prompts(prompts_file(path, split), cfg.eval_per_category)
@@ -200,9 +196,12 @@ class Loop:
             for split, path in self._files()
         }
         for split, specs in self.specs.items():
-            if not free_text and not in_world(specs):
-                option = "--eval-prompts" if split == "heldout" else "--val-prompts"
-                raise ValueError(f"{option}: free-text prompts need --mode probability or decision, not likelihood")
+            for p in specs:
+                try:
+                    check_judge_fits(cfg.judge_mode, p.text)
+                except ValueError as e:
+                    option = "--eval-prompts" if split == "heldout" else "--val-prompts"
+                    raise ValueError(f"{option}: {e}") from None
         # novel holds the world's unseen compositions: evaluated only beside the world's heldout
         self.novel = () if cfg.eval_prompts else ("novel",)
         self.start_ref = rec.put_checkpoint(store, start_model)

@@ -85,6 +85,13 @@ def load_prompts(path: str | Path) -> list:
                 items.append(Prompt(line.strip()))
     if not items:
         raise ValueError(f"{path}: no prompts in the file")
+    return as_prompts(items)
+
+
+def as_prompts(items: list) -> list:
+    """The world's `Spec`s when every item (a text or a `Prompt`) is a sentence of its grammar, else
+    every item as a free-text `Prompt`: one set never mixes the two."""
+    items = [Prompt(x) if isinstance(x, str) else x for x in items]
     try:
         return [world.parse(p.text) for p in items]
     except ValueError:

@@ -69,7 +69,7 @@ class Progress(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
 
 class GapFigures(_message.Message):
-    __slots__ = ("nu", "nu_low", "nu_high", "gen_acc", "und_acc", "ext_agreement", "n_images", "n_prompts", "judge_precision", "coverage", "judge_coverage")
+    __slots__ = ("nu", "nu_low", "nu_high", "gen_acc", "und_acc", "ext_agreement", "n_images", "n_prompts", "judge_precision", "coverage", "judge_coverage", "n_evaluated")
     NU_FIELD_NUMBER: _ClassVar[int]
     NU_LOW_FIELD_NUMBER: _ClassVar[int]
     NU_HIGH_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class GapFigures(_message.Message):
     JUDGE_PRECISION_FIELD_NUMBER: _ClassVar[int]
     COVERAGE_FIELD_NUMBER: _ClassVar[int]
     JUDGE_COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    N_EVALUATED_FIELD_NUMBER: _ClassVar[int]
     nu: float
     nu_low: float
     nu_high: float
@@ -92,10 +93,11 @@ class GapFigures(_message.Message):
     judge_precision: float
     coverage: float
     judge_coverage: float
-    def __init__(self, nu: _Optional[float] = ..., nu_low: _Optional[float] = ..., nu_high: _Optional[float] = ..., gen_acc: _Optional[float] = ..., und_acc: _Optional[float] = ..., ext_agreement: _Optional[float] = ..., n_images: _Optional[int] = ..., n_prompts: _Optional[int] = ..., judge_precision: _Optional[float] = ..., coverage: _Optional[float] = ..., judge_coverage: _Optional[float] = ...) -> None: ...
+    n_evaluated: int
+    def __init__(self, nu: _Optional[float] = ..., nu_low: _Optional[float] = ..., nu_high: _Optional[float] = ..., gen_acc: _Optional[float] = ..., und_acc: _Optional[float] = ..., ext_agreement: _Optional[float] = ..., n_images: _Optional[int] = ..., n_prompts: _Optional[int] = ..., judge_precision: _Optional[float] = ..., coverage: _Optional[float] = ..., judge_coverage: _Optional[float] = ..., n_evaluated: _Optional[int] = ...) -> None: ...
 
 class NonUnificationResult(_message.Message):
-    __slots__ = ("overall", "by_category", "by_tier", "checkpoint")
+    __slots__ = ("overall", "by_category", "by_tier", "checkpoint", "evaluator")
     class ByCategoryEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -114,11 +116,13 @@ class NonUnificationResult(_message.Message):
     BY_CATEGORY_FIELD_NUMBER: _ClassVar[int]
     BY_TIER_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    EVALUATOR_FIELD_NUMBER: _ClassVar[int]
     overall: GapFigures
     by_category: _containers.MessageMap[str, GapFigures]
     by_tier: _containers.MessageMap[str, GapFigures]
     checkpoint: str
-    def __init__(self, overall: _Optional[_Union[GapFigures, _Mapping]] = ..., by_category: _Optional[_Mapping[str, GapFigures]] = ..., by_tier: _Optional[_Mapping[str, GapFigures]] = ..., checkpoint: _Optional[str] = ...) -> None: ...
+    evaluator: str
+    def __init__(self, overall: _Optional[_Union[GapFigures, _Mapping]] = ..., by_category: _Optional[_Mapping[str, GapFigures]] = ..., by_tier: _Optional[_Mapping[str, GapFigures]] = ..., checkpoint: _Optional[str] = ..., evaluator: _Optional[str] = ...) -> None: ...
 
 class NonUnificationResponse(_message.Message):
     __slots__ = ("progress", "result")

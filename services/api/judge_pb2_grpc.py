@@ -71,8 +71,9 @@ class JudgeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def NonUnification(self, request, context):
-        """Generates through GenerationService, judges, checks with the external evaluator; streams
-        progress, then one result.
+        """Generates through GenerationService, judges, checks with the server's external evaluator;
+        streams progress, then one result. Prompts are free text (shapes-world sentences get the
+        world's categories and tiers); a likelihood judge takes shapes-world prompts only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

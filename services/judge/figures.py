@@ -34,6 +34,7 @@ def to_figures(summary: dict) -> pb.GapFigures:
         judge_precision=_wire(summary["judge_precision"]),
         coverage=_wire(summary["coverage"]),
         judge_coverage=_wire(summary["judge_coverage"]),
+        n_evaluated=summary["n_evaluated"],
     )
 
 
@@ -49,15 +50,17 @@ def from_figures(f: pb.GapFigures) -> dict:
         "judge_precision": _dict(f.judge_precision),
         "coverage": _dict(f.coverage),
         "judge_coverage": _dict(f.judge_coverage),
+        "n_evaluated": f.n_evaluated,
     }
 
 
-def to_result(report: dict, checkpoint: str) -> pb.NonUnificationResult:
+def to_result(report: dict, checkpoint: str, evaluator: str) -> pb.NonUnificationResult:
     return pb.NonUnificationResult(
         overall=to_figures(report["overall"]),
         by_category={k: to_figures(v) for k, v in report["by_category"].items()},
         by_tier={k: to_figures(v) for k, v in report["by_tier"].items()},
         checkpoint=checkpoint,
+        evaluator=evaluator,
     )
 
 
@@ -67,4 +70,5 @@ def from_result(r: pb.NonUnificationResult) -> dict:
         "by_category": {k: from_figures(v) for k, v in r.by_category.items()},
         "by_tier": {k: from_figures(v) for k, v in r.by_tier.items()},
         "checkpoint": r.checkpoint,
+        "evaluator": r.evaluator,
     }

@@ -2,7 +2,8 @@
 
 Score validates, decodes the PNGs at the model's size and sends the pairs to Triton (the dynamic
 batcher merges concurrent callers); NonUnification generates through GenerationService, judges
-through Triton, checks with the external evaluator and reports `unigap score`'s figures.
+through Triton, checks with the server's external evaluator (`--evaluator`: shapes, none or
+module:callable) and reports `unigap score`'s figures, on shapes-world prompts or free text.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from services.generation.client import GenerationClient
 from services.generation.server import check_sampling, sampling
 from services.judge import figures
 from services.judge.triton_model import MAX_BATCH, MODEL_NAME
-from unigap import world
-from unigap.evaluate import gap_report
+from unigap.evaluate import check_judge_fits, gap_report
+from unigap.evaluators import Verdicts, get_evaluator
+from unigap.prompts import as_prompts, metadata_of
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["JudgeService"].full_name
 DEFAULT_THRESHOLD = 0.5  # an unset ScoreRequest.threshold
@@ -102,15 +104,13 @@ class TritonJudge:
         await self.client.close()
 
 
-def _specs(prompts, field) -> list[world.Spec]:
-    """Each prompt as a shapes-world spec; `field(i)` names the prompt in the error."""
-    out = []
+def _check_fits(mode: str, prompts, field) -> None:
+    """Refuse a prompt the judge cannot judge (free text in likelihood mode); `field(i)` names prompt i."""
     for i, prompt in enumerate(prompts):
         try:
-            out.append(world.parse(prompt))
+            check_judge_fits(mode, prompt)
         except ValueError as e:
-            raise Invalid(field(i), f"{e} (only shapes-world prompts can be judged this way)") from None
-    return out
+            raise Invalid(field(i), str(e)) from None
 
 
 def _progress(stage: str, done: int, total: int) -> pb.NonUnificationResponse:
@@ -120,6 +120,7 @@ def _progress(stage: str, done: int, total: int) -> pb.NonUnificationResponse:
 class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
     def __init__(self, holder: ModelHolder, triton: TritonJudge, settings, generation: GenerationClient | None = None):
         self.holder, self.triton, self.settings, self.generation = holder, triton, settings, generation
+        self.evaluator = get_evaluator(settings.evaluator)  # the settings checked the name
 
     async def Score(self, request, context):
         s, pairs = self.settings, request.pairs
@@ -128,8 +129,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
             check_prompts(prompts, s, "pairs")
         except Invalid as e:  # it names "pairs" or "pairs[i]"; the text of pair i is "pairs[i].prompt"
             raise Invalid(e.field if e.field == "pairs" else f"{e.field}.prompt", e.why) from None
-        if s.mode == "likelihood":
-            _specs(prompts, lambda i: f"pairs[{i}].prompt")
+        _check_fits(s.mode, prompts, lambda i: f"pairs[{i}].prompt")
         threshold = request.threshold if request.HasField("threshold") else DEFAULT_THRESHOLD
         check_finite(threshold, "threshold", 0, 1)
         loaded = await self.holder.get(request.checkpoint)
@@ -145,7 +145,8 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
     async def NonUnification(self, request, context):
         s = self.settings
         check_prompts(request.prompts, s)
-        specs = _specs(request.prompts, lambda i: f"prompts[{i}]")  # the evaluator needs specs
+        _check_fits(s.mode, request.prompts, lambda i: f"prompts[{i}]")
+        specs = as_prompts(list(request.prompts))  # the world's specs (categories, tiers) or free text
         n, cfg, temperature = sampling(request, DEFAULT_NU_N)
         check_sampling(n, cfg, temperature, s.max_n)
         if self.generation is None:
@@ -157,7 +158,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         loaded = await self.holder.get(request.checkpoint)
         prompts, total = list(request.prompts), len(request.prompts) * n
         step = max(1, MAX_BATCH // n)  # prompts per round trip: one Triton request's worth of images
-        rows, accepted, correct = [], [], []
+        rows, accepted, verdicts = [], [], []
         for start in range(0, len(prompts), step):
             part = prompts[start : start + step]
             samples = await self._generate(part, n, cfg, temperature, request)
@@ -166,11 +167,18 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
             accepted.append(p_yes >= DEFAULT_THRESHOLD)
             yield _progress("judge", len(rows) + len(p_yes), total)
             part_specs = [specs[start + k] for k in samples.prompt_index]
-            correct.append(await asyncio.to_thread(world.evaluate_batch, samples.images, part_specs))
+            verdicts.append(await asyncio.to_thread(self._evaluate, samples.images, part_specs))
             rows += part_specs
             yield _progress("evaluate", len(rows), total)
-        report = await asyncio.to_thread(gap_report, specs, rows, np.concatenate(accepted), np.concatenate(correct))
-        yield pb.NonUnificationResponse(result=figures.to_result(report, loaded.ref))
+        correct, known = (np.concatenate([getattr(v, f) for v in verdicts]) for f in ("correct", "known"))
+        report = await asyncio.to_thread(gap_report, specs, rows, np.concatenate(accepted), correct, known=known)
+        yield pb.NonUnificationResponse(result=figures.to_result(report, loaded.ref, self.evaluator.name))
+
+    def _evaluate(self, images, specs) -> Verdicts:
+        try:
+            return self.evaluator(images, [x.text for x in specs], [metadata_of(x) for x in specs])
+        except ValueError as e:  # a user's evaluator that failed or answered something else
+            raise Refused(grpc.StatusCode.INTERNAL, "evaluator", str(e)) from None
 
     async def _generate(self, prompts: list[str], n: int, cfg: float, temperature: float, r: pb.NonUnificationRequest):
         try:

@@ -8,6 +8,7 @@ from typing import Literal
 
 from grpc_health.v1.health_pb2 import HealthCheckResponse
 from prometheus_client import CollectorRegistry
+from pydantic import field_validator
 
 from services.api import judge_pb2_grpc, model_pb2
 from services.common.metrics import metrics_for
@@ -19,6 +20,7 @@ from services.generation.server import DEFAULT_CFG, DEFAULT_TEMPERATURE
 from services.judge.front import DEFAULT_NU_N, DEFAULT_THRESHOLD, SERVICE_NAME, JudgeServicer, TritonJudge
 from services.judge.supervisor import TritonSupervisor
 from services.judge.triton_model import JudgeModel, start_triton
+from unigap.evaluators import get_evaluator
 from unigap.paths import DEFAULT_MODEL
 
 NOT_SERVING = HealthCheckResponse.NOT_SERVING
@@ -29,6 +31,10 @@ class JudgeSettings(ServerSettings):
     """Checkpoint to serve: a store reference (64 hex digits) or a save_pretrained folder."""
     mode: Literal["likelihood", "probability", "decision"] = "likelihood"
     """The judge's reading of the understanding branch (see unigap.model.judge)."""
+    evaluator: str = "shapes"
+    """External evaluator NonUnification checks images with: shapes (the shapes world's exact check;
+    it cannot tell on free text), none (NU only), or a callable of yours by import path, module:callable
+    (see unigap.evaluators)."""
     generation: str | None = None
     """GenerationService address (host:port) NonUnification samples from; none = NonUnification off."""
     tls_ca: Path | None = None
@@ -45,6 +51,13 @@ class JudgeSettings(ServerSettings):
     """How long Triton's dynamic batcher holds a request for others to join its batch."""
     triton_log: Path | None = None
     """tritonserver's log file; none = a file in its temporary folder."""
+
+    @field_validator("evaluator", mode="before")
+    @classmethod
+    def _evaluator_loads(cls, name):
+        name = "none" if name is None else name  # the settings' CLI reads the word none as None
+        get_evaluator(name)  # a name that is none of them, or cannot be imported: exit 2 at start
+        return name
 
 
 async def start(settings: JudgeSettings, registry: CollectorRegistry | None = None) -> RunningServer:
@@ -137,6 +150,7 @@ async def start(settings: JudgeSettings, registry: CollectorRegistry | None = No
         triton_metrics=triton.metrics,
         triton_pid=triton.pid,
         mode=settings.mode,
+        evaluator=settings.evaluator,
         generation=settings.generation,
         metrics=None if running.metrics_port is None else f"http://{settings.host}:{running.metrics_port}/metrics",
     )

@@ -30,8 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from services.common.validation import Invalid
-from unigap import world
-from unigap.evaluate import make_judge
+from unigap.evaluate import check_judge_fits, make_judge
 from unigap.model.adapter import UnifiedModel
 
 MODEL_NAME = "unigap_judge"
@@ -121,11 +120,10 @@ class JudgeModel:
     def _prompt_error(self, prompt: str) -> str:
         if not prompt.strip():
             return "prompt: empty"
-        if self.mode == "likelihood":  # competing captions exist only for the shapes-world grammar
-            try:
-                world.parse(prompt)
-            except ValueError as e:
-                return f"prompt: {e}"
+        try:
+            check_judge_fits(self.mode, prompt)
+        except ValueError as e:
+            return f"prompt: {e}"
         return ""
 
     def _groups(self, rows: list[_Row], errors: dict[int, str]) -> dict[int, tuple[UnifiedModel, list[int]]]:

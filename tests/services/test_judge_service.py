@@ -213,7 +213,7 @@ def test_triton_called_directly_with_every_row_bad_gets_one_line_per_row_naming_
         inputs[2].set_data_from_numpy(np.array([[b""], [b""], [b"/no/such/checkpoint"]], dtype=object))
         result = client.infer(MODEL_NAME, inputs)  # no traceback: an answer whose `error` says what is wrong
         errors = [e.decode() for e in result.as_numpy("error").ravel()]
-        assert errors[0].startswith("row 0: prompt: ") and "shapes-world grammar" in errors[0]
+        assert errors[0].startswith("row 0: prompt: ") and "competing captions" in errors[0]
         assert errors[1] == "row 1: prompt: empty"
         assert errors[2].startswith("row 2: checkpoint: ")
         assert all("\n" not in e and "Traceback" not in e for e in errors)
@@ -272,7 +272,7 @@ def test_judge_model_fails_only_the_bad_requests_of_a_batch(shipped):
     model = JudgeModel(lambda ref: shipped, "likelihood")
     good, bad = model([request(spec.text), request("hello")])
     assert good["error"][0, 0] == b"" and 0 <= good["p_yes"][0, 0] <= 1
-    assert bad["error"][0, 0].startswith(b"row 0: prompt: ") and b"shapes-world grammar" in bad["error"][0, 0]
+    assert bad["error"][0, 0].startswith(b"row 0: prompt: ") and b"competing captions" in bad["error"][0, 0]
     assert math.isnan(bad["p_yes"][0, 0]) and not bad["decision"][0, 0]
     (alone,) = model([request(" ")])  # every row bad: the same answer, never an exception (a traceback to clients)
     assert alone["error"][0, 0] == b"row 0: prompt: empty" and math.isnan(alone["p_yes"][0, 0])
@@ -315,11 +315,10 @@ def test_token_required(servers):
 
 
 def _figures(report: dict) -> dict:
-    """The service's figures of a report: `und_acc_rendered` needs renders and is not one of them, nor
-    `n_evaluated` (the service's evaluator is the shapes world's, which tells on every image)."""
+    """The service's figures of a report: `und_acc_rendered` needs renders and is not one of them."""
 
     def drop(f):
-        return {k: v for k, v in f.items() if k not in ("und_acc_rendered", "n_evaluated")}
+        return {k: v for k, v in f.items() if k != "und_acc_rendered"}
 
     return {
         "overall": drop(report["overall"]),
@@ -355,9 +354,14 @@ def test_judge_requests_without_sampling_fields_get_the_defaults_get_model_repor
 
 
 def test_non_unification_needs_a_generation_service(servers):
-    with JudgeClient(servers[0]["doomed"]["front"], token=TOKEN) as client, pytest.raises(ServiceError) as e:
-        client.non_unification(["a red circle"], n=1)
-    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and e.value.details.startswith("generation: ")
+    with JudgeClient(servers[0]["doomed"]["front"], token=TOKEN) as client:
+        with pytest.raises(ServiceError) as e:
+            client.non_unification(["a red circle"], n=1)
+        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and e.value.details.startswith("generation: ")
+        with pytest.raises(ServiceError) as e:  # free text, but this judge reads likelihoods
+            client.non_unification(["a red circle", "a photo of a dog"], n=1)
+        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details.startswith("prompts[1]: the likelihood judge needs competing captions")
 
 
 def test_reload_swaps_the_model_triton_uses(judge, rendered, tiny_random, tmp_path):
@@ -455,23 +459,38 @@ def test_supervisor_keeps_watching_when_stopping_a_dead_triton_fails(capsys):
     assert failed and failed[0]["error"] == "RuntimeError: tritonserver is gone"
 
 
-def test_unigap_serve_stops_without_leaked_shared_memory(tmp_path, rendered):
-    """Ctrl-C on `unigap serve` after the judge has judged (pytriton's shared-memory tensor store in
-    use): every child exits cleanly, and Python's resource tracker finds no shared memory leaked."""
+def test_unigap_serve_on_a_teams_janus_pro_checkpoint_answers_free_text_and_stops_cleanly(tmp_path, pro_folder):
+    """`unigap serve` on a Janus-Pro-layout folder (its own BPE tokenizer, 384 px, 576 image tokens)
+    with the probability judge and no evaluator: Generate, Score and NonUnification on free text; then
+    Ctrl-C after the judge has judged (pytriton's shared-memory tensor store in use): every child exits
+    cleanly, and Python's resource tracker finds no shared memory leaked."""
+    from services.generation.client import GenerationClient
+
     ports = [free_port() for _ in range(4)]
     out, err = (tmp_path / "out").open("w+"), (tmp_path / "err").open("w+")
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     flags = ["--generation-port", "--judge-port", "--triton-http-port", "--triton-grpc-port"]
     argv = [sys.executable, "-m", "unigap", "serve", *(x for f, p in zip(flags, ports) for x in (f, str(p)))]
+    argv += ["--model", str(pro_folder), "--mode", "probability", "--evaluator", "none"]
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True)
+    prompts = ["a photo of a cat on a sofa", "a green teapot beside three oranges"]  # the second: unseen words
     try:
         deadline = time.time() + 180
         while "Ctrl-C" not in (tmp_path / "out").read_text() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.5)
         assert proc.poll() is None, (tmp_path / "err").read_text()[-2000:]
-        images, prompts = rendered
+        with GenerationClient(f"127.0.0.1:{ports[0]}") as gen:
+            images = gen.sample(prompts, n=1, seed=1).images
+        assert images.shape == (2, 384, 384, 3)
         with JudgeClient(f"127.0.0.1:{ports[1]}") as client:
-            assert len(client.score(images, prompts).p_yes) == len(prompts)
+            judged = client.score(images, prompts)
+            assert len(judged.p_yes) == 2 and all(0 <= p <= 1 for p in judged.p_yes)
+            nu = client.non_unification(prompts, n=2, seed=1)
+        overall = nu["overall"]
+        assert nu["evaluator"] == "none" and nu["checkpoint"] == str(pro_folder)
+        assert overall["n_images"] == 4 and overall["n_evaluated"] == 0 and 0 <= overall["nu"] <= 1
+        assert overall["gen_acc"] is None and overall["und_acc"] is None  # absent: no evaluator, said plainly
+        assert list(nu["by_category"]) == ["free text"] and nu["by_tier"] == {}
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the launcher
         assert proc.wait(120) == 0
     finally:

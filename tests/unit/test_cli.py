@@ -91,6 +91,7 @@ def test_help_explains_itself():
         (["promote", "abc", "--store", "/tmp/unused-store"], ["not a checkpoint reference"]),
         (["serve", "--generation-port", "50051", "--judge-port", "50051"], ["ports must be distinct"]),
         (["serve", "--model", "/nonexistent/model"], ["--model", "neither a model folder"]),
+        (["serve", "--evaluator", "no_such_module_here:judge"], ["--evaluator", "cannot import"]),
     ],
 )
 def test_bad_arguments(args, words):

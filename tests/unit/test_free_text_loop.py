@@ -72,6 +72,8 @@ def test_free_text_needs_a_judge_without_competing_captions(files, tmp_path):
     assert_one_line_error(run(*args, "--eval-prompts", str(tmp_path / "nope.txt")), "--eval-prompts", "no such file")
     assert_one_line_error(run(*args, "--evaluator", "nomodule_here:judge"), "nomodule_here")
     assert_one_line_error(run(*args, "--evaluator", "bogus"), "--evaluator")
+    controls = ["controls", "--model", str(files / "tiny"), "--pool", str(files / "pool.txt")]
+    assert_one_line_error(run(*controls), "pool.txt:1", "competing captions")  # its arms live in the shapes world
 
 
 def test_an_edited_prompts_file_is_another_run_and_baseline(files, tmp_path):

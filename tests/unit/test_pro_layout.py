@@ -11,28 +11,9 @@ import torch
 from test_cli import assert_one_line_error, run
 
 from unigap.model.adapter import UnifiedModel
-from unigap.model.judge import question
 from unigap.paths import DEFAULT_MODEL
 
-CORPUS = [
-    "a photo of a cat on a sofa",
-    "two dogs playing in the snow",
-    "a red bicycle leaning on a wall",
-    question("a bowl of fruit"),
-    "The score is 1",
-    "The score is 0",
-] * 4
 PROMPTS = ["a photo of a cat on a sofa", "a green teapot beside three oranges"]  # the second: words it never saw
-
-
-@pytest.fixture(scope="module")
-def pro_folder(tmp_path_factory):
-    from unigap.model.build import build_pro_layout
-
-    model, processor = build_pro_layout(CORPUS)
-    folder = tmp_path_factory.mktemp("pro-layout")
-    UnifiedModel(model.eval(), processor).save(folder)
-    return folder
 
 
 def test_the_folder_has_janus_pros_layout(pro_folder):

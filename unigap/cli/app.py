@@ -93,16 +93,14 @@ def load_evaluator(name: str):
 
 
 def check_judge_fits(mode: str, specs: list) -> None:
-    """The likelihood judge needs the world's competing captions: refuse free text up front."""
-    from unigap.evaluate import competitors
-    from unigap.prompts import in_world
+    """Refuse up front prompts the judge cannot judge (free text in likelihood mode)."""
+    from unigap.evaluate import check_judge_fits as fits
 
-    if mode == "likelihood" and not in_world(specs):
-        for s in specs:
-            try:
-                competitors(s.text)
-            except ValueError as e:
-                fail(f"--mode likelihood: {e}")
+    for s in specs:
+        try:
+            fits(mode, s.text)
+        except ValueError as e:
+            fail(f"--mode {mode}: {e}")
 
 
 def pct(x) -> str:

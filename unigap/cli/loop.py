@@ -146,7 +146,7 @@ def controls_cmd(
         fail(str(e))
     check_model(model)
     try:
-        prompts = pool_texts(cfg.pool)
+        prompts = pool_texts(cfg.pool)  # the likelihood judge: the world's prompts only
     except ValueError as e:
         fail(str(e))
     result = run_controls(load_model(model), chosen, prompts, cfg, log=console.print)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from unigap.cli.app import app, check_mode, console, fail
+from unigap.cli.app import app, check_mode, console, fail, load_evaluator
 from unigap.cli.options import field_option
 from unigap.cli.runs import open_store_or_fail
 from unigap.config import JudgeSettings
@@ -55,6 +55,11 @@ def serve_cmd(
         None, help="Store the servers fetch checkpoint references from (a directory or s3:// URL)."
     ),
     mode: str = field_option(JudgeSettings, "mode"),
+    evaluator: str = typer.Option(
+        "shapes",
+        help="External evaluator of the judge's NonUnification: shapes (the shapes world's exact one), none "
+        "(NU only) or module:callable (your own, on the import path).",
+    ),
     host: str = typer.Option("127.0.0.1", help="Address every server binds."),
     triton_http_port: int = typer.Option(8000, help="Triton's HTTP (KServe v2) port in the judge."),
     triton_grpc_port: int = typer.Option(8001, help="Triton's gRPC (KServe v2) port in the judge."),
@@ -66,6 +71,7 @@ def serve_cmd(
     from unigap.store.base import is_ref
 
     check_mode(mode)
+    load_evaluator(evaluator)  # a bad name: one line now, not a judge that fails to start
     if not (Path(model) / "config.json").is_file() and not is_ref(model):
         fail(f"--model {model!r} is neither a model folder nor a 64-hex checkpoint reference")
     ports = [generation_port, judge_port, triton_http_port, triton_grpc_port] + (
@@ -75,7 +81,15 @@ def serve_cmd(
         fail(f"ports must be distinct and in 1..65535, got {ports}")
     try:
         children = launcher.plan(
-            model, store, generation_port, judge_port, s3_port, mode, host, (triton_http_port, triton_grpc_port)
+            model,
+            store,
+            generation_port,
+            judge_port,
+            s3_port,
+            mode,
+            host,
+            (triton_http_port, triton_grpc_port),
+            evaluator,
         )
     except ValueError as e:
         fail(str(e))
