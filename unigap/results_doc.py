@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from unigap import world
+from unigap.co_improvement import pooled
 from unigap.config import SAMPLER, LoopConfig
 from unigap.methods import markdown, method_table
 
@@ -65,6 +66,59 @@ def recipe_runs(results: Path) -> dict[str, list[dict]]:
             runs.append(run)
         found[folder.name] = runs
     return dict(sorted(found.items(), key=lambda kv: (kv[0] != FIRST_ROW, kv[0])))
+
+
+CO_FILE = re.compile(r"co-improvement-s(\d+)\.json")
+
+
+def co_improvement_lines(results: Path, by_recipe: dict[str, list[dict]]) -> list[str]:
+    """The co-improvement table: each recipe folder's `co-improvement-s<seed>.json` files (`unigap
+    co-improvement results/<recipe>/s<seed>.json --store ... --json ...`), per seed and pooled."""
+    lines = []
+    for name, runs in by_recipe.items():
+        by_run = {r["run"]: r for r in runs}
+        files = sorted((results / name).glob("co-improvement-s*.json"), key=lambda f: int(CO_FILE.fullmatch(f.name)[1]))
+        reports = []
+        for f in files:
+            co = json.loads(f.read_text())
+            seed = int(CO_FILE.fullmatch(f.name)[1])
+            if co.get("run") not in by_run or by_run[co["run"]]["config"]["seed"] != seed:
+                raise ValueError(f"{f}: measures no run of results/{name}/s{seed}.json")
+            reports.append((seed, co))
+        if not reports:
+            continue
+        per_seed = ", ".join(
+            f"{100 * c['win_rate']:.1f} ({c['n_disagree']})" for _, c in reports if c["win_rate"] is not None
+        )
+        both = pooled([c for _, c in reports])
+        old = sum(c["agreement_old"] for _, c in reports) / len(reports)
+        new = sum(c["agreement_new"] for _, c in reports) / len(reports)
+        lo, hi = both["win_rate_ci"]
+        rate = "-" if both["win_rate"] is None else f"{100 * both['win_rate']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+        lines.append(
+            f"| `recipes/{name}.yaml` | {', '.join(str(s) for s, _ in reports)} | {reports[0][1]['n_images']} "
+            f"| {per_seed or '-'} | {rate} | {both['n_disagree']} | {100 * old:.1f} -> {100 * new:.1f} |"
+        )
+    if not lines:
+        return []
+    return [
+        "## Co-improvement: is the self-improved model a better judge?",
+        "",
+        (
+            "As the paper measures it: the shipped model's judge against the starting model's judge, both on the "
+            "starting model's held-out images (its round-0 evaluation); where the two disagree, the external "
+            "evaluator decides. The win rate is the share of disagreements the shipped model's judge gets right "
+            "(50: no change; the paper reports 58.4 for SFT). Pooled over seeds, with a 95% bootstrap interval over "
+            "(seed, prompt) groups. Made by `unigap co-improvement results/<recipe>/sS.json --store <the run's "
+            "store> --json results/<recipe>/co-improvement-sS.json`."
+        ),
+        "",
+        "| recipe | seeds | images | win rate % per seed (disagreements) | pooled win rate % | disagreements "
+        "| judge agrees with the evaluator % (start -> shipped) |",
+        "|---|---|---|---|---|---|---|",
+        *lines,
+        "",
+    ]
 
 
 def _pool(pool: str) -> str:
@@ -160,6 +214,7 @@ def render(results: Path = ROOT / "results", recipes: Path = ROOT / "recipes") -
         "",
         per_round,
         "",
+        *co_improvement_lines(results, by_recipe),
     ]
     if unmeasured:
         out += ["## Not yet measured", "", *(f"- `recipes/{name}.yaml`" for name in unmeasured), ""]

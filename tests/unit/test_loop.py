@@ -232,6 +232,25 @@ def test_restart_trains_the_start_on_every_rounds_candidates(tiny_model, tmp_pat
     )
     assert proc.returncode == 2 and "holds no finished round" in proc.stderr
 
+    # Co-improvement as the paper measures it: the served model's judge against the start's on the start's
+    # held-out images. The start's judge agrees with the evaluator as the run's round 0 says.
+    co = tmp_path / "co.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "unigap", "co-improvement", str(out), "--store", str(store), "--json", str(co)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    c = json.loads(co.read_text())
+    promoted = [r["round"] for r in result if r["promoted"]]
+    assert c["final_round"] == promoted[-1] and c["final"] == result[promoted[-1]]["checkpoint"]
+    assert c["agreement_old"] == pytest.approx(result[0]["und_acc_own"])
+    assert c["n_disagree"] == len(c["disagreements"]) and (c["win_rate"] is None) == (c["n_disagree"] == 0)
+    if c["n_disagree"]:  # the new judge's gain in agreement is what it wins over what it loses
+        gain = (2 * c["win_rate"] - 1) * c["n_disagree"] / c["n_images"]
+        assert c["agreement_new"] - c["agreement_old"] == pytest.approx(gain)
+
 
 def test_gate_fresh_val_measures_the_incumbent_again(tiny_model, tmp_path):
     """--gate-fresh-val: the gate compares the incumbent and the round's model on a val sample of

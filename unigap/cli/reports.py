@@ -1,4 +1,5 @@
-"""`unigap table`, `audit`: compare loop recipes over seeds, and audit the data a run trained on."""
+"""`unigap table`, `audit`, `co-improvement`: compare loop recipes over seeds, audit the data a run
+trained on, and measure whether the run made the model a better judge."""
 
 from __future__ import annotations
 
@@ -216,3 +217,53 @@ def audit_cmd(
     console.print(own)
     if json_out:
         write_json(json_out, {"run": key, "rounds": rounds})
+
+
+@app.command("co-improvement")
+def co_improvement_cmd(
+    run: Path = typer.Argument(..., help="A JSON file written by `unigap loop --json`."),
+    store_url: str = typer.Option(..., "--store", help="The run's store: a folder or an s3:// URL."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the figures and each disagreement here."),
+):
+    """Did self-improvement make the model a better judge, as the paper measures it? The served
+    (self-improved) model's judge against the starting model's, both on the starting model's held-out
+    images; where they disagree the external evaluator decides. Prints the win rate with its interval
+    over prompts and the number of disagreements. A report only: the loop never sees it."""
+    from unigap.co_improvement import co_improvement
+    from unigap.store import StoreError
+
+    try:
+        result = json.loads(run.read_text())
+        LoopConfig.from_dict(result["config"])
+        result["rounds"][0]["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        fail(f"{run}: not a `unigap loop --json` result ({e.__class__.__name__}: {e})")
+    store, cache = open_store_or_fail(store_url)
+    try:
+        out = co_improvement(store, result, cache)
+    except (ValueError, StoreError) as e:
+        fail(f"{run}: {e}")
+    table = Table(title="Co-improvement: the served model's judge vs the starting model's, on the start's images")
+    for col in (
+        "final round",
+        "images",
+        "disagreements",
+        "win rate %",
+        "95% CI",
+        "agreement start %",
+        "agreement final %",
+    ):
+        table.add_column(col, justify="right")
+    lo, hi = out["win_rate_ci"]
+    table.add_row(
+        str(out["final_round"]),
+        str(out["n_images"]),
+        str(out["n_disagree"]),
+        pct(out["win_rate"]),
+        f"[{pct(lo)}, {pct(hi)}]" if out["n_disagree"] else "-",
+        pct(out["agreement_old"]),
+        pct(out["agreement_new"]),
+    )
+    console.print(table)
+    if json_out:
+        write_json(json_out, {"run": result["run"], **out})

@@ -1,0 +1,107 @@
+"""Co-improvement as the paper measures it: did self-improvement also make the model a better judge?
+
+The self-improved model's judge and the starting model's judge both look at the STARTING model's
+held-out images (those of the run's round-0 evaluation, already judged by the starting model and
+checked by the external evaluator); where the two judges disagree, the external evaluator decides
+who is right. The win rate is the share of disagreements the self-improved judge wins (0.5: no
+change), with a bootstrap interval over prompts (a prompt's images stay together) and the number
+of disagreements beside it: a rate over few disagreements says little.
+
+This differs from the loop's per-round `win_rate`, which compares each round's judge with its
+head's on the head's images: here the first and the last model meet on fixed images, so the
+figure adds up every round. A report only: nothing here flows into training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from unigap.config import LoopConfig
+from unigap.score import bootstrap_ci
+
+
+def final_checkpoint(result: dict) -> tuple[str, int]:
+    """The model a finished run serves: the last promoted round's checkpoint (round 0: the start)."""
+    last = max((r for r in result["rounds"] if r["promoted"]), key=lambda r: r["round"])
+    return last["checkpoint"], last["round"]
+
+
+def judges_compared(accepted_old, accepted_new, correct, prompt_of) -> dict:
+    """Two judges' verdicts on the same images against the external evaluator's (`correct`),
+    `prompt_of` each image's prompt: the new judge's win rate over their disagreements with its
+    interval over prompts, how many disagreements there were, and each judge's agreement with the
+    evaluator on every image (their difference is (2 x win rate - 1) x disagreements / images)."""
+    old, new, truth = (np.asarray(x, dtype=bool) for x in (accepted_old, accepted_new, correct))
+    prompts = np.asarray(prompt_of)
+    disagree = old != new
+    wins = (new == truth)[disagree]
+    return {
+        "win_rate": float(wins.mean()) if disagree.any() else None,
+        "win_rate_ci": list(bootstrap_ci(wins, prompts[disagree])),
+        "n_disagree": int(disagree.sum()),
+        "n_disagree_prompts": int(len(set(prompts[disagree]))),
+        "n_images": int(len(old)),
+        "agreement_old": float((old == truth).mean()),
+        "agreement_new": float((new == truth).mean()),
+        "new_wins_rejecting": int((wins & ~new[disagree]).sum()),  # it rightly rejects what the start accepted
+        "new_wins_accepting": int((wins & new[disagree]).sum()),  # it rightly accepts what the start rejected
+        # each disagreement, so runs pool into one rate with an interval over their prompts (`pooled`)
+        "disagreements": [
+            {"prompt": str(p), "new_accepts": bool(n), "new_right": bool(w)}
+            for p, n, w in zip(prompts[disagree], new[disagree], wins)
+        ],
+    }
+
+
+def pooled(reports: list[dict]) -> dict:
+    """Several runs' `judges_compared` (e.g. one per training seed) as one win rate over all their
+    disagreements, its interval resampling (run, prompt) groups."""
+    rows = [(i, d) for i, r in enumerate(reports) for d in r["disagreements"]]
+    wins = np.array([d["new_right"] for _, d in rows], dtype=bool)
+    groups = np.array([f"{i}:{d['prompt']}" for i, d in rows])
+    return {
+        "win_rate": float(wins.mean()) if len(wins) else None,
+        "win_rate_ci": list(bootstrap_ci(wins, groups)),
+        "n_disagree": len(rows),
+        "runs": len(reports),
+    }
+
+
+def co_improvement(store, result: dict, cache: str | Path) -> dict:
+    """`judges_compared` for a finished loop run (`result`: its `unigap loop --json`): the starting
+    model's judge against the served model's on the starting model's held-out images, both at the
+    run's judge mode and threshold, on the images the run's evaluator could tell. Raises ValueError
+    when the run has no external evaluator or its store lacks the round-0 evaluation."""
+    from unigap.evaluate import make_judge, select_prompts
+    from unigap.loop import baseline_record, heldout_arrays, prompts_file
+    from unigap.model.adapter import UnifiedModel
+    from unigap.store import records as rec
+
+    cfg = LoopConfig.from_dict(result["config"])
+    if cfg.evaluator == "none":
+        raise ValueError("the run has no external evaluator (--evaluator none): nothing can decide a disagreement")
+    start = result["rounds"][0]["checkpoint"]
+    zero = rec.get_record_json(store, f"{baseline_record(cfg, start)}/manifest.json")
+    if zero is None:
+        raise ValueError("the store holds no round-0 evaluation of this run: is it the store the run wrote to?")
+    specs = (
+        select_prompts(prompts_file(cfg.eval_prompts, "heldout"), cfg.eval_per_category) if cfg.eval_prompts else None
+    )
+    a, prompts = heldout_arrays(store, rec.get_json(store, zero["eval"]), cfg.eval_per_category, specs)
+    final, final_round = final_checkpoint(result)
+
+    def decisions(ref: str) -> np.ndarray:
+        judge = make_judge(UnifiedModel.load(rec.fetch_checkpoint(store, ref, cache)), cfg.judge_mode, cfg.threshold)
+        step = 256
+        return np.concatenate(
+            [
+                judge.score(a["images"][i : i + step], prompts[i : i + step]).decision
+                for i in range(0, len(prompts), step)
+            ]
+        )
+
+    k = a["known"]
+    out = judges_compared(decisions(start)[k], decisions(final)[k], a["correct"][k], np.asarray(prompts)[k])
+    return {"start": start, "final": final, "final_round": final_round, "threshold": cfg.threshold, **out}
