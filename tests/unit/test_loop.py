@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from test_cli import run as unigap
 
 from unigap.store import LocalStore
 from unigap.store import records as rec
@@ -235,12 +236,7 @@ def test_restart_trains_the_start_on_every_rounds_candidates(tiny_model, tmp_pat
     # Co-improvement as the paper measures it: the served model's judge against the start's on the start's
     # held-out images. The start's judge agrees with the evaluator as the run's round 0 says.
     co = tmp_path / "co.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "unigap", "co-improvement", str(out), "--store", str(store), "--json", str(co)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = unigap("co-improvement", str(out), "--store", str(store), "--json", str(co))
     assert proc.returncode == 0, proc.stderr[-2000:]
     c = json.loads(co.read_text())
     promoted = [r["round"] for r in result if r["promoted"]]
