@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from services.api import model_pb2 as unigap_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15unigap/v1/judge.proto\x12\tunigap.v1\x1a\x15unigap/v1/model.proto\"*\n\x0bImagePrompt\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12\x0e\n\x06prompt\x18\x02 \x01(\t\"o\n\x0cScoreRequest\x12%\n\x05pairs\x18\x01 \x03(\x0b\x32\x16.unigap.v1.ImagePrompt\x12\x16\n\tthreshold\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\ncheckpoint\x18\x03 \x01(\tB\x0c\n\n_threshold\"+\n\x08Judgment\x12\r\n\x05p_yes\x18\x01 \x01(\x02\x12\x10\n\x08\x64\x65\x63ision\x18\x02 \x01(\x08\"K\n\rScoreResponse\x12&\n\tjudgments\x18\x01 \x03(\x0b\x32\x13.unigap.v1.Judgment\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\"\xb0\x01\n\x15NonUnificationRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12\x0e\n\x01n\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x16\n\tcfg_scale\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\ncheckpoint\x18\x06 \x01(\tB\x04\n\x02_nB\x0c\n\n_cfg_scaleB\x0e\n\x0c_temperature\"6\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x05\x12\r\n\x05total\x18\x03 \x01(\x05\"\xef\x01\n\nGapFigures\x12\n\n\x02nu\x18\x01 \x01(\x01\x12\x0e\n\x06nu_low\x18\x02 \x01(\x01\x12\x0f\n\x07nu_high\x18\x03 \x01(\x01\x12\x0f\n\x07gen_acc\x18\x04 \x01(\x01\x12\x0f\n\x07und_acc\x18\x05 \x01(\x01\x12\x15\n\rext_agreement\x18\x06 \x01(\x01\x12\x10\n\x08n_images\x18\x07 \x01(\x05\x12\x11\n\tn_prompts\x18\x08 \x01(\x05\x12\x17\n\x0fjudge_precision\x18\t \x01(\x01\x12\x10\n\x08\x63overage\x18\n \x01(\x01\x12\x16\n\x0ejudge_coverage\x18\x0b \x01(\x01\x12\x13\n\x0bn_evaluated\x18\x0c \x01(\x05\"\xf9\x02\n\x14NonUnificationResult\x12&\n\x07overall\x18\x01 \x01(\x0b\x32\x15.unigap.v1.GapFigures\x12\x44\n\x0b\x62y_category\x18\x02 \x03(\x0b\x32/.unigap.v1.NonUnificationResult.ByCategoryEntry\x12<\n\x07\x62y_tier\x18\x03 \x03(\x0b\x32+.unigap.v1.NonUnificationResult.ByTierEntry\x12\x12\n\ncheckpoint\x18\x04 \x01(\t\x12\x11\n\tevaluator\x18\x05 \x01(\t\x1aH\n\x0f\x42yCategoryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.unigap.v1.GapFigures:\x02\x38\x01\x1a\x44\n\x0b\x42yTierEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.unigap.v1.GapFigures:\x02\x38\x01\"~\n\x16NonUnificationResponse\x12\'\n\x08progress\x18\x01 \x01(\x0b\x32\x13.unigap.v1.ProgressH\x00\x12\x31\n\x06result\x18\x02 \x01(\x0b\x32\x1f.unigap.v1.NonUnificationResultH\x00\x42\x08\n\x06update\"\x1d\n\x1bJudgeServiceGetModelRequest\"C\n\x1cJudgeServiceGetModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.unigap.v1.ModelInfo\"4\n\x1eJudgeServiceReloadModelRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\"F\n\x1fJudgeServiceReloadModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.unigap.v1.ModelInfo2\xe6\x02\n\x0cJudgeService\x12:\n\x05Score\x12\x17.unigap.v1.ScoreRequest\x1a\x18.unigap.v1.ScoreResponse\x12W\n\x0eNonUnification\x12 .unigap.v1.NonUnificationRequest\x1a!.unigap.v1.NonUnificationResponse0\x01\x12[\n\x08GetModel\x12&.unigap.v1.JudgeServiceGetModelRequest\x1a\'.unigap.v1.JudgeServiceGetModelResponse\x12\x64\n\x0bReloadModel\x12).unigap.v1.JudgeServiceReloadModelRequest\x1a*.unigap.v1.JudgeServiceReloadModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15unigap/v1/judge.proto\x12\tunigap.v1\x1a\x15unigap/v1/model.proto\"*\n\x0bImagePrompt\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12\x0e\n\x06prompt\x18\x02 \x01(\t\"o\n\x0cScoreRequest\x12%\n\x05pairs\x18\x01 \x03(\x0b\x32\x16.unigap.v1.ImagePrompt\x12\x16\n\tthreshold\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\ncheckpoint\x18\x03 \x01(\tB\x0c\n\n_threshold\"+\n\x08Judgment\x12\r\n\x05p_yes\x18\x01 \x01(\x02\x12\x10\n\x08\x64\x65\x63ision\x18\x02 \x01(\x08\"K\n\rScoreResponse\x12&\n\tjudgments\x18\x01 \x03(\x0b\x32\x13.unigap.v1.Judgment\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\"\xd6\x01\n\x15NonUnificationRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12\x0e\n\x01n\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x16\n\tcfg_scale\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\ncheckpoint\x18\x06 \x01(\t\x12\x16\n\tthreshold\x18\x07 \x01(\x02H\x03\x88\x01\x01\x42\x04\n\x02_nB\x0c\n\n_cfg_scaleB\x0e\n\x0c_temperatureB\x0c\n\n_threshold\"6\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x05\x12\r\n\x05total\x18\x03 \x01(\x05\"\xef\x01\n\nGapFigures\x12\n\n\x02nu\x18\x01 \x01(\x01\x12\x0e\n\x06nu_low\x18\x02 \x01(\x01\x12\x0f\n\x07nu_high\x18\x03 \x01(\x01\x12\x0f\n\x07gen_acc\x18\x04 \x01(\x01\x12\x0f\n\x07und_acc\x18\x05 \x01(\x01\x12\x15\n\rext_agreement\x18\x06 \x01(\x01\x12\x10\n\x08n_images\x18\x07 \x01(\x05\x12\x11\n\tn_prompts\x18\x08 \x01(\x05\x12\x17\n\x0fjudge_precision\x18\t \x01(\x01\x12\x10\n\x08\x63overage\x18\n \x01(\x01\x12\x16\n\x0ejudge_coverage\x18\x0b \x01(\x01\x12\x13\n\x0bn_evaluated\x18\x0c \x01(\x05\"\xf9\x02\n\x14NonUnificationResult\x12&\n\x07overall\x18\x01 \x01(\x0b\x32\x15.unigap.v1.GapFigures\x12\x44\n\x0b\x62y_category\x18\x02 \x03(\x0b\x32/.unigap.v1.NonUnificationResult.ByCategoryEntry\x12<\n\x07\x62y_tier\x18\x03 \x03(\x0b\x32+.unigap.v1.NonUnificationResult.ByTierEntry\x12\x12\n\ncheckpoint\x18\x04 \x01(\t\x12\x11\n\tevaluator\x18\x05 \x01(\t\x1aH\n\x0f\x42yCategoryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.unigap.v1.GapFigures:\x02\x38\x01\x1a\x44\n\x0b\x42yTierEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.unigap.v1.GapFigures:\x02\x38\x01\"~\n\x16NonUnificationResponse\x12\'\n\x08progress\x18\x01 \x01(\x0b\x32\x13.unigap.v1.ProgressH\x00\x12\x31\n\x06result\x18\x02 \x01(\x0b\x32\x1f.unigap.v1.NonUnificationResultH\x00\x42\x08\n\x06update\"\x1d\n\x1bJudgeServiceGetModelRequest\"C\n\x1cJudgeServiceGetModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.unigap.v1.ModelInfo\"4\n\x1eJudgeServiceReloadModelRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\"F\n\x1fJudgeServiceReloadModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.unigap.v1.ModelInfo2\xe6\x02\n\x0cJudgeService\x12:\n\x05Score\x12\x17.unigap.v1.ScoreRequest\x1a\x18.unigap.v1.ScoreResponse\x12W\n\x0eNonUnification\x12 .unigap.v1.NonUnificationRequest\x1a!.unigap.v1.NonUnificationResponse0\x01\x12[\n\x08GetModel\x12&.unigap.v1.JudgeServiceGetModelRequest\x1a\'.unigap.v1.JudgeServiceGetModelResponse\x12\x64\n\x0bReloadModel\x12).unigap.v1.JudgeServiceReloadModelRequest\x1a*.unigap.v1.JudgeServiceReloadModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,27 +46,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCORERESPONSE']._serialized_start=261
   _globals['_SCORERESPONSE']._serialized_end=336
   _globals['_NONUNIFICATIONREQUEST']._serialized_start=339
-  _globals['_NONUNIFICATIONREQUEST']._serialized_end=515
-  _globals['_PROGRESS']._serialized_start=517
-  _globals['_PROGRESS']._serialized_end=571
-  _globals['_GAPFIGURES']._serialized_start=574
-  _globals['_GAPFIGURES']._serialized_end=813
-  _globals['_NONUNIFICATIONRESULT']._serialized_start=816
-  _globals['_NONUNIFICATIONRESULT']._serialized_end=1193
-  _globals['_NONUNIFICATIONRESULT_BYCATEGORYENTRY']._serialized_start=1051
-  _globals['_NONUNIFICATIONRESULT_BYCATEGORYENTRY']._serialized_end=1123
-  _globals['_NONUNIFICATIONRESULT_BYTIERENTRY']._serialized_start=1125
-  _globals['_NONUNIFICATIONRESULT_BYTIERENTRY']._serialized_end=1193
-  _globals['_NONUNIFICATIONRESPONSE']._serialized_start=1195
-  _globals['_NONUNIFICATIONRESPONSE']._serialized_end=1321
-  _globals['_JUDGESERVICEGETMODELREQUEST']._serialized_start=1323
-  _globals['_JUDGESERVICEGETMODELREQUEST']._serialized_end=1352
-  _globals['_JUDGESERVICEGETMODELRESPONSE']._serialized_start=1354
-  _globals['_JUDGESERVICEGETMODELRESPONSE']._serialized_end=1421
-  _globals['_JUDGESERVICERELOADMODELREQUEST']._serialized_start=1423
-  _globals['_JUDGESERVICERELOADMODELREQUEST']._serialized_end=1475
-  _globals['_JUDGESERVICERELOADMODELRESPONSE']._serialized_start=1477
-  _globals['_JUDGESERVICERELOADMODELRESPONSE']._serialized_end=1547
-  _globals['_JUDGESERVICE']._serialized_start=1550
-  _globals['_JUDGESERVICE']._serialized_end=1908
+  _globals['_NONUNIFICATIONREQUEST']._serialized_end=553
+  _globals['_PROGRESS']._serialized_start=555
+  _globals['_PROGRESS']._serialized_end=609
+  _globals['_GAPFIGURES']._serialized_start=612
+  _globals['_GAPFIGURES']._serialized_end=851
+  _globals['_NONUNIFICATIONRESULT']._serialized_start=854
+  _globals['_NONUNIFICATIONRESULT']._serialized_end=1231
+  _globals['_NONUNIFICATIONRESULT_BYCATEGORYENTRY']._serialized_start=1089
+  _globals['_NONUNIFICATIONRESULT_BYCATEGORYENTRY']._serialized_end=1161
+  _globals['_NONUNIFICATIONRESULT_BYTIERENTRY']._serialized_start=1163
+  _globals['_NONUNIFICATIONRESULT_BYTIERENTRY']._serialized_end=1231
+  _globals['_NONUNIFICATIONRESPONSE']._serialized_start=1233
+  _globals['_NONUNIFICATIONRESPONSE']._serialized_end=1359
+  _globals['_JUDGESERVICEGETMODELREQUEST']._serialized_start=1361
+  _globals['_JUDGESERVICEGETMODELREQUEST']._serialized_end=1390
+  _globals['_JUDGESERVICEGETMODELRESPONSE']._serialized_start=1392
+  _globals['_JUDGESERVICEGETMODELRESPONSE']._serialized_end=1459
+  _globals['_JUDGESERVICERELOADMODELREQUEST']._serialized_start=1461
+  _globals['_JUDGESERVICERELOADMODELREQUEST']._serialized_end=1513
+  _globals['_JUDGESERVICERELOADMODELRESPONSE']._serialized_start=1515
+  _globals['_JUDGESERVICERELOADMODELRESPONSE']._serialized_end=1585
+  _globals['_JUDGESERVICE']._serialized_start=1588
+  _globals['_JUDGESERVICE']._serialized_end=1946
 # @@protoc_insertion_point(module_scope)

@@ -43,20 +43,22 @@ class ScoreResponse(_message.Message):
     def __init__(self, judgments: _Optional[_Iterable[_Union[Judgment, _Mapping]]] = ..., checkpoint: _Optional[str] = ...) -> None: ...
 
 class NonUnificationRequest(_message.Message):
-    __slots__ = ("prompts", "n", "seed", "cfg_scale", "temperature", "checkpoint")
+    __slots__ = ("prompts", "n", "seed", "cfg_scale", "temperature", "checkpoint", "threshold")
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     CFG_SCALE_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     prompts: _containers.RepeatedScalarFieldContainer[str]
     n: int
     seed: int
     cfg_scale: float
     temperature: float
     checkpoint: str
-    def __init__(self, prompts: _Optional[_Iterable[str]] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., cfg_scale: _Optional[float] = ..., temperature: _Optional[float] = ..., checkpoint: _Optional[str] = ...) -> None: ...
+    threshold: float
+    def __init__(self, prompts: _Optional[_Iterable[str]] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., cfg_scale: _Optional[float] = ..., temperature: _Optional[float] = ..., checkpoint: _Optional[str] = ..., threshold: _Optional[float] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("stage", "done", "total")

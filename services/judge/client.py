@@ -43,10 +43,18 @@ class JudgeClient(ServiceClient):
         temperature: float = Sampling.temperature,
         checkpoint: str = "",
         on_progress: Callable[[str, int, int], None] | None = None,
+        threshold: float | None = None,
     ) -> dict:
-        """`unigap score`'s figures (overall, by_category, by_tier: gap_summary dicts) and the checkpoint."""
+        """`unigap score`'s figures (overall, by_category, by_tier: gap_summary dicts), the checkpoint
+        and the evaluator; `threshold` None: the server's default."""
         request = pb.NonUnificationRequest(
-            prompts=prompts, n=n, seed=seed, cfg_scale=cfg, temperature=temperature, checkpoint=checkpoint
+            prompts=prompts,
+            n=n,
+            seed=seed,
+            cfg_scale=cfg,
+            temperature=temperature,
+            checkpoint=checkpoint,
+            threshold=threshold,
         )
         with rpc_errors():
             for r in self._stub.NonUnification(request, timeout=self.timeout):

@@ -28,7 +28,7 @@ from unigap.evaluators import Verdicts, get_evaluator
 from unigap.prompts import as_prompts, metadata_of
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["JudgeService"].full_name
-DEFAULT_THRESHOLD = 0.5  # an unset ScoreRequest.threshold
+DEFAULT_THRESHOLD = 0.5  # an unset threshold of Score and NonUnification
 DEFAULT_NU_N = 4  # an unset NonUnificationRequest.n: `unigap score`'s default
 
 
@@ -113,6 +113,13 @@ def _check_fits(mode: str, prompts, field) -> None:
             raise Invalid(field(i), str(e)) from None
 
 
+def _threshold(request) -> float:
+    """The request's acceptance threshold (unset: the server's default), checked."""
+    threshold = request.threshold if request.HasField("threshold") else DEFAULT_THRESHOLD
+    check_finite(threshold, "threshold", 0, 1)
+    return threshold
+
+
 def _progress(stage: str, done: int, total: int) -> pb.NonUnificationResponse:
     return pb.NonUnificationResponse(progress=pb.Progress(stage=stage, done=done, total=total))
 
@@ -130,8 +137,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         except Invalid as e:  # it names "pairs" or "pairs[i]"; the text of pair i is "pairs[i].prompt"
             raise Invalid(e.field if e.field == "pairs" else f"{e.field}.prompt", e.why) from None
         _check_fits(s.mode, prompts, lambda i: f"pairs[{i}].prompt")
-        threshold = request.threshold if request.HasField("threshold") else DEFAULT_THRESHOLD
-        check_finite(threshold, "threshold", 0, 1)
+        threshold = _threshold(request)
         loaded = await self.holder.get(request.checkpoint)
         size = loaded.model.image_size
         images = await asyncio.to_thread(
@@ -149,6 +155,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         specs = as_prompts(list(request.prompts))  # the world's specs (categories, tiers) or free text
         n, cfg, temperature = sampling(request, DEFAULT_NU_N)
         check_sampling(n, cfg, temperature, s.max_n)
+        threshold = _threshold(request)
         if self.generation is None:
             raise Refused(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -164,7 +171,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
             samples = await self._generate(part, n, cfg, temperature, request)
             yield _progress("generate", len(rows) + len(samples.images), total)
             p_yes = await self.triton.p_yes(samples.images, [part[k] for k in samples.prompt_index], loaded.ref)
-            accepted.append(p_yes >= DEFAULT_THRESHOLD)
+            accepted.append(p_yes >= threshold)
             yield _progress("judge", len(rows) + len(p_yes), total)
             part_specs = [specs[start + k] for k in samples.prompt_index]
             verdicts.append(await asyncio.to_thread(self._evaluate, samples.images, part_specs))

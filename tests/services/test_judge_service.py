@@ -351,6 +351,11 @@ def test_judge_requests_without_sampling_fields_get_the_defaults_get_model_repor
     explicit = judge.non_unification(prompts, n=d.n, seed=3, cfg=d.cfg_scale, temperature=d.temperature)
     assert _figures(from_result(bare[-1].result)) == _figures(explicit)
     assert bare[-2].progress.total == len(prompts) * d.n
+    # The acceptance threshold is the request's when set, as in Score: at 0 every image is accepted.
+    assert judge.non_unification(prompts, n=1, seed=3, threshold=0.0)["overall"]["nu"] == 0
+    with pytest.raises(ServiceError) as e:
+        judge.non_unification(prompts, n=1, threshold=1.5)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and e.value.details.startswith("threshold: ")
 
 
 def test_non_unification_needs_a_generation_service(servers):
