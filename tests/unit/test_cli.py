@@ -1,5 +1,6 @@
 """The CLI's answers to bad input: exit 2, one line naming the problem, no traceback."""
 
+import json
 import subprocess
 import sys
 
@@ -142,22 +143,30 @@ def test_promote_sets_the_serving_record(tmp_path):
 
 def test_demo_scores_the_shipped_model_then_runs_the_default_loop(tmp_path, monkeypatch):
     """`unigap demo` wires its steps right: the gap of the shipped model (score.json, score.png),
-    then the loop with every setting at its default. The loop itself is replaced here (it takes
-    about 10 minutes: README.md); the tests of tests/unit/test_loop.py run it."""
+    then the loop with every setting at its default, then co-improvement on the loop's run. The
+    loop and the co-improvement measurement are replaced here (the loop takes 13 to 21 minutes:
+    README.md); the tests of tests/unit/test_loop.py run both."""
     from typer.testing import CliRunner
 
-    from unigap import cli
+    from unigap import cli, co_improvement
     from unigap.cli import runs
     from unigap.config import LoopConfig
 
-    called = []
-    monkeypatch.setattr(
-        runs, "run_loop", lambda cfg, store, model, json_out, report: called.append((cfg, store, report))
-    )
+    called, figures = [], {"final_round": 3, "n_images": 600, "n_disagree": 25, "win_rate": 0.4}
+    figures |= {"win_rate_ci": [0.2, 0.6], "agreement_old": 0.9, "agreement_new": 0.89}
+
+    def loop(cfg, store, model, json_out, report):
+        called.append((cfg, store, report))
+        return {"run": "runs/demo"}
+
+    monkeypatch.setattr(runs, "run_loop", loop)
+    monkeypatch.setattr(co_improvement, "co_improvement", lambda store, result, cache: figures)
     result = CliRunner().invoke(cli.app, ["demo", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "score.json").is_file() and (tmp_path / "score.png").is_file()
     assert called == [(LoopConfig(rounds=3), str(tmp_path / "store"), tmp_path)]
+    # then whether the loop's shipped model is the better judge, measured on the run it made
+    assert json.loads((tmp_path / "co-improvement.json").read_text()) == {"run": "runs/demo", **figures}
 
 
 def test_the_cli_defaults_are_the_dataclasses():

@@ -243,6 +243,13 @@ def co_improvement_cmd(
         out = co_improvement(store, result, cache)
     except (ValueError, StoreError) as e:
         fail(f"{run}: {e}")
+    print_co_improvement(out)
+    if json_out:
+        write_json(json_out, {"run": result["run"], **out})
+
+
+def print_co_improvement(out: dict) -> None:
+    """`unigap.co_improvement.co_improvement`'s figures as a table."""
     table = Table(title="Co-improvement: the served model's judge vs the starting model's, on the start's images")
     for col in (
         "final round",
@@ -265,5 +272,3 @@ def co_improvement_cmd(
         pct(out["agreement_new"]),
     )
     console.print(table)
-    if json_out:
-        write_json(json_out, {"run": result["run"], **out})
