@@ -165,11 +165,9 @@ def change_by_rows(
     return out
 
 
-def audit_run(
-    store, run: str, cache, progress: bool = True, eval_per_category: int = 0, baseline: str | None = None
-) -> list[dict]:
+def audit_run(store, run: str, cache, specs: list, progress: bool = True, baseline: str | None = None) -> list[dict]:
     """`audit_round` for every finished round of a loop run (`run`: its `runs/<key>` prefix), its
-    tokens decoded by the model that sampled them; and `change_by_rows` for each round whose head
+    tokens decoded by the model that sampled them (`specs`: the prompts of its reported evaluation); and `change_by_rows` for each round whose head
     model's evaluation is found: one of the run's own rounds, or the starting model's when
     `baseline` names its record (`loop.baseline_record`). Each round has `judge_on_own` for its
     model's held-out evaluation, and round 1 `judge_on_own_start` for the starting model's when
@@ -181,7 +179,7 @@ def audit_run(
 
     @functools.cache  # a model's evaluation serves up to three rounds (as theirs, their head's, their head's head)
     def evaluation(ref: str) -> tuple[dict, list[str]]:
-        return heldout_arrays(store, rec.get_json(store, ref), eval_per_category)
+        return heldout_arrays(store, rec.get_json(store, ref), specs)
 
     def heldout(m: dict) -> tuple[dict, list[str]]:
         return evaluation(m["eval"])

@@ -74,8 +74,8 @@ def co_improvement(store, result: dict, cache: str | Path) -> dict:
     model's judge against the served model's on the starting model's held-out images, both at the
     run's judge mode and threshold, on the images the run's evaluator could tell. Raises ValueError
     when the run has no external evaluator or its store lacks the round-0 evaluation."""
-    from unigap.evaluate import make_judge, select_prompts
-    from unigap.loop import baseline_record, heldout_arrays, prompts_file
+    from unigap.evaluate import make_judge
+    from unigap.loop import baseline_record, evaluation_prompts, heldout_arrays
     from unigap.model.adapter import UnifiedModel
     from unigap.store import records as rec
 
@@ -86,10 +86,8 @@ def co_improvement(store, result: dict, cache: str | Path) -> dict:
     zero = rec.get_record_json(store, f"{baseline_record(cfg, start)}/manifest.json")
     if zero is None:
         raise ValueError("the store holds no round-0 evaluation of this run: is it the store the run wrote to?")
-    specs = (
-        select_prompts(prompts_file(cfg.eval_prompts, "heldout"), cfg.eval_per_category) if cfg.eval_prompts else None
-    )
-    a, prompts = heldout_arrays(store, rec.get_json(store, zero["eval"]), cfg.eval_per_category, specs)
+    specs = evaluation_prompts(cfg.eval_prompts, "heldout", cfg.eval_per_category)
+    a, prompts = heldout_arrays(store, rec.get_json(store, zero["eval"]), specs)
     final, final_round = final_checkpoint(result)
 
     def decisions(ref: str) -> np.ndarray:

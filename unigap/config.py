@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 METHODS = ("sft", "dpo", "c-sft", "c-dpo")
-POOLS = ("train+heldout", "train", "heldout+val")  # named pools: splits joined by "+"
+POOLS = ("pool+val", "pool", "train+heldout", "train", "heldout+val")  # named pools: splits joined by "+"
 MODULES = ("lm", "lm+head")
 # The noise the sampler draws (unigap/model/adapter.py: step_gumbel), by name: a loop JSON records it, so
 # runs sampled by another noise (the same distribution, other samples) are told apart in docs/results.md.
@@ -204,9 +204,10 @@ class LoopConfig:
     n: int = setting(32, "Candidates sampled per prompt and round.", "Sampling")
     seed: int = setting(0, "Training seed (evaluation seeds are fixed).", "Run")
     pool: str = setting(
-        "heldout+val",
-        "Prompt TEXTS to improve on: train+heldout, train, heldout+val (the evaluated texts only: "
-        "the gate's val is then in the pool, as heldout is), or a file (free text: --mode probability or decision).",
+        "pool+val",
+        "Prompt TEXTS to improve on: pool+val (the world's pool split and the gate's val: never a test text), "
+        "pool, train+heldout, train, heldout+val (heldout holds test: its figures are then test-time "
+        "improvement), or a file (free text: --mode probability or decision).",
         "Run",
     )
     evaluator: str = setting(
@@ -216,14 +217,15 @@ class LoopConfig:
         "Evaluation",
     )
     eval_prompts: str = setting(
-        "",
-        "Prompts file of the reported evaluation (one per line, .json or .jsonl as `unigap score` reads; empty: the "
-        "world's heldout split). Free text needs --mode probability or decision.",
+        "test",
+        "Prompts of the reported evaluation: a split of the world (test: texts no pool, recipe or gate touches; "
+        "heldout, as runs before the test split; empty: heldout) or a prompts file (one per line, .json or .jsonl "
+        "as `unigap score` reads; free text needs --mode probability or decision).",
         "Evaluation",
     )
     val_prompts: str = setting(
         "",
-        "Prompts file of the gate's val evaluation (as --eval-prompts; empty: the world's val split).",
+        "Prompts of the gate's val evaluation (as --eval-prompts; empty: the world's val split).",
         "Gate",
     )
     judge_mode: str = setting(
@@ -288,7 +290,8 @@ class LoopConfig:
         "and many --epochs this is the paper's one-pass Algorithm 1.",
         "Training",
     )
-    eval_n: int = setting(5, "Images per held-out prompt in each evaluation.", "Evaluation")
+    # 17 x the 61 test prompts: over 1,000 images, so an evaluation's noise is about +-3 points
+    eval_n: int = setting(17, "Images per prompt of the reported evaluation.", "Evaluation")
     val_n: int = setting(
         20,
         "Images per val prompt in each evaluation: the gate's sample (0: --eval-n). More "
@@ -394,6 +397,8 @@ class LoopConfig:
 FIRST = {
     "n": 8,
     "pool": "train+heldout",
+    "eval_prompts": "",
+    "eval_n": 5,
     "max_per_prompt": 0,
     "balance": False,
     "focus": 1.0,

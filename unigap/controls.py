@@ -28,7 +28,7 @@ from unigap.audit import external_verdicts, judge_on_own_images
 from unigap.config import CONTROL_ARMS as ARMS
 from unigap.config import LoopConfig, TrainConfig
 from unigap.evaluate import make_judge
-from unigap.loop import evaluate_split, evaluated_specs
+from unigap.loop import evaluate_split, evaluation_prompts
 from unigap.model.adapter import UnifiedModel
 from unigap.train.data import split_for
 from unigap.train.round import collect, regulariser
@@ -58,7 +58,7 @@ def evaluate(um: UnifiedModel, cfg: LoopConfig, progress: bool) -> dict:
     """The loop's held-out figures of a model (same prompts, seeds and judge as `unigap loop`), and
     its judge against the external evaluator on those images (`judge_on_own`: does an arm's
     training make the judge accept more of the model's wrong images?)."""
-    specs = evaluated_specs("heldout", cfg.eval_per_category)
+    specs = evaluation_prompts(cfg.eval_prompts, "heldout", cfg.eval_per_category)
     figures, arrays = evaluate_split(
         um, make_judge(um, cfg.judge_mode, cfg.threshold), specs, cfg.eval_n, cfg.eval_seed, progress
     )

@@ -2,7 +2,9 @@
 
 One round: sample N candidates per pool prompt -> judge them with the model's own understanding
 -> SFT set / DPO pairs / discard pool -> train (SFT or DPO, optionally with the curriculum) ->
-evaluate on `val` (the gate), `heldout` (reported) and `novel` -> promote or reject.
+evaluate on `val` (the gate) and the reported prompts (by default the world's `test` split, whose
+texts no pool, recipe or gate touches) -> promote or reject. The reported evaluation is stored
+under the name `heldout` whatever its prompts (`LoopConfig.eval_prompts` says which).
 
 Every step's output goes to the store as content-addressed objects; a round's progress record
 names them, and its manifest is written last. Rerunning the same command skips finished rounds
@@ -47,9 +49,9 @@ def baseline_record(c: LoopConfig, start_ref: str) -> str:
     settings = [c.judge_mode, c.eval_n, c.eval_seed, c.eval_per_category, start_ref]
     settings += ([c.val_n] if c.val_n else []) + ([{"val_pairs": c.val_pairs}] if c.val_pairs != 1 else [])
     settings += [{"evaluator": c.evaluator}] if c.evaluator != "shapes" else []
-    for split, path in (("heldout", c.eval_prompts), ("val", c.val_prompts)):
-        if path:  # the prompts' texts, not the file's name: an edited file is another evaluation
-            settings.append({split: [p.text for p in prompts_file(path, split)]})
+    for split, value in (("heldout", c.eval_prompts), ("val", c.val_prompts)):
+        if value:  # the prompts' texts, not the file's name: an edited file is another evaluation
+            settings.append({split: [p.text for p in evaluation_prompts(value, split)]})
     blob = json.dumps(settings)  # the val sample only when set: baselines stored before keep their key
     return f"baselines/{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
@@ -102,6 +104,21 @@ def prompts_file(path: str, split: str) -> list:
         raise ValueError(f"{option} {path}: no such file") from None
     except ValueError as e:
         raise ValueError(f"{option} {e}") from None
+
+
+def evaluation_prompts(value: str, split: str, per_category: int = 0) -> list:
+    """The prompts of the reported evaluation (`split` "heldout", `value` its --eval-prompts) or of
+    the gate's (`split` "val", --val-prompts): "" is the world's split named `split`, a world
+    split's name (test, heldout, ...) that split, anything else a prompts file; at most
+    `per_category` per category (0: all)."""
+    if not value or value in world.SPLIT_NAMES:
+        return evaluated_specs(value or split, per_category)
+    return select_prompts(prompts_file(value, split), per_category)
+
+
+def evaluated_in_world(cfg: LoopConfig) -> bool:
+    """Whether a run's reported evaluation is on a split of the shapes world (not a prompts file)."""
+    return not cfg.eval_prompts or cfg.eval_prompts in world.SPLIT_NAMES
 
 
 def diversity(tokens: np.ndarray, prompt_index: np.ndarray) -> float:
@@ -159,13 +176,12 @@ def evaluate_split(
     return summary, arrays
 
 
-def heldout_arrays(store: Store, ev: dict, eval_per_category: int, specs: list | None = None) -> tuple[dict, list[str]]:
-    """A stored evaluation's held-out images, verdicts and judgments, with the prompt of each image;
-    `specs`: the evaluated prompts (default: the world's heldout split). `known` (where the
-    evaluator could tell) is everywhere True unless the evaluation stored it."""
+def heldout_arrays(store: Store, ev: dict, specs: list) -> tuple[dict, list[str]]:
+    """A stored evaluation's reported images, verdicts and judgments, with the prompt of each image
+    (`specs`: the evaluated prompts, `evaluation_prompts` of the run's settings). `known` (where
+    the evaluator could tell) is everywhere True unless the evaluation stored it."""
     a = rec.get_arrays(store, ev["heldout_arrays"])
     a.setdefault("known", np.ones(len(a["correct"]), bool))
-    specs = evaluated_specs("heldout", eval_per_category) if specs is None else specs
     return a, [specs[i].text for i in a["prompt_index"]]
 
 
@@ -189,12 +205,7 @@ class Loop:
         self.cfg, self.store, self.cache, self.progress, self.log = cfg, store, Path(cache), progress, log
         self.pool = pool_texts(cfg.pool, cfg.judge_mode)
         self.evaluator = get_evaluator(cfg.evaluator)
-        self.specs = {
-            split: select_prompts(prompts_file(path, split), cfg.eval_per_category)
-            if path
-            else evaluated_specs(split, cfg.eval_per_category)
-            for split, path in self._files()
-        }
+        self.specs = {split: evaluation_prompts(value, split, cfg.eval_per_category) for split, value in self._files()}
         for split, specs in self.specs.items():
             for p in specs:
                 try:
@@ -202,7 +213,8 @@ class Loop:
                 except ValueError as e:
                     option = "--eval-prompts" if split == "heldout" else "--val-prompts"
                     raise ValueError(f"{option}: {e}") from None
-        # novel holds the world's unseen compositions: evaluated only beside the world's heldout
+        # novel holds compositions neither branch saw (the judge rejects everything there): evaluated
+        # only beside the whole heldout split, as runs made before the test split were
         self.novel = () if cfg.eval_prompts else ("novel",)
         self.start_ref = rec.put_checkpoint(store, start_model)
         files = {split: [p.text for p in self.specs[split]] for split, path in self._files() if path}
@@ -210,7 +222,7 @@ class Loop:
         self.backend = backend or LocalBackend(store, cache, cfg.judge_mode, progress, log, device)
 
     def _files(self) -> tuple[tuple[str, str], ...]:
-        """Each evaluated split with its prompts file ("": the world's split)."""
+        """Each evaluated split with its prompts ("": the world's split of that name)."""
         return (("heldout", self.cfg.eval_prompts), ("val", self.cfg.val_prompts))
 
     # ------------------------------------------------------------------ store helpers
@@ -411,7 +423,7 @@ class Loop:
         (on the images it could tell; None without an evaluator)."""
         if new_ref is None or not self.evaluator.measures:
             return {"win_rate": None, "n_disagree": 0}
-        a, prompts = heldout_arrays(self.store, old_eval, self.cfg.eval_per_category, self.specs["heldout"])
+        a, prompts = heldout_arrays(self.store, old_eval, self.specs["heldout"])
         new = self.backend.judge(new_ref, self.cfg.threshold).score(a["images"], prompts).decision
         k = a["known"]
         return win_rate(a["accepted"][k], new[k], a["correct"][k])
@@ -449,10 +461,7 @@ class Loop:
     def heldout_samples(self, r: int) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Round r's held-out evaluation images (fixed seeds), their prompts and verdicts."""
         a, prompts = heldout_arrays(
-            self.store,
-            rec.get_json(self.store, self.manifest(r)["eval"]),
-            self.cfg.eval_per_category,
-            self.specs["heldout"],
+            self.store, rec.get_json(self.store, self.manifest(r)["eval"]), self.specs["heldout"]
         )
         return a["images"], prompts, a["correct"]
 

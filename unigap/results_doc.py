@@ -125,32 +125,88 @@ def _pool(pool: str) -> str:
     """A pool as the table says it, with what it means for the held-out figures."""
     if pool == "heldout+val":
         return "heldout+val (the evaluated texts)"
+    if pool == "pool+val":
+        return "pool+val (no test text)"
     return pool
+
+
+def measured_on(cfg: LoopConfig) -> str:
+    """The split (or prompts file) a run reports: its --eval-prompts, "" meaning heldout."""
+    return cfg.eval_prompts or "heldout"
+
+
+MEASURED_ON = {
+    "test": (
+        "**Measured on `test`:** {n} prompts whose texts no loop pool, recipe choice or gate ever touched, drawn "
+        "from the same distribution as the `pool` split the loop improves on (both are halves of `heldout`: "
+        "prompts generation never saw in pretraining, understanding did). These are the headline figures."
+    ),
+    "heldout": (
+        "**Measured on `heldout`, test-time improvement, not generalisation:** {n} prompts, recipes from before "
+        "the test split. A recipe whose pool is `heldout+val` samples, judges and trains on the very texts it is "
+        "measured on (never on their labels or renders): its gain says how far the loop improves the model on "
+        "prompts it has practised. Recipes on the `train+heldout` pool practise them too, among {n_train} `train` "
+        "texts."
+    ),
+}
+
+
+def tables(by_recipe: dict[str, list[dict]], split: str) -> list[str]:
+    """Table 1, per category and per round for the recipes that report `split`."""
+    rows = []
+    for name, runs in by_recipe.items():
+        (row,) = method_table(runs)  # one folder, one config: one row
+        rows.append({**row, "recipe": f"recipes/{name}.yaml"})
+    n = len(world.split(split)) if split in world.SPLIT_NAMES else len(next(iter(by_recipe.values()))[0]["rounds"])
+    configs = [LoopConfig.from_dict(r[0]["config"]) for r in by_recipe.values()]
+    n_images = " or ".join(f"{n * k:,} ({n} x {k})" for k in sorted({c.eval_n for c in configs}))
+    seeds = " or ".join(str(s) for s in sorted({c.eval_seed for c in configs}))
+    headline, per_category, per_round = markdown(rows).split("\n\n")
+    return [
+        f"## Table 1 on `{split}`: generation, NU and understanding",
+        "",
+        MEASURED_ON.get(split, "**Measured on `{n}`.**").format(n=n, n_train=len(world.split("train"))),
+        f"{n_images} images per evaluation, evaluation seed {seeds}.",
+        "",
+        headline,
+        "",
+        f"### Per category, `novel` prompts and diversity (`{split}`)",
+        "",
+        (
+            "Generation accuracy per category (start -> shipped), on `novel` prompts (objects never seen in "
+            "pretraining, by either branch: evaluated beside `heldout` only; the last round's model) and the sample "
+            "diversity the shipped model kept."
+        ),
+        "",
+        per_category,
+        "",
+        f"### Every round's model (`{split}`)",
+        "",
+        "Round k's model whether the gate promoted it or not: what the training recipe does, the gate left out.",
+        "",
+        per_round,
+        "",
+    ]
 
 
 def render(results: Path = ROOT / "results", recipes: Path = ROOT / "recipes") -> str:
     """The whole of docs/results.md as text (deterministic: the same results give the same bytes)."""
     by_recipe = recipe_runs(results)
-    rows = []
+    by_split: dict[str, dict] = {}
     for name, runs in by_recipe.items():
-        (row,) = method_table(runs)  # one folder, one config: one row
-        rows.append({**row, "recipe": f"recipes/{name}.yaml"})
-    heldout = len(world.split("heldout"))
-    eval_n = {LoopConfig.from_dict(r[0]["config"]).eval_n for r in by_recipe.values()}
-    eval_seed = {LoopConfig.from_dict(r[0]["config"]).eval_seed for r in by_recipe.values()}
-    n_images = " or ".join(f"{heldout * n:,} ({heldout} x {n})" for n in sorted(eval_n))
-    headline, per_category, per_round = markdown(rows).split("\n\n")
+        by_split.setdefault(measured_on(LoopConfig.from_dict(runs[0]["config"])), {})[name] = runs
+    order = sorted(by_split, key=lambda s: (s != "test", s))  # the headline split first
 
     recipe_lines = [
-        "| recipe | method | pool the loop samples | rounds x epochs | seeds | sampler noise |",
-        "|---|---|---|---|---|---|",
+        "| recipe | method | pool the loop samples | measured on | rounds x epochs | seeds | sampler noise |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, runs in by_recipe.items():
         cfg = LoopConfig.from_dict(runs[0]["config"])
         seeds = ", ".join(str(r["config"]["seed"]) for r in runs)
         recipe_lines.append(
-            f"| `recipes/{name}.yaml` | {cfg.method} | {_pool(cfg.pool)} | {cfg.rounds} x {cfg.train.epochs} "
-            f"| {seeds} | {runs[0].get('sampler', EARLIER_NOISE)} |"
+            f"| `recipes/{name}.yaml` | {cfg.method} | {_pool(cfg.pool)} | {measured_on(cfg)} "
+            f"| {cfg.rounds} x {cfg.train.epochs} | {seeds} | {runs[0].get('sampler', EARLIER_NOISE)} |"
         )
     unmeasured = sorted(p.stem for p in recipes.glob("*.yaml") if p.stem not in by_recipe) if recipes.is_dir() else []
     out = [
@@ -165,21 +221,9 @@ def render(results: Path = ROOT / "results", recipes: Path = ROOT / "recipes") -
             "Each row is one recipe file, run once per training seed (`unigap loop --recipe recipes/<recipe>.yaml "
             "--seed S --json results/<recipe>/sS.json`); the figures are the mean over its seeds with a 95% "
             "t-interval in brackets. Each run reports its **shipped** model, the last round the gate promoted on "
-            "`val` (the starting model when it promoted none), against the starting model."
-        ),
-        "",
-        (
-            f"**Measured on:** the `heldout` split, {heldout} prompts, {n_images} images per evaluation, evaluation "
-            f"seed {' or '.join(str(s) for s in sorted(eval_seed))}, scored by the world's exact external evaluator "
-            "(generation) and on rendered pairs (understanding). NU is the non-unification score by the model's own "
-            "judge."
-        ),
-        "",
-        (
-            "**Test-time improvement, not generalisation:** a recipe whose pool is `heldout+val` samples, judges and "
-            "trains on the very held-out texts it is measured on (never on their labels or renders). Its gain says "
-            "how far the loop improves the model on prompts it has practised, not on unseen ones. Recipes on the "
-            f"`train+heldout` pool practise the held-out texts too, among {len(world.split('train'))} `train` texts."
+            "`val` (the starting model when it promoted none), against the starting model. Generation is scored "
+            "by the world's exact external evaluator, understanding on rendered pairs; NU is the non-unification "
+            "score by the model's own judge. Each recipe's table is the split it reports (`eval_prompts`)."
         ),
         "",
         (
@@ -195,25 +239,7 @@ def render(results: Path = ROOT / "results", recipes: Path = ROOT / "recipes") -
         "",
         *recipe_lines,
         "",
-        "## Table 1: generation, NU and understanding",
-        "",
-        headline,
-        "",
-        "## Per category, `novel` prompts and diversity",
-        "",
-        (
-            "Generation accuracy per category (start -> shipped), on `novel` prompts (objects never seen in "
-            "training; the last round's model) and the sample diversity the shipped model kept."
-        ),
-        "",
-        per_category,
-        "",
-        "## Every round's model",
-        "",
-        "Round k's model whether the gate promoted it or not: what the training recipe does, the gate left out.",
-        "",
-        per_round,
-        "",
+        *(line for split in order for line in tables(by_split[split], split)),
         *co_improvement_lines(results, by_recipe),
     ]
     if unmeasured:

@@ -45,9 +45,9 @@ def test_a_co_improvement_file_must_measure_its_folders_run(tmp_path):
 
     results = tmp_path / "results"
     (results / "default").mkdir(parents=True)
-    run = json.loads(open(ROOT / "results/default/s0.json").read())
+    run = json.loads(open(ROOT / "results/default-evaluated-texts/s0.json").read())
     (results / "default" / "s0.json").write_text(json.dumps(run))
-    co = json.loads(open(ROOT / "results/default/co-improvement-s0.json").read())
+    co = json.loads(open(ROOT / "results/default-evaluated-texts/co-improvement-s0.json").read())
     (results / "default" / "co-improvement-s0.json").write_text(json.dumps(co))
     assert "| `recipes/default.yaml` | 0 | 600 | 36.0 (25) |" in render(results, tmp_path)
     (results / "default" / "co-improvement-s0.json").write_text(json.dumps({**co, "run": "runs/another"}))

@@ -308,6 +308,7 @@ def test_named_pools_are_their_splits_texts(tmp_path):
     """A named pool is its splits' texts in the order named (so a file of the same texts, in the
     same order, is the same run); a name that is neither a pool nor a file is refused by name."""
     from unigap import world
+    from unigap.config import LoopConfig
     from unigap.loop import pool_texts
 
     def texts(split):
@@ -316,6 +317,10 @@ def test_named_pools_are_their_splits_texts(tmp_path):
     assert pool_texts("train+heldout") == texts("train") + texts("heldout")
     assert pool_texts("heldout+val") == texts("heldout") + texts("val")
     assert not set(pool_texts("heldout+val")) & set(texts("train") + texts("novel"))
+    # the default pool never holds a text the default run reports
+    assert LoopConfig().pool == "pool+val" and LoopConfig().eval_prompts == "test"
+    assert pool_texts("pool+val") == texts("pool") + texts("val")
+    assert not set(pool_texts("pool+val")) & set(texts("test"))
     same = tmp_path / "pool.txt"
     same.write_text("\n".join(texts("heldout") + texts("val")) + "\n")
     assert pool_texts(str(same)) == pool_texts("heldout+val")

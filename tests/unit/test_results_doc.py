@@ -35,9 +35,13 @@ def test_the_checked_in_results_doc_is_what_results_generate():
 
 def test_each_table_row_names_its_recipe_file():
     doc = (ROOT / "docs" / "results.md").read_text()
-    table1 = doc.split("## Table 1")[1].split("\n## ")[0]
-    named = re.findall(r"^\| `(recipes/[^`]+\.yaml)` \| \d+ \|", table1, flags=re.MULTILINE)
-    assert named == [f"recipes/{name}.yaml" for name in recipe_runs(ROOT / "results")]
+    tables = [t.split("\n## ")[0] for t in doc.split("## Table 1")[1:]]
+    assert [t.split("`")[1] for t in tables] == ["test", "heldout"], "the headline split first"
+    named = [n for t in tables for n in re.findall(r"^\| `(recipes/[^`]+\.yaml)` \| \d+ \|", t, flags=re.MULTILINE)]
+    assert sorted(named) == sorted(f"recipes/{name}.yaml" for name in recipe_runs(ROOT / "results"))
+    assert re.findall(r"^\| `(recipes/[^`]+\.yaml)` \| \d+ \|", tables[0], flags=re.MULTILINE) == [
+        "recipes/default.yaml"
+    ]
     assert len(named) == len(RESULT_FOLDERS) > 20
 
 
@@ -150,7 +154,7 @@ def test_the_command_writes_the_doc_and_says_bad_input_in_one_line(tmp_path, cap
     out = tmp_path / "docs" / "results.md"
     assert main(["--results", str(_copy(tmp_path, "floor-steps")), "--recipes", str(tmp_path), "--out", str(out)]) == 0
     assert (
-        "`recipes/floor-steps.yaml` | sft | train+heldout | 1 x 18 | 0, 1, 2 | per-candidate streams |"
+        "`recipes/floor-steps.yaml` | sft | train+heldout | heldout | 1 x 18 | 0, 1, 2 | per-candidate streams |"
         in out.read_text()
     )
     (tmp_path / "results" / "floor-steps" / "s0.json").write_text("{")

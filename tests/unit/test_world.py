@@ -123,18 +123,29 @@ def test_negatives_are_valid_and_distinct():
 # --- splits ------------------------------------------------------------------
 
 
+PARTITION = ("train", "val", "pool", "test", "novel")  # heldout is pool and test together
+
+
 def test_splits_partition_and_are_deterministic():
     parts = {n: split(n) for n in SPLIT_NAMES}
-    seen = [s for p in parts.values() for s in p]
+    seen = [s for n in PARTITION for s in parts[n]]
     assert len(seen) == len(set(seen)) == len(all_specs())
+    assert set(parts["heldout"]) == set(parts["pool"]) | set(parts["test"])
     splits_module._splits.cache_clear()
     assert {n: split(n) for n in SPLIT_NAMES} == parts
     with pytest.raises(ValueError, match="train"):
-        split("test")
+        split("dev")
+
+
+def test_test_and_pool_are_halves_of_heldout_in_every_category():
+    for c in CATEGORIES:
+        n = {name: sum(s.category == c for s in split(name)) for name in ("pool", "test")}
+        assert n["test"] >= 1 and abs(n["test"] - n["pool"]) <= max(2, 0.1 * sum(n.values())), (c, n)
+    assert len(split("test")) >= 60  # x 17 images: over 1,000 per evaluation
 
 
 def test_novel_objects_only_in_novel():
-    for name in ("train", "val", "heldout"):
+    for name in ("train", "val", "heldout", "pool", "test"):
         assert not any(o in NOVEL_OBJECTS for s in split(name) for o in s.objects)
     assert all(any(o in NOVEL_OBJECTS for o in s.objects) for s in split("novel"))
 
@@ -147,7 +158,7 @@ def test_split_sizes_per_category():
 
 def test_equivalent_phrasings_share_a_split():
     splits_of = defaultdict(set)
-    for name in SPLIT_NAMES:
+    for name in PARTITION:
         for s in split(name):
             splits_of[s.canonical()].add(name)
     assert all(len(v) == 1 for v in splits_of.values())

@@ -21,14 +21,14 @@ def demo_cmd(
     rounds: int = field_option(LoopConfig, "rounds"),
 ):
     """The whole loop on the shipped model, on one machine: measure the gap, run rounds of
-    self-judged SFT with the default recipe and evaluate each on held-out prompts, then ask whether
-    the shipped model is also a better judge (13 to 21 minutes on 2 cores)."""
+    self-judged SFT with the default recipe and evaluate each on the test prompts (texts the loop
+    never samples), then ask whether the shipped model is also a better judge."""
     from unigap.co_improvement import co_improvement
 
     out.mkdir(parents=True, exist_ok=True)
-    console.rule("1. The internal gap of the shipped tiny model (held-out prompts)")
+    console.rule("1. The internal gap of the shipped tiny model (test prompts)")
     report_gap(
-        DEFAULT_MODEL, "heldout", PER_CATEGORY, JudgeSettings.mode, Sampling(), out / "score.json", out / "score.png"
+        DEFAULT_MODEL, "test", PER_CATEGORY, JudgeSettings.mode, Sampling(), out / "score.json", out / "score.png"
     )
     console.rule(f"2. The self-improvement loop: {rounds} rounds of SFT on the model's own judgment")
     result = runs.run_loop(LoopConfig(rounds=rounds), str(out / "store"), DEFAULT_MODEL, None, out)

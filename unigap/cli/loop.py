@@ -92,7 +92,8 @@ def loop_cmd(
     ),
 ):
     """Run the self-improvement loop: sample, judge with the model's own understanding, train,
-    evaluate on held-out prompts (external evaluator beside the own judge), promote or reject.
+    evaluate on the test prompts (texts no pool or gate touches; external evaluator beside the own
+    judge), promote on val or reject.
     A store that stays unreachable, or a stored object that fails its checksum, ends the run with
     one line and status 2; nothing half-done is published, and a rerun resumes."""
     if more_rounds < 0:

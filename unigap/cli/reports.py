@@ -81,7 +81,7 @@ def audit_cmd(
     them solved (what --focus does to those), from the head model to the round's and, before, from
     the head's own head to the head. A report only: the loop never sees these figures."""
     from unigap.audit import SOLVED_RATE, audit_run
-    from unigap.loop import baseline_record
+    from unigap.loop import baseline_record, evaluated_in_world, evaluation_prompts
     from unigap.store import StoreError
 
     try:
@@ -90,9 +90,9 @@ def audit_cmd(
         cfg = LoopConfig.from_dict(result["config"])
     except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
         fail(f"{run}: not a `unigap loop --json` result ({e.__class__.__name__}: {e})")
-    if cfg.evaluator != "shapes" or cfg.eval_prompts:  # the audit checks candidates and heldout with the world's
+    if cfg.evaluator != "shapes" or not evaluated_in_world(cfg):  # the audit checks with the world's evaluator
         fail(
-            f"{run}: the audit needs a run evaluated by the shapes evaluator on the world's heldout split, "
+            f"{run}: the audit needs a run evaluated by the shapes evaluator on a split of the world, "
             f"not --evaluator {cfg.evaluator}" + (f" --eval-prompts {cfg.eval_prompts}" if cfg.eval_prompts else "")
         )
     try:
@@ -101,7 +101,8 @@ def audit_cmd(
         fail(f"{run}: not a `unigap loop --json` result ({e.__class__.__name__}: {e})")
     store, cache = open_store_or_fail(store_url)
     try:
-        rounds = audit_run(store, key, cache, eval_per_category=per_category, baseline=baseline)
+        specs = evaluation_prompts(cfg.eval_prompts, "heldout", per_category)
+        rounds = audit_run(store, key, cache, specs, baseline=baseline)
     except StoreError as e:
         fail(str(e))
     if not rounds:

@@ -119,7 +119,8 @@ def run_loop_via_services(
 
 
 def print_rounds(result: dict) -> None:
-    table = Table(title="Self-improvement rounds (held-out prompts; external evaluator beside the own judge)")
+    split = result["config"].get("eval_prompts") or "heldout"
+    table = Table(title=f"Self-improvement rounds (prompts: {split}; external evaluator beside the own judge)")
     for col in (
         "round",
         "NU %",

@@ -140,7 +140,7 @@ def score_cmd(
     ),
     split: str = typer.Option(
         "heldout",
-        help="A split (train, val, heldout, novel) or a prompts file: one per line, or .jsonl with "
+        help="A split (train, val, heldout = pool + test, novel) or a prompts file: one per line, or .jsonl with "
         '{"prompt": ..., "category": ...} (free text or shapes-world prompts).',
     ),
     n: int = field_option(Sampling, "n"),

@@ -1,5 +1,14 @@
-"""Fixed prompt splits: train / val / heldout (same objects, unseen prompts) and
-novel (every prompt that mentions an object never seen in training)."""
+"""Fixed prompt splits of the shapes world.
+
+- `train`: pretraining's prompts (generation and understanding);
+- `val`: recipe choice and the loop's promotion gate;
+- `heldout`: prompts generation never saw in pretraining (understanding did), in two halves of
+  the same distribution: `pool`, texts the loop may improve on, and `test`, texts no loop pool,
+  recipe choice or gate ever touches (the headline figures);
+- `novel`: every prompt that mentions an object never seen in pretraining (neither branch knows
+  them, so the judge rejects everything there).
+
+Equivalent phrasings of a prompt always share a split, so no meaning leaks across them."""
 
 from __future__ import annotations
 
@@ -8,7 +17,7 @@ from functools import cache
 
 from .grammar import CATEGORIES, Obj, Spec, all_specs
 
-SPLIT_NAMES = ("train", "val", "heldout", "novel")
+SPLIT_NAMES = ("train", "val", "heldout", "pool", "test", "novel")
 NOVEL_OBJECTS = (Obj("green", "triangle"), Obj("yellow", "square"))
 SEED = 1234
 VAL_FRACTION = 0.1
@@ -35,17 +44,19 @@ def _splits() -> dict[str, tuple[Spec, ...]]:
         n_val = max(1, round(VAL_FRACTION * n)) if n >= 3 else 0
         n_heldout = max(1, round(HELDOUT_FRACTION * n)) if n >= 3 else 0
         for i, k in enumerate(keys):
-            name = "val" if i < n_val else "heldout" if i < n_val + n_heldout else "train"
+            # heldout alternates test / pool over the shuffled groups: halves of one distribution
+            # (test takes the odd one out, so a category with one held-out group still tests it).
+            heldout = "test" if (i - n_val) % 2 == 0 else "pool"
+            name = "val" if i < n_val else heldout if i < n_val + n_heldout else "train"
             for s in groups[k]:
                 assigned[s] = name
-    return {
-        name: tuple(sorted((s for s, v in assigned.items() if v == name), key=order.__getitem__))
-        for name in SPLIT_NAMES
-    }
+    by_name = {name: [s for s, v in assigned.items() if v == name] for name in SPLIT_NAMES}
+    by_name["heldout"] = by_name["pool"] + by_name["test"]
+    return {name: tuple(sorted(specs, key=order.__getitem__)) for name, specs in by_name.items()}
 
 
 def split(name: str) -> list[Spec]:
-    """The specs of one split, in `all_specs()` order."""
+    """The specs of one split, in `all_specs()` order (`heldout` is `pool` and `test` together)."""
     if name not in SPLIT_NAMES:
         raise ValueError(f"unknown split {name!r}; valid: {', '.join(SPLIT_NAMES)}")
     return list(_splits()[name])
