@@ -27,7 +27,7 @@ from unigap.candidates import Sampling
 from unigap.config import POOLS, SAMPLER, LoopConfig
 from unigap.evaluate import check_judge_fits, generate_and_judge, rendered_understanding, select_prompts
 from unigap.evaluators import SHAPES, Evaluator, get_evaluator
-from unigap.prompts import in_world, load_prompts
+from unigap.prompts import as_prompts, in_world, load_prompts
 from unigap.score import gap_summary, win_rate
 from unigap.store import records as rec
 from unigap.store.base import Store
@@ -204,6 +204,12 @@ class Loop:
     ):
         self.cfg, self.store, self.cache, self.progress, self.log = cfg, store, Path(cache), progress, log
         self.pool = pool_texts(cfg.pool, cfg.judge_mode)
+        if (cfg.train.und_replay or cfg.train.gen_replay) and not in_world(as_prompts(self.pool)):
+            # the replays train on the shapes world's pretraining renders: a model of one's own must not
+            raise ValueError(
+                f"--pool {cfg.pool} is free text, but --und-replay and --gen-replay replay the shapes world's "
+                "pretraining renders: set both to 0 for a model of your own"
+            )
         self.evaluator = get_evaluator(cfg.evaluator)
         self.specs = {split: evaluation_prompts(value, split, cfg.eval_per_category) for split, value in self._files()}
         for split, specs in self.specs.items():

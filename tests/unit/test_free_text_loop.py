@@ -16,6 +16,7 @@ FAST = ["--n", "2", "--eval-n", "2", "--val-n", "2", "--val-pairs", "1", "--epoc
 # A random model's p_yes sits just below 0.5: a low threshold makes its judge accept, so the round trains
 # and the gate decides (at 0.5 it accepts nothing and the round keeps the model untrained).
 JUDGE = ["--evaluator", "none", "--mode", "probability", "--threshold", "0.1"]
+NO_REPLAY = ["--und-replay", "0", "--gen-replay", "0"]  # the replays are the shapes world's renders
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,8 @@ def loop(files, store, *extra):
 
 def test_one_round_on_free_text_without_an_evaluator(files, tmp_path):
     out = tmp_path / "loop.json"
-    args = loop(files, tmp_path / "store", *FAST, *JUDGE, "--json", str(out), "--report", str(tmp_path / "report"))
+    args = loop(files, tmp_path / "store", *FAST, *JUDGE, *NO_REPLAY, "--json", str(out))
+    args += ["--report", str(tmp_path / "report")]
     proc = subprocess.run([sys.executable, "-m", "unigap", *args], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
@@ -65,6 +67,9 @@ def test_one_round_on_free_text_without_an_evaluator(files, tmp_path):
 
 def test_free_text_needs_a_judge_without_competing_captions(files, tmp_path):
     assert_one_line_error(run(*loop(files, tmp_path / "store", "--mode", "likelihood")), "pool.txt:1", "likelihood")
+    # a model of one's own must not be trained on the shapes world's renders: the replays are refused
+    free = run(*loop(files, tmp_path / "store", *JUDGE))
+    assert_one_line_error(free, "is free text", "--und-replay and --gen-replay")
     world_pool = tmp_path / "world.txt"
     world_pool.write_text("a red circle\n")
     args = ["loop", "--model", str(files / "tiny"), "--pool", str(world_pool), "--store", str(tmp_path / "s")]
@@ -78,12 +83,15 @@ def test_free_text_needs_a_judge_without_competing_captions(files, tmp_path):
 
 def test_an_edited_prompts_file_is_another_run_and_baseline(files, tmp_path):
     """Runs and their round-0 evaluation are keyed by the prompts files' texts, not their names."""
-    from unigap.config import LoopConfig
+    from unigap.config import LoopConfig, TrainConfig
     from unigap.loop import Loop, baseline_record
     from unigap.store import LocalStore
 
     store, val = LocalStore(tmp_path / "store"), tmp_path / "val.txt"
-    cfg = LoopConfig(pool=str(files / "pool.txt"), judge_mode="probability", evaluator="none", val_prompts=str(val))
+    no_replay = TrainConfig(und_replay=0.0, gen_replay=0.0)
+    cfg = LoopConfig(
+        pool=str(files / "pool.txt"), judge_mode="probability", evaluator="none", val_prompts=str(val), train=no_replay
+    )
 
     def keys(texts):
         val.write_text("\n".join(texts) + "\n")
@@ -96,6 +104,9 @@ def test_an_edited_prompts_file_is_another_run_and_baseline(files, tmp_path):
     edited = keys([*VAL, "a kite over a beach"])
     assert edited[0] != first[0] and edited[1] != first[1]
     world_val = Loop(
-        LoopConfig(pool=str(files / "pool.txt"), judge_mode="probability"), store, tmp_path / "cache", files / "tiny"
+        LoopConfig(pool=str(files / "pool.txt"), judge_mode="probability", eval_prompts="", train=no_replay),
+        store,
+        tmp_path / "cache",
+        files / "tiny",
     )
     assert world_val.run not in (first[0], edited[0]) and "novel" in world_val.novel
