@@ -1047,3 +1047,12 @@ def test_unigap_loop_takes_the_cronjob_s_args(rendered, monkeypatch, name):
     if name == "trainer-4-procs":
         assert cfg.n == 8 and cfg.train.lr == 1e-4
     assert cfg.pool == (_pool_arg(r) or LoopConfig().pool)
+
+
+def test_the_schema_admits_every_named_pool_the_loop_knows():
+    from unigap.config import POOLS
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    url = schema["properties"]["loop"]["properties"]["pool"]["properties"]["url"]
+    assert all(re.fullmatch(url["pattern"], name) for name in POOLS)
+    assert not re.fullmatch(url["pattern"], "test")  # not a pool: no loop samples the test split
