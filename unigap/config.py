@@ -372,6 +372,11 @@ class LoopConfig:
             f"--min-accept-rate is an acceptance rate in [0, --focus), not {self.min_accept_rate}",
         )
 
+    @property
+    def reported_on(self) -> str:
+        """The split (or prompts file) the run's figures are measured on: --eval-prompts, "" meaning heldout."""
+        return self.eval_prompts or "heldout"
+
     @classmethod
     def from_dict(cls, d: dict) -> LoopConfig:
         """The inverse of `asdict`: a job record's or a loop JSON's settings. A setting the dict

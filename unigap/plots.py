@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from unigap.config import LoopConfig  # noqa: E402
+
 
 def save(fig, path: str | Path, dpi: int = 110) -> Path:
     """Lay out, write and close a figure."""
@@ -65,6 +67,7 @@ def plot_rounds(result: dict, folder: str | Path) -> list[Path]:
     """The loop's report: NU per round, generation vs understanding per round, categories before/after."""
     folder = Path(folder)
     rows = result["rounds"]
+    split = LoopConfig.from_dict(result["config"]).reported_on
     r = [row["round"] for row in rows]
     paths = []
 
@@ -83,7 +86,7 @@ def plot_rounds(result: dict, folder: str | Path) -> list[Path]:
             textcoords="offset points",
         )
     ax.set_xlabel("round")
-    ax.set_ylabel("NU % (held-out, 95% CI)")
+    ax.set_ylabel(f"NU % ({split}, 95% CI)")
     ax.set_xticks(r)
     ax.set_title("Non-unification score per round")
     paths.append(save(fig, folder / "nu_per_round.png"))
@@ -97,7 +100,7 @@ def plot_rounds(result: dict, folder: str | Path) -> list[Path]:
         vals = [np.nan if row[key] is None else 100 * row[key] for row in rows]  # absent: no point, not 0
         ax.plot(r, vals, style, label=label + (f": absent ({why})" if all(np.isnan(vals)) else ""))
     ax.set_xlabel("round")
-    ax.set_ylabel("% (held-out)")
+    ax.set_ylabel(f"% ({split})")
     ax.set_xticks(r)
     ax.set_ylim(0, 105)
     ax.legend(fontsize=7)
@@ -111,7 +114,7 @@ def plot_rounds(result: dict, folder: str | Path) -> list[Path]:
     ax.bar(x - 0.2, [100 * before[c] for c in cats], 0.4, label="round 0")
     ax.bar(x + 0.2, [100 * after.get(c, 0) for c in cats], 0.4, label=f"round {rows[-1]['round']}")
     ax.set_xticks(x, cats, rotation=20)
-    ax.set_ylabel("generation acc % (external)")
+    ax.set_ylabel(f"generation acc % ({split}, external)")
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8)
     ax.set_title("Per category, before and after")

@@ -130,11 +130,6 @@ def _pool(pool: str) -> str:
     return pool
 
 
-def measured_on(cfg: LoopConfig) -> str:
-    """The split (or prompts file) a run reports: its --eval-prompts, "" meaning heldout."""
-    return cfg.eval_prompts or "heldout"
-
-
 MEASURED_ON = {
     "test": (
         "**Measured on `test`:** {n} prompts whose texts no loop pool, recipe choice or gate ever touched, drawn "
@@ -194,7 +189,7 @@ def render(results: Path = ROOT / "results", recipes: Path = ROOT / "recipes") -
     by_recipe = recipe_runs(results)
     by_split: dict[str, dict] = {}
     for name, runs in by_recipe.items():
-        by_split.setdefault(measured_on(LoopConfig.from_dict(runs[0]["config"])), {})[name] = runs
+        by_split.setdefault(LoopConfig.from_dict(runs[0]["config"]).reported_on, {})[name] = runs
     order = sorted(by_split, key=lambda s: (s != "test", s))  # the headline split first
 
     recipe_lines = [
@@ -205,7 +200,7 @@ def render(results: Path = ROOT / "results", recipes: Path = ROOT / "recipes") -
         cfg = LoopConfig.from_dict(runs[0]["config"])
         seeds = ", ".join(str(r["config"]["seed"]) for r in runs)
         recipe_lines.append(
-            f"| `recipes/{name}.yaml` | {cfg.method} | {_pool(cfg.pool)} | {measured_on(cfg)} "
+            f"| `recipes/{name}.yaml` | {cfg.method} | {_pool(cfg.pool)} | {cfg.reported_on} "
             f"| {cfg.rounds} x {cfg.train.epochs} | {seeds} | {runs[0].get('sampler', EARLIER_NOISE)} |"
         )
     unmeasured = sorted(p.stem for p in recipes.glob("*.yaml") if p.stem not in by_recipe) if recipes.is_dir() else []

@@ -119,7 +119,7 @@ def run_loop_via_services(
 
 
 def print_rounds(result: dict) -> None:
-    split = result["config"].get("eval_prompts") or "heldout"
+    split = LoopConfig.from_dict(result["config"]).reported_on
     table = Table(title=f"Self-improvement rounds (prompts: {split}; external evaluator beside the own judge)")
     for col in (
         "round",
