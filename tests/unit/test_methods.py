@@ -55,7 +55,12 @@ def test_recipes_are_named_by_their_flags_and_grouped_over_seeds():
     )
     assert recipe(cfg) == "--method c-dpo --no-gate-external --mode probability --lora-rank 8"
     today = recipe(asdict(LoopConfig()))
-    assert "--pool pool+val" in today and "--eval-prompts test" in today and "--restart" in today and "--und-replay 1.0" in today
+    assert (
+        "--pool pool+val" in today
+        and "--eval-prompts test" in today
+        and "--restart" in today
+        and "--und-replay 1.0" in today
+    )
     good = [result(s, [row(0, 0.2, 0.8), row(1, 0.25 + 0.01 * s, 0.7), row(2, 0.32 + 0.01 * s, 0.5)]) for s in range(3)]
     flat = [result(s, [row(0, 0.2, 0.8), row(1, 0.19, 0.82, promoted=False)], method="dpo") for s in range(2)]
     rows = {r["recipe"]: r for r in method_table(good + flat)}
