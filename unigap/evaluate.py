@@ -93,6 +93,35 @@ def rendered_understanding(judge: Judge, specs: list, seed: int = 0, per_prompt:
     return judge.score(images, prompts).decision == truth
 
 
+def understanding_by_negative(judge: Judge, specs: list, seed: int = 0) -> dict[str, dict]:
+    """Judge accuracy on rendered pairs per kind of hard negative (colour, shape, position, count,
+    relation, swap): for each prompt and each kind it has, a render of the prompt (answer yes) and
+    a render of one negative of that kind (answer no), asked about the prompt. A judge that checks
+    a bag of features (which colours, which shapes) passes colour and shape edits and fails the
+    kinds that keep them (position, relation, swap); the overall figure counts every kind alike."""
+    rng = np.random.default_rng(seed + 104729)
+    asked, shown, kinds = [], [], []
+    for spec in specs:
+        by_kind: dict[str, list] = {}
+        for kind, other in world.negatives(spec):
+            by_kind.setdefault(kind, []).append(other)
+        for kind, others in by_kind.items():
+            asked += [spec, spec]
+            shown += [spec, others[rng.integers(len(others))]]
+            kinds += [kind, kind]
+    if not asked:
+        return {}
+    images = world.render_batch(shown, [int(x) for x in rng.integers(0, 2**31, len(shown))], judge.image_size)
+    right = judge.score(images, [s.text for s in asked]).decision == np.tile([True, False], len(asked) // 2)
+    kinds = np.array(kinds)
+    out = {
+        k: {"acc": float(right[kinds == k].mean()), "n_pairs": int((kinds == k).sum() // 2)}
+        for k in dict.fromkeys(kinds)
+    }
+    out["every kind alike"] = {"acc": float(np.mean([v["acc"] for v in out.values()])), "n_pairs": len(asked) // 2}
+    return out
+
+
 def group_by(specs, key) -> dict[str, np.ndarray]:
     names = [key(s) for s in specs]
     return {v: np.array([n == v for n in names]) for v in dict.fromkeys(names)}
@@ -143,6 +172,8 @@ def score_report(
         return {"und_acc_rendered": float(rendered[both].mean()) if rendered is not None and both.any() else None}
 
     report = gap_report(specs, res["specs"], res["judged"].accepted, res["correct"], und_acc_rendered, res["known"])
+    if rendered is not None:
+        report["und_by_negative"] = understanding_by_negative(judge, specs, s.seed)
     report["settings"] = {
         **s.__dict__,
         "judge_mode": judge.mode,

@@ -5,8 +5,9 @@ clean renders, VQ reconstructions and hard negatives) alone; then understanding 
 together. Generation is deliberately stopped early: single objects come out clean, composition
 stays weak, which leaves the self-improvement loop room to work.
 
-Only `train` prompts (and, as yes/no negatives, texts of other non-novel prompts) are used;
-the external evaluator is never called here.
+Generation sees `train` prompts only; understanding sees renders of every prompt of the world
+(the judge of a real unified model has seen far more than its generator can make). The external
+evaluator is never called here.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from unigap import world
 from unigap.config import YES_NO
 from unigap.model.adapter import UnifiedModel, gen_text, und_text
 from unigap.model.build import TinySize, build_tiny
-from unigap.model.judge import CAPTION_QUESTION, REJECT_CAPTION, answer, question
+from unigap.model.judge import ANSWER_PREFIX, CAPTION_QUESTION, REJECT_CAPTION, answer, question
 from unigap.progress import bar as progress_bar
 
 
@@ -39,7 +40,11 @@ class PretrainConfig:
     seed: int = 0
     batch: int = 32
     gen_batch: int = 48
-    yes_no: int = YES_NO  # yes/no rows per understanding batch (their question is long; captions carry most signal)
+    yes_no: int = (
+        YES_NO  # renders of each understanding batch asked the paper's question (of their prompt and a negative)
+    )
+    yes_no_weight: float = 1.0  # weight of the yes/no decision's mean NLL beside the caption tokens' mean
+    easy_negatives: float = 0.25  # share of "no" questions asking an unrelated prompt (the rest: hard negatives)
     vq_steps: int = 1000
     vq_lr: float = 2e-3
     und_steps: int = 400
@@ -61,12 +66,16 @@ def vocabulary() -> list[str]:
     return sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]+", t)})
 
 
+# Negatives that keep the image's colours and shapes and change where they are or what goes with
+# what: a bag of features cannot tell them apart, so the yes/no judge learns them last and asks them more.
+BINDING = ("position", "relation", "swap")
+BINDING_WEIGHT = 3.0
+
+
 class Data:
     """Seeded batches of (spec, image), balanced over categories.
 
-    Generation sees only `train` prompts. Understanding sees renders of every prompt outside
-    `novel` (the judge of a real unified model has seen far more than its generator can make);
-    `novel` combinations are seen by neither, so they measure generalisation of both.
+    Generation sees only `train` prompts; understanding sees renders of every prompt (`_streams`).
     """
 
     def __init__(self, seed: int, size: int, splits=("train",)):
@@ -74,8 +83,13 @@ class Data:
         self.size = size
         specs = [s for name in splits for s in world.split(name)]
         self.by_cat = {c: [s for s in specs if s.category == c] for c in world.CATEGORIES}
-        novel = {s.canonical() for s in world.split("novel")}
-        self.negatives = {s: [n for _, n in world.negatives(s) if n.canonical() not in novel] for s in specs}
+        # hard negatives by kind (colour, shape, position, count, relation, swap), so a yes/no question
+        # probes each kind alike, not the kinds with the most variants (colour and shape edits)
+        self.negatives = {}
+        for s in specs:
+            for kind, n in world.negatives(s):
+                self.negatives.setdefault(s, {}).setdefault(kind, []).append(n)
+        self.unrelated = list(specs)  # easy negatives: prompts that share no object with the image's
 
     def specs(self, n: int) -> list:
         cats = self.rng.choice(len(world.CATEGORIES), n)
@@ -91,8 +105,18 @@ class Data:
         seeds = self.rng.integers(0, 2**31, len(specs))
         return np.stack([world.render_flawed(s, int(seed), self.size)[0] for s, seed in zip(specs, seeds)])
 
-    def negative(self, spec):
-        options = self.negatives[spec]
+    def negative(self, spec, easy: float = 0.0):
+        """A prompt the render of `spec` does not show: with probability `easy` one sharing no object
+        with it (an easy contrast, which starts the yes/no comparison off), else a hard negative of a
+        kind drawn uniformly (one attribute edited)."""
+        if self.rng.random() < easy:
+            while True:
+                other = self.unrelated[self.rng.integers(len(self.unrelated))]
+                if not set(other.objects) & set(spec.objects):
+                    return other
+        by_kind = self.negatives[spec]
+        weights = np.array([BINDING_WEIGHT if kind in BINDING else 1.0 for kind in by_kind])
+        options = list(by_kind.values())[self.rng.choice(len(by_kind), p=weights / weights.sum())]
         return options[self.rng.integers(len(options))]
 
 
@@ -150,8 +174,12 @@ def train_vq(vq, data: Data, cfg: PretrainConfig, log: list) -> None:
 
 # ---------------------------------------------------------------------- understanding / generation
 def understanding_loss(um: UnifiedModel, data: Data, cfg: PretrainConfig) -> torch.Tensor:
-    """Captioning + balanced yes/no (hard negatives), on clean renders and VQ reconstructions;
-    with cfg.flawed, also the reject caption of that many flawed renders."""
+    """Captioning + the paper's yes/no question, on clean renders and VQ reconstructions; with
+    cfg.flawed, also the reject caption of that many flawed renders.
+
+    Each of the first cfg.yes_no renders is asked twice, about its own prompt ("1") and about a
+    negative ("0"), in one packed row with its caption: the same image with both answers, so the
+    decision must come from comparing image and prompt, and a question costs its words only."""
     data = data.und
     specs = data.specs(cfg.batch)
     images = data.images(specs)
@@ -160,13 +188,25 @@ def understanding_loss(um: UnifiedModel, data: Data, cfg: PretrainConfig) -> tor
     recon = data.rng.random(len(images)) < cfg.recon_share
     if recon.any():
         images[recon] = um.decode(um.encode(images[recon]))
-    k = cfg.yes_no
-    aligned = data.rng.random(k) < 0.5
-    asked = [s if a else data.negative(s) for s, a in zip(specs[:k], aligned)]
-    questions = [CAPTION_QUESTION] * len(images) + [question(s.text) for s in asked]
-    answers = [s.text for s in specs] + [REJECT_CAPTION] * cfg.flawed + [answer(a) for a in aligned]
-    logp, amask = um.answer_token_logprobs(np.concatenate([images, images[:k]]), questions, answers)
-    return -(logp * amask).sum() / amask.sum()
+    captions = [s.text for s in specs] + [REJECT_CAPTION] * cfg.flawed
+    k = min(cfg.yes_no, len(specs))
+    turns, counts = [], []
+    for i, caption in enumerate(captions):
+        turns.append((CAPTION_QUESTION, caption))
+        if i < k:
+            turns += [
+                (question(specs[i].text), answer(True)),
+                (question(data.negative(specs[i], cfg.easy_negatives).text), answer(False)),
+            ]
+        counts.append(3 if i < k else 1)
+    logp, amask = um.dialogue_token_logprobs(images, turns, counts)
+    # The decision is one token among many caption tokens: averaged with them it weighs almost
+    # nothing and the judge stays at chance, so it is a mean of its own, weighted.
+    decision = torch.zeros_like(amask)
+    asked = torch.tensor([q != CAPTION_QUESTION for q, _ in turns], device=amask.device)
+    decision[asked, len(um.token_ids([ANSWER_PREFIX], special=False)[0])] = True
+    text = amask & ~decision
+    return -(logp * text).sum() / text.sum() - cfg.yes_no_weight * logp[decision].mean()
 
 
 def generation_loss(um: UnifiedModel, data: Data, cfg: PretrainConfig) -> torch.Tensor:
@@ -207,11 +247,11 @@ UNDERSTANDING = {"und": understanding_loss}
 JOINT = {"und": understanding_loss, "gen": generation_loss}
 
 
-UNDERSTANDING_SPLITS = ("train", "val", "heldout")  # every prompt outside `novel`
+UNDERSTANDING_SPLITS = ("train", "val", "heldout", "novel")  # every prompt of the world
 
 
 def _streams(seed: int, size: int) -> SimpleNamespace:
-    """Understanding batches over every non-novel prompt, generation batches over `train` only."""
+    """Understanding batches over every prompt of the world, generation batches over `train` only."""
     return SimpleNamespace(und=Data(seed, size, UNDERSTANDING_SPLITS), gen=Data(seed + 1, size, ("train",)))
 
 

@@ -225,3 +225,31 @@ def test_answer_logprobs_equal_a_full_forward_and_share_prefixes(tiny_random):
         assert shared[row].item() == pytest.approx(logp[-len(answer) :].sum().item(), abs=1e-3)
     with pytest.raises(ValueError, match="counts"):
         um.answer_logprobs(images, [q, q], caps, counts=[1, 1])
+
+
+def test_dialogue_turns_score_as_whole_forwards_each(tiny_random):
+    """Several (question, answer) turns packed behind one image score each answer as a plain
+    forward of und_text(image, question) + answer would; the question's tokens are not scored."""
+    um = tiny_random
+    images = um.sample(PROMPTS[:2], n=1, temperature=1.0).images
+    from unigap.model.adapter import und_text
+    from unigap.model.judge import CAPTION_QUESTION, answer, question
+
+    turns = [
+        (CAPTION_QUESTION, "a red circle"),
+        (question("a red circle"), answer(True)),
+        (question("two blue squares"), answer(False)),
+    ]
+    turns += [(question("a green triangle"), answer(True))]
+    eos = [True, False, True, False]
+    logp, mask = um.dialogue_token_logprobs(images, turns, [3, 1], eos)
+    tok = um.tokenizer
+    for row, ((q, a), img, e) in enumerate(zip(turns, (0, 0, 0, 1), eos)):
+        said = tok(a, add_special_tokens=False).input_ids + [tok.eos_token_id] * e
+        ids = torch.tensor([tok([und_text(um.image_block, q)]).input_ids[0] + said])
+        logits = um.model(input_ids=ids, pixel_values=um.pixel_values(images[img : img + 1])).logits[0]
+        want = torch.log_softmax(logits[:-1], -1).gather(-1, ids[0, 1:, None]).squeeze(-1)[-len(said) :]
+        assert int(mask[row].sum()) == len(said)
+        assert torch.allclose(logp[row, : len(said)], want, atol=1e-4)
+    with pytest.raises(ValueError, match="counts"):
+        um.dialogue_token_logprobs(images, turns, [2, 1])

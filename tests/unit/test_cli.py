@@ -74,7 +74,7 @@ def test_help_explains_itself():
         (["loop", "--focus", "0"], ["--focus", "(0, 1]"]),
         (["controls", "--focus", "1.5"], ["--focus", "(0, 1]"]),
         (["loop", "--und-flawed", "4", "--und-replay", "0"], ["--und-flawed", "--und-replay > 0"]),
-        (["loop", "--und-replay", "1", "--und-batch", "4"], ["--und-batch", ">= 8"]),
+        (["loop", "--und-replay", "1", "--und-batch", "0"], ["--und-batch", "at least 1"]),
         (["loop", "--und-every", "0"], ["--und-every", ">= 1"]),
         (["loop", "--focus", "0.5", "--solved-rows", "-1"], ["--solved-rows", ">= 0"]),
         (["loop", "--val-n", "-1"], ["--val-n", ">= 0"]),

@@ -304,6 +304,40 @@ def test_rendered_understanding_pairs_per_prompt(tiny_random):
     assert one.shape == (6,) and three.shape == (18,)
 
 
+def test_understanding_by_negative_tells_a_binding_judge_from_a_bag_of_features(tiny_random):
+    """Per kind of negative, a judge that reads the scene exactly is right on every pair; one that
+    only checks which colours and shapes appear passes colour and shape edits and is at chance on
+    swaps and relations (which keep them)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from unigap import world
+    from unigap.evaluate import understanding_by_negative
+
+    def judge_by(rule):
+        def score(images, prompts):
+            return SimpleNamespace(decision=np.array([rule(im, world.parse(p)) for im, p in zip(images, prompts)]))
+
+        return SimpleNamespace(image_size=32, score=score)
+
+    specs = [s for s in world.split("val") if s.category == "two_objects"][:6]
+    exact = understanding_by_negative(judge_by(lambda im, spec: bool(world.evaluate_batch(im[None], [spec])[0])), specs)
+    assert {k for k in exact} == {"colour", "shape", "relation", "swap", "every kind alike"}
+    assert all(v["acc"] == 1.0 for v in exact.values()) and exact["every kind alike"]["n_pairs"] == 6 * 4
+
+    def colours_in(image):  # palette colours covering a few pixels: a bag of features, no places, no shapes
+        px = image.reshape(-1, 1, 3).astype(int)
+        near = np.abs(px - np.array(list(world.PALETTE.values()))[None]).sum(-1) < 60
+        return {c for c, n in zip(world.PALETTE, near.sum(0)) if n >= 4}
+
+    bag = understanding_by_negative(
+        judge_by(lambda im, spec: colours_in(im) == {o.colour for o in spec.objects}), specs
+    )
+    assert bag["colour"]["acc"] == 1.0
+    assert bag["shape"]["acc"] == bag["swap"]["acc"] == bag["relation"]["acc"] == 0.5
+
+
 def test_named_pools_are_their_splits_texts(tmp_path):
     """A named pool is its splits' texts in the order named (so a file of the same texts, in the
     same order, is the same run); a name that is neither a pool nor a file is refused by name."""

@@ -118,6 +118,9 @@ def test_score_cli_json(tmp_path):
     assert lo <= report["overall"]["nu"] <= hi
     assert plot.stat().st_size > 1000
     assert "overall" in proc.stdout
+    kinds = report["und_by_negative"]  # rendered understanding per kind of hard negative
+    assert {"colour", "shape", "position", "count", "relation", "swap", "every kind alike"} == set(kinds)
+    assert "by kind of negative" in proc.stdout
 
 
 def test_generate_and_judge_cli(tmp_path):

@@ -96,6 +96,13 @@ def print_report(report: dict) -> None:
         )
     if report["overall"].get("und_acc_rendered") is None:
         console.print("und rendered is absent (-): it needs the shapes world's renders")
+    if report.get("und_by_negative"):
+        kinds = Table(title="Understanding by kind of negative (renders)")
+        for col in ("negative", "pairs", "judge right %"):
+            kinds.add_column(col, justify="left" if col == "negative" else "right")
+        for kind, r in report["und_by_negative"].items():
+            kinds.add_row(kind, str(r["n_pairs"]), pct(r["acc"]), style="bold" if kind == "every kind alike" else None)
+        console.print(kinds)
 
 
 def report_gap(

@@ -401,42 +401,78 @@ class UnifiedModel:
         are tokenised apart, so an answer's tokens are exactly the tokenizer's tokens of it (plus
         <eos> when `eos`). On CPU the images go through in chunks of about `cpu_forward_tokens`.
         """
-        tok = self.tokenizer
         counts = [1] * len(questions) if counts is None else list(counts)
         if len(counts) != len(questions) or sum(counts) != len(answers):
             raise ValueError("answers must hold counts[i] answers for each image/question i")
-        answer_ids = [a + ([tok.eos_token_id] if eos else []) for a in self.token_ids(list(answers), special=False)]
-        width = max(map(len, answer_ids), default=0)
-        ans = torch.full((len(answers), width), tok.pad_token_id, dtype=torch.long)
-        amask = torch.zeros(len(answers), width, dtype=torch.bool)
-        for a, ids_a in enumerate(answer_ids):  # right-padded: padding after an answer never changes it
+        eos_id = [self.tokenizer.eos_token_id] if eos else []
+        seqs = [a + eos_id for a in self.token_ids(list(answers), special=False)]
+        prefixes = [und_text(self.image_block, q) for q in questions]
+        return self._packed_logprobs(images, prefixes, seqs, counts)
+
+    def dialogue_token_logprobs(
+        self, images, turns: list[tuple[str, str]], counts: list[int], eos: list[bool] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs [T, S] of the answer tokens of (question, answer) turns about images, and the answer mask.
+
+        Image i is asked `counts[i]` consecutive turns; each turn reads exactly as `und_text(image,
+        question)` followed by its answer (and <eos> where `eos` says, default everywhere), but the
+        image runs once and its turns are packed behind it, each seeing the image and itself only
+        (as `answer_token_logprobs` packs answers). So one image answers several questions (a
+        caption, the yes/no question of its prompt and of a negative) for about the cost of one.
+        The question's tokens are read, not scored: only the answer's log-probs come back."""
+        if len(counts) != len(images) or sum(counts) != len(turns):
+            raise ValueError("turns must hold counts[i] turns for each image i")
+        eos = [True] * len(turns) if eos is None else eos
+        head = f"{USER}: {self.image_block}"  # ends in a special token, so the turn tokenises as in und_text
+        asked = self.token_ids([und_text(self.image_block, q)[len(head) :] for q, _ in turns], special=False)
+        said = self.token_ids([a for _, a in turns], special=False)
+        eos_id = self.tokenizer.eos_token_id
+        seqs = [q + a + [eos_id] * e for q, a, e in zip(asked, said, eos)]
+        logp, mask = self._packed_logprobs(images, [head] * len(images), seqs, list(counts))
+        # keep the answers' columns only, shifted to the left edge
+        width = max((len(s) - len(q) for s, q in zip(seqs, asked)), default=0)
+        first = torch.tensor([len(q) for q in asked], device=logp.device)
+        cols = (first[:, None] + torch.arange(width, device=logp.device)).clamp(max=max(logp.shape[1] - 1, 0))
+        keep = torch.arange(width, device=logp.device)[None, :] < (mask.sum(-1) - first)[:, None]
+        return logp.gather(1, cols) * keep, keep
+
+    def _packed_logprobs(
+        self, images, prefixes: list[str], seqs: list[list[int]], counts: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs [A, S] of token sequences packed behind image prefixes (`counts[i]` behind prefix i),
+        and their mask; the images go through in chunks on CPU."""
+        tok = self.tokenizer
+        width = max(map(len, seqs), default=0)
+        ans = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+        amask = torch.zeros(len(seqs), width, dtype=torch.bool)
+        for a, ids_a in enumerate(seqs):  # right-padded: padding after an answer never changes it
             ans[a, : len(ids_a)] = torch.tensor(ids_a, dtype=torch.long)
             amask[a, : len(ids_a)] = True
         ans, amask = ans.to(self.device), amask.to(self.device)
         if width == 0:
-            return torch.zeros(len(answers), 0, device=self.device), amask
+            return torch.zeros(len(seqs), 0, device=self.device), amask
         first_answer = np.concatenate([[0], np.cumsum(counts)])
-        answer_tokens = [sum(map(len, answer_ids[first_answer[i] : first_answer[i + 1]])) for i in range(len(counts))]
+        answer_tokens = [sum(map(len, seqs[first_answer[i] : first_answer[i + 1]])) for i in range(len(counts))]
         logp = torch.zeros(
-            len(answers), width, device=self.device, dtype=torch.promote_types(self.model.dtype, torch.float32)
+            len(seqs), width, device=self.device, dtype=torch.promote_types(self.model.dtype, torch.float32)
         )
-        for chunk in self._chunks(questions, answer_tokens):
+        for chunk in self._chunks(prefixes, answer_tokens):
             rows = [a for i in chunk for a in range(first_answer[i], first_answer[i + 1])]
             part = images[chunk] if isinstance(images, (np.ndarray, torch.Tensor)) else [images[i] for i in chunk]
             logp[rows] = self._packed_answer_logprobs(
-                part, [questions[i] for i in chunk], ans[rows], amask[rows], [counts[i] for i in chunk]
+                part, [prefixes[i] for i in chunk], ans[rows], amask[rows], [counts[i] for i in chunk]
             )
         return logp * amask, amask
 
-    def _chunks(self, questions: list[str], answer_tokens: list[int]) -> list[list[int]]:
+    def _chunks(self, prefixes: list[str], answer_tokens: list[int]) -> list[list[int]]:
         """Groups of image indices to run one forward each: all at once off CPU; on CPU, images
         sorted by length (so packed rows of one forward have similar lengths and little padding)
         and grouped while the padded forward stays within about `cpu_forward_tokens` tokens."""
         budget = self.cpu_forward_tokens if self.device.type == "cpu" else None
-        if not budget or len(questions) <= 1:
-            return [list(range(len(questions)))]
-        prefix = [len(x) for x in self.token_ids([und_text(self.image_block, q) for q in questions])]
-        order = sorted(range(len(questions)), key=lambda i: (prefix[i] + answer_tokens[i], i))
+        if not budget or len(prefixes) <= 1:
+            return [list(range(len(prefixes)))]
+        prefix = [len(x) for x in self.token_ids(prefixes)]
+        order = sorted(range(len(prefixes)), key=lambda i: (prefix[i] + answer_tokens[i], i))
         out, group, longest = [], [], 0
         for i in order:
             size = prefix[i] + answer_tokens[i]
@@ -447,9 +483,9 @@ class UnifiedModel:
             longest = max(longest, size)
         return out + [group]
 
-    def _packed_answer_logprobs(self, images, questions, ans, amask, counts) -> torch.Tensor:
-        """Log-probs [A, W] of the answer tokens of one chunk of images (see `answer_token_logprobs`)."""
-        ids, mask = self._tokenize([und_text(self.image_block, q) for q in questions])
+    def _packed_answer_logprobs(self, images, prefixes, ans, amask, counts) -> torch.Tensor:
+        """Log-probs [A, W] of the packed tokens of one chunk of images (see `answer_token_logprobs`)."""
+        ids, mask = self._tokenize(prefixes)
         cache = DynamicCache(config=self.model.config.text_config)
         first = self.model(
             input_ids=ids,
