@@ -200,13 +200,17 @@ def understanding_loss(um: UnifiedModel, data: Data, cfg: PretrainConfig) -> tor
             ]
         counts.append(3 if i < k else 1)
     logp, amask = um.dialogue_token_logprobs(images, turns, counts)
-    # The decision is one token among many caption tokens: averaged with them it weighs almost
-    # nothing and the judge stays at chance, so it is a mean of its own, weighted.
-    decision = torch.zeros_like(amask)
+    # Three means, so none dilutes another: the captions; the answer format of the yes/no turns ("The
+    # score is", learnt at once); and the decision, one token each, which averaged with the caption
+    # tokens would weigh almost nothing (the judge then stays at chance).
     asked = torch.tensor([q != CAPTION_QUESTION for q, _ in turns], device=amask.device)
+    decision = torch.zeros_like(amask)
     decision[asked, len(um.token_ids([ANSWER_PREFIX], special=False)[0])] = True
-    text = amask & ~decision
-    return -(logp * text).sum() / text.sum() - cfg.yes_no_weight * logp[decision].mean()
+    caption, form = amask & ~asked[:, None], amask & asked[:, None] & ~decision
+    loss = -(logp * caption).sum() / caption.sum()
+    if asked.any():
+        loss = loss - (logp * form).sum() / form.sum() - cfg.yes_no_weight * logp[decision].mean()
+    return loss
 
 
 def generation_loss(um: UnifiedModel, data: Data, cfg: PretrainConfig) -> torch.Tensor:

@@ -265,7 +265,7 @@ def test_gate_fresh_val_measures_the_incumbent_again(tiny_model, tmp_path):
             "--lr",
             "1e-2",
             "--threshold",
-            "1e-9",
+            "1e-100",
             "--gate-fresh-val",
             "--json",
             str(out),

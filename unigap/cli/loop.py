@@ -24,6 +24,7 @@ CONTROL_SETTINGS = (
     "n",
     "seed",
     "pool",
+    "judge_mode",
     "threshold",
     "max_per_prompt",
     "balance",
@@ -37,6 +38,8 @@ CONTROL_SETTINGS = (
     "train.und_replay",
     "train.gen_replay",
     "train.und_flawed",
+    "train.und_every",
+    "eval_prompts",
     "eval_n",
     "eval_per_category",
 )
@@ -147,7 +150,7 @@ def controls_cmd(
         fail(str(e))
     check_model(model)
     try:
-        prompts = pool_texts(cfg.pool)  # the likelihood judge: the world's prompts only
+        prompts = pool_texts(cfg.pool, cfg.judge_mode)
     except ValueError as e:
         fail(str(e))
     result = run_controls(load_model(model), chosen, prompts, cfg, log=console.print)

@@ -123,5 +123,6 @@ class Judge:
         out = []
         for lp in self.caption_logprobs(images, prompts):
             best = lp[1:].max() if len(lp) > 1 else torch.tensor(float("-inf"))
-            out.append(torch.sigmoid(lp[0] - best).item())
+            # In float64: a float32 sigmoid is exactly 0 below about -100 nats, which no threshold admits.
+            out.append(torch.sigmoid((lp[0] - best).double()).item())
         return np.array(out)
