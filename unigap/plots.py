@@ -67,7 +67,8 @@ def plot_rounds(result: dict, folder: str | Path) -> list[Path]:
     """The loop's report: NU per round, generation vs understanding per round, categories before/after."""
     folder = Path(folder)
     rows = result["rounds"]
-    split = LoopConfig.from_dict(result["config"]).reported_on
+    cfg = LoopConfig.from_dict(result["config"])
+    split = cfg.reported_on
     r = [row["round"] for row in rows]
     paths = []
 
@@ -93,12 +94,18 @@ def plot_rounds(result: dict, folder: str | Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for key, style, label, why in (
-        ("gen_acc", "o-", "generation acc (external evaluator)", "no external evaluator"),
+        ("gen_acc", "o-", f"generation acc on {split} (external evaluator)", "no external evaluator"),
         ("und_acc", "s-", "understanding acc (rendered pairs)", "prompts outside the shapes world"),
         ("und_acc_own", "^--", "judge agrees with evaluator (own images)", "no external evaluator"),
     ):
         vals = [np.nan if row[key] is None else 100 * row[key] for row in rows]  # absent: no point, not 0
         ax.plot(r, vals, style, label=label + (f": absent ({why})" if all(np.isnan(vals)) else ""))
+    # The gate's val texts are in the default pool: beside the reported split, generation on texts
+    # the loop trains on shows how much of a gain is test-time improvement rather than transfer.
+    val = [(row.get("val") or {}).get("gen_acc") for row in rows]
+    if split != "val" and all(v is not None for v in val):
+        whose = "texts in the pool" if "val" in cfg.pool.split("+") else "the gate's split"
+        ax.plot(r, [100 * v for v in val], "o:", label=f"generation acc on val ({whose}, external)")
     ax.set_xlabel("round")
     ax.set_ylabel(f"% ({split})")
     ax.set_xticks(r)

@@ -126,6 +126,7 @@ def print_rounds(result: dict) -> None:
         "NU %",
         "gen acc %",
         "und acc %",
+        "val gen acc %",
         "win rate %",
         "diversity",
         "SFT",
@@ -140,6 +141,7 @@ def print_rounds(result: dict) -> None:
             pct(row["nu"]),
             pct(row["gen_acc"]),
             pct(row["und_acc"]),
+            pct((row.get("val") or {}).get("gen_acc")),  # the gate's split: in the default pool
             pct(row["win_rate"]),
             f"{row['diversity']:.3f}",
             str(row["n_sft"]),
