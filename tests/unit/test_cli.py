@@ -108,6 +108,10 @@ def test_bad_prompt_files(tmp_path):
     assert_one_line_error(
         run("score", "--split", str(free)), "--mode likelihood", "purple hexagon", "probability or decision"
     )
+    # the controls render their pool and check it exactly: free text is refused whatever the judge
+    assert_one_line_error(
+        run("controls", "--pool", str(free), "--mode", "probability"), "shapes world", "purple hexagon"
+    )
     jsonl = tmp_path / "bad.jsonl"
     jsonl.write_text('{"prompt": "a cat"}\n{"category": "animals"}\n')
     assert_one_line_error(run("score", "--split", str(jsonl), "--mode", "decision"), "bad.jsonl:2", "prompt")

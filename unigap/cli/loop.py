@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from unigap import world
 from unigap.cli import runs
 from unigap.cli.app import app, check_device, check_model, console, fail, load_model, pct, write_json
 from unigap.cli.options import with_settings
@@ -153,6 +154,11 @@ def controls_cmd(
         prompts = pool_texts(cfg.pool, cfg.judge_mode)
     except ValueError as e:
         fail(str(e))
+    for text in prompts:  # the arms render their prompts and check them exactly
+        try:
+            world.parse(text)
+        except ValueError:
+            fail(f"unigap controls runs in the shapes world: {text!r} is not one of its prompts")
     result = run_controls(load_model(model), chosen, prompts, cfg, log=console.print)
     out = Table(
         title="Ladder of controls: held-out generation accuracy (external evaluator) and NU (own judge) per round"
