@@ -25,7 +25,7 @@ SAMPLER = "counter-gumbel"
 JUDGE_MODES = ("probability", "decision", "likelihood")  # the judge's readings (unigap/model/judge.py)
 BUILT_IN_EVALUATORS = ("shapes", "none")  # unigap/evaluators.py's built-ins (named here: this module needs no numpy)
 CONTROL_ARMS = ("render", "oracle", "judge", "all")  # `unigap controls` (unigap/controls.py)
-YES_NO = 32  # renders of an understanding batch (its first) asked the yes/no question, in pretraining and the replay
+YES_NO = 8  # yes/no rows of each understanding batch, pretraining's and the replay's (its first renders asked)
 
 GROUPS = ("Run", "Sampling", "SFT set", "Training", "Gate", "Evaluation")  # `--help` panels, in this order
 
@@ -174,7 +174,11 @@ class TrainConfig:
             min(self.und_anchor, self.und_replay, self.gen_replay) >= 0,
             "--und-anchor, --und-replay and --gen-replay must be >= 0",
         )
-        _check(self.und_batch >= 1, f"--und-batch must be at least 1, not {self.und_batch}")
+        _check(
+            self.und_batch >= YES_NO,
+            f"--und-batch must be >= {YES_NO} (the replay asks yes/no of its first {YES_NO} renders), "
+            f"not {self.und_batch}",
+        )
         _check(self.und_every >= 1, f"--und-every must be >= 1 (1: the replay joins every batch), not {self.und_every}")
         # Flawed renders ride in the understanding replay's batches, so they need the replay.
         _check(

@@ -17,7 +17,7 @@ ROOT = Path(__file__).parents[2]
     [
         (lambda: TrainConfig(und_every=0), "--und-every must be >= 1 (1: the replay joins every batch), not 0"),
         (lambda: TrainConfig(und_flawed=2, und_replay=0.0), "--und-flawed"),
-        (lambda: TrainConfig(und_batch=0), "--und-batch must be at least 1"),
+        (lambda: TrainConfig(und_batch=4), "--und-batch must be >= 8"),
         (lambda: TrainConfig(modules="all"), "--modules must be one of lm, lm+head"),
         (lambda: LoopConfig(focus=0.0), "--focus is an acceptance rate in (0, 1]"),
         (lambda: LoopConfig(balance=True, max_per_prompt=0), "--balance needs --max-per-prompt >= 1"),

@@ -54,3 +54,34 @@ def test_growing_depth_keeps_what_the_model_computes(tmp_path):
     grown = UnifiedModel.load(tmp_path / "grown")
     assert grown.model.config.text_config.num_hidden_layers == 2
     assert (tmp_path / "grown" / "grow.json").is_file()
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_the_yes_no_questions_of_an_understanding_batch(tiny_random, monkeypatch, paired):
+    """The shipped recipe asks yes_no renders one question each, in rows of their own; paired_yes_no
+    asks each of them its own prompt ("1") and a negative ("0"), packed behind the image with its
+    caption, and sees `novel` prompts too."""
+    from unigap import world
+    from unigap.model.judge import CAPTION_QUESTION
+    from unigap.pretrain import _streams, understanding_loss
+
+    cfg = PretrainConfig(batch=10, yes_no=4, paired_yes_no=paired, recon_share=0.0)
+    calls = []
+    for name in ("answer_token_logprobs", "dialogue_token_logprobs"):
+        real = getattr(tiny_random, name)
+        monkeypatch.setattr(tiny_random, name, lambda *a, real=real, name=name: calls.append((name, a)) or real(*a))
+    data = _streams(0, tiny_random.image_size, cfg)
+    novel = {s.canonical() for s in world.split("novel")}
+    assert any(s.canonical() in novel for specs in data.und.by_cat.values() for s in specs) == paired
+    with torch.no_grad():
+        loss = understanding_loss(tiny_random, data, cfg)
+    assert torch.isfinite(loss)
+    ((name, args),) = calls
+    if not paired:
+        images, questions, answers = args
+        assert name == "answer_token_logprobs" and questions.count(CAPTION_QUESTION) == 10 and len(questions) == 14
+        return
+    images, turns, counts = args
+    assert name == "dialogue_token_logprobs" and len(images) == 10 and counts == [3] * 4 + [1] * 6
+    assert [q for q, _ in turns].count(CAPTION_QUESTION) == 10 and len(turns) == 18
+    assert [a for q, a in turns if q != CAPTION_QUESTION] == ["The score is 1", "The score is 0"] * 4

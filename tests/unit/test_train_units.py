@@ -372,8 +372,8 @@ def test_the_understanding_replay_trains_the_pretraining_understanding_loss(tiny
 
 
 def test_the_understanding_replay_captions_und_batch_renders_and_asks_yes_no_of_the_first(tiny_random, monkeypatch):
-    """TrainConfig.und_batch sets the replay's renders per step (its cost): that many captions, and
-    the first YES_NO of them asked the yes/no question of their own prompt and of a negative."""
+    """TrainConfig.und_batch sets the replay's renders per step (its cost): that many captions,
+    plus YES_NO yes/no questions on the first of them."""
     from support.trainer_settings import first_train
 
     from unigap.config import YES_NO
@@ -381,22 +381,17 @@ def test_the_understanding_replay_captions_und_batch_renders_and_asks_yes_no_of_
     from unigap.train.round import regulariser
 
     asked = []
-    real = tiny_random.dialogue_token_logprobs
+    real = tiny_random.answer_token_logprobs
     monkeypatch.setattr(
         tiny_random,
-        "dialogue_token_logprobs",
-        lambda images, turns, counts: asked.append((turns, counts)) or real(images, turns, counts),
+        "answer_token_logprobs",
+        lambda images, questions, answers: asked.append(questions) or real(images, questions, answers),
     )
     tokens = torch.as_tensor(np.random.default_rng(0).integers(0, 64, (2, 64)))
-    for batch in (12, 40):
+    for batch in (12, 32):
         with torch.no_grad():
             regulariser(tiny_random, None, first_train(und_replay=1.0, und_batch=batch))(["x", "y"], tokens)
-        turns, counts = asked[-1]
-        yes_no = min(batch, YES_NO)
-        assert [q for q, _ in turns].count(CAPTION_QUESTION) == batch and len(turns) == batch + 2 * yes_no
-        assert counts == [3] * yes_no + [1] * (batch - yes_no)
-        answers = [a for q, a in turns if q != CAPTION_QUESTION]
-        assert answers == ["The score is 1", "The score is 0"] * yes_no
+        assert asked[-1].count(CAPTION_QUESTION) == batch and len(asked[-1]) == batch + YES_NO
 
 
 def test_the_understanding_replay_every_k_joins_about_one_batch_in_k_at_k_times_its_loss(tiny_random, monkeypatch):

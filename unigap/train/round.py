@@ -148,7 +148,7 @@ def understanding_replay_loss(
     anchor above only holds the judge on the round's own images, not on renders (docs/findings.md).
     With `flawed`, each batch also teaches the reject caption on that
     many flawed renders. `batch` renders are captioned per step (the first YES_NO of them also
-    asked the yes/no question of their prompt and of a negative). With `every` > 1, a batch replays with probability 1/every (drawn from the
+    asked yes/no). With `every` > 1, a batch replays with probability 1/every (drawn from the
     batch's own draws, so a resumed run replays the same batches), at `every` times the loss: the
     same expected gradient for about 1/every of the cost (the replay is two thirds of a step)."""
     data = SimpleNamespace(und=Data(seed, um.image_size, UNDERSTANDING_SPLITS))
