@@ -22,7 +22,7 @@ from pathlib import Path
 from unigap import world
 from unigap.co_improvement import pooled
 from unigap.config import SAMPLER, LoopConfig
-from unigap.methods import markdown, method_table
+from unigap.methods import markdown, mean_ci, method_table, pct_ci, shipped
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_FILE = re.compile(r"s(\d+)\.json")
@@ -184,6 +184,38 @@ def tables(by_recipe: dict[str, list[dict]], split: str) -> list[str]:
     ]
 
 
+VAL_FIGURES = ("gen_acc", "nu", "und_acc")  # a split's figures that val_lines reports
+
+
+def val_lines(by_recipe: dict[str, list[dict]]) -> list[str]:
+    """Where recipes are chosen: each recipe's start and shipped model on the gate's `val` texts
+    (in the loop's pool), mean over seeds with its interval. Recipes that report `test` only:
+    for them `val` is the one split a choice may look at."""
+    lines = []
+    for name, runs in by_recipe.items():
+        if LoopConfig.from_dict(runs[0]["config"]).reported_on != "test":
+            continue
+        start, final = [r["rounds"][0]["val"] for r in runs], [shipped(r["rounds"])["val"] for r in runs]
+        share = {k: [mean_ci([v[k] for v in vals], bounds=(0.0, 1.0)) for vals in (start, final)] for k in VAL_FIGURES}
+        cells = [f"{pct_ci(a, interval=False)} -> {pct_ci(b)}" for a, b in share.values()]
+        lines.append(f"| `recipes/{name}.yaml` | {len(runs)} | {' | '.join(cells)} |")
+    if not lines:
+        return []
+    return [
+        "## Where recipes are chosen: the gate's `val` texts",
+        "",
+        (
+            "The same runs on `val`, the texts the gate decides on (they are in the loop's pool, so these figures "
+            "are test-time improvement, not generalisation): a recipe is chosen on these, and reported on `test`."
+        ),
+        "",
+        "| recipe | seeds | Gen % start -> shipped | NU % start -> shipped | Und % (rendered) start -> shipped |",
+        "|---|---|---|---|---|",
+        *lines,
+        "",
+    ]
+
+
 def render(results: Path = ROOT / "results", recipes: Path = ROOT / "recipes") -> str:
     """The whole of docs/results.md as text (deterministic: the same results give the same bytes)."""
     by_recipe = recipe_runs(results)
@@ -235,6 +267,7 @@ def render(results: Path = ROOT / "results", recipes: Path = ROOT / "recipes") -
         *recipe_lines,
         "",
         *(line for split in order for line in tables(by_split[split], split)),
+        *val_lines(by_recipe),
         *co_improvement_lines(results, by_recipe),
     ]
     if unmeasured:

@@ -44,6 +44,24 @@ def test_each_table_row_names_its_recipe_file():
     assert len(named) == len(RESULT_FOLDERS) > 20
 
 
+def test_recipes_reported_on_test_are_shown_on_val_where_they_are_chosen():
+    doc = (ROOT / "docs" / "results.md").read_text()
+    section = doc.split("## Where recipes are chosen: the gate's `val` texts")[1].split("\n## ")[0]
+    rows = dict(re.findall(r"^\| `recipes/([^`]+)\.yaml` \| \d+ \| ([^|]+) \|", section, flags=re.MULTILINE))
+    on_test = [n for n, runs in recipe_runs(ROOT / "results").items() if seeded_config(runs).reported_on == "test"]
+    assert sorted(rows) == sorted(on_test) and "default" in rows
+    shipped_val = []
+    for path in runs_in(ROOT / "results" / "default"):
+        rounds = json.loads(path.read_text())["rounds"]
+        shipped_val.append([r for r in rounds if r["round"] == 0 or r["promoted"]][-1]["val"]["gen_acc"])
+    start = json.loads(runs_in(ROOT / "results" / "default")[0].read_text())["rounds"][0]["val"]["gen_acc"]
+    assert rows["default"].startswith(f"{100 * start:.1f} -> {100 * sum(shipped_val) / len(shipped_val):.1f} [")
+
+
+def seeded_config(runs: list[dict]) -> LoopConfig:
+    return LoopConfig.from_dict(runs[0]["config"])
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_a_recipe_opens_with_what_it_is_and_lists_every_setting(path):
     text = path.read_text()

@@ -11,6 +11,24 @@ from unigap.cli.app import app, check_model, console, fail, load_model, write_js
 from unigap.config import YES_NO
 from unigap.paths import DEFAULT_MODEL
 
+YES_NO_OPTION = typer.Option(None, help=f"Yes/no questions per understanding batch (default: {YES_NO}).")
+PAIRED_OPTION = typer.Option(
+    False,
+    help="Ask each yes/no render both its own prompt and a negative, packed with its caption, and let "
+    "understanding see the novel prompts too: the recipe for the paper's yes/no judge (slower; not the "
+    "shipped model's).",
+)
+
+
+def pretrain_config(**given):
+    """The PretrainConfig of the options given (None: the recipe's default); exit 2 naming a bad one."""
+    from unigap.pretrain import PretrainConfig
+
+    try:
+        return PretrainConfig(**{k: v for k, v in given.items() if v is not None})
+    except ValueError as e:
+        fail(str(e))
+
 
 @app.command("pretrain")
 def pretrain_cmd(
@@ -19,27 +37,15 @@ def pretrain_cmd(
     vq_steps: int | None = typer.Option(None, help="VQ tokenizer steps (default: the shipped recipe)."),
     und_steps: int | None = typer.Option(None, help="Understanding-only steps."),
     joint_steps: int | None = typer.Option(None, help="Joint understanding + generation steps."),
-    yes_no: int | None = typer.Option(None, help=f"Yes/no questions per understanding batch (default: {YES_NO})."),
-    paired_yes_no: bool = typer.Option(
-        False,
-        help="Ask each yes/no render both its own prompt and a negative, packed with its caption, and let "
-        "understanding see the novel prompts too: the recipe for the paper's yes/no judge (slower; not the "
-        "shipped model's).",
-    ),
+    yes_no: int | None = YES_NO_OPTION,
+    paired_yes_no: bool = PAIRED_OPTION,
 ):
     """Train the tiny unified model from scratch on the shapes world: the shipped model's recipe
     (about 43 minutes on 2 cores), or with --paired-yes-no the one for the paper's yes/no judge."""
-    from unigap.pretrain import PretrainConfig
     from unigap.pretrain import pretrain as run
 
-    given = {"vq_steps": vq_steps, "und_steps": und_steps, "joint_steps": joint_steps, "yes_no": yes_no}
-    try:
-        cfg = PretrainConfig(
-            seed=seed, paired_yes_no=paired_yes_no, **{k: v for k, v in given.items() if v is not None}
-        )
-    except ValueError as e:
-        fail(str(e))
-    run(out, cfg)
+    given = {"vq_steps": vq_steps, "und_steps": und_steps, "joint_steps": joint_steps}
+    run(out, pretrain_config(seed=seed, paired_yes_no=paired_yes_no, yes_no=yes_no, **given))
     console.print(f"model written to {out}")
 
 
@@ -51,10 +57,13 @@ def grow(
     steps: int = typer.Option(800, help="Joint understanding + generation steps after growing."),
     lr: float = typer.Option(5e-4, help="Peak learning rate of those steps."),
     seed: int = typer.Option(11, help="Seed of the data and order."),
+    yes_no: int | None = YES_NO_OPTION,
+    paired_yes_no: bool = PAIRED_OPTION,
 ):
     """Deepen a trained model's language model (each layer followed by copies of itself whose
     outputs start at zero, so nothing it could do is lost) and continue joint training: a
-    larger generator from the shipped one without training from scratch."""
+    larger generator from the shipped one without training from scratch (with --paired-yes-no,
+    joint training asks the paper's yes/no question in pairs)."""
     from transformers import JanusConfig
 
     from unigap.pretrain import check_growth
@@ -67,7 +76,8 @@ def grow(
         check_growth(JanusConfig.from_pretrained(model).text_config.num_hidden_layers, layers)
     except ValueError as e:
         fail(f"--layers: {e}")
-    run(model, out, layers, steps, lr, seed)
+    cfg = pretrain_config(paired_yes_no=paired_yes_no, yes_no=yes_no)
+    run(model, out, layers, steps, lr, seed, cfg)
     console.print(f"model written to {out}")
 
 

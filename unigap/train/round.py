@@ -28,7 +28,7 @@ from unigap.config import LoopConfig, TrainConfig
 from unigap.evaluate import competitors, make_judge
 from unigap.model.adapter import UnifiedModel
 from unigap.model.judge import Judge
-from unigap.pretrain import UNDERSTANDING_SPLITS, Data, PretrainConfig, generation_loss, understanding_loss
+from unigap.pretrain import Data, PretrainConfig, generation_loss, understanding_loss, understanding_splits
 from unigap.store import records as rec
 from unigap.store.base import Store
 from unigap.train.data import Candidates, RoundData, get_round_data, split_for
@@ -151,8 +151,8 @@ def understanding_replay_loss(
     asked yes/no). With `every` > 1, a batch replays with probability 1/every (drawn from the
     batch's own draws, so a resumed run replays the same batches), at `every` times the loss: the
     same expected gradient for about 1/every of the cost (the replay is two thirds of a step)."""
-    data = SimpleNamespace(und=Data(seed, um.image_size, UNDERSTANDING_SPLITS))
     pcfg = PretrainConfig(batch=batch, flawed=flawed)
+    data = SimpleNamespace(und=Data(seed, um.image_size, understanding_splits(pcfg)))
 
     def replay(prompts: list[str], tokens: torch.Tensor) -> torch.Tensor:
         data.und.rng = _batch_rng(tokens, seed)
