@@ -127,6 +127,8 @@ def _pool(pool: str) -> str:
         return "heldout+val (the evaluated texts)"
     if pool == "pool+val":
         return "pool+val (no test text)"
+    if pool == "pool":
+        return "pool (no val or test text)"
     return pool
 
 
@@ -188,8 +190,8 @@ VAL_FIGURES = ("gen_acc", "nu", "und_acc")  # a split's figures that val_lines r
 
 
 def val_lines(by_recipe: dict[str, list[dict]]) -> list[str]:
-    """Where recipes are chosen: each recipe's start and shipped model on the gate's `val` texts
-    (in the loop's pool), mean over seeds with its interval. Recipes that report `test` only:
+    """Where recipes are chosen: each recipe's start and shipped model on the gate's `val` texts,
+    mean over seeds with its interval. Recipes that report `test` only:
     for them `val` is the one split a choice may look at."""
     lines = []
     for name, runs in by_recipe.items():
@@ -205,8 +207,9 @@ def val_lines(by_recipe: dict[str, list[dict]]) -> list[str]:
         "## Where recipes are chosen: the gate's `val` texts",
         "",
         (
-            "The same runs on `val`, the texts the gate decides on (they are in the loop's pool, so these figures "
-            "are test-time improvement, not generalisation): a recipe is chosen on these, and reported on `test`."
+            "The same runs on `val`, the texts the gate decides on: a recipe is chosen on these, and reported on "
+            "`test`. Where the pool holds `val` (`pool+val`), these figures are test-time improvement, not "
+            "generalisation; where it is `pool` alone, `val` is as unseen as `test`."
         ),
         "",
         "| recipe | seeds | Gen % start -> shipped | NU % start -> shipped | Und % (rendered) start -> shipped |",
