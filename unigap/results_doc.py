@@ -191,8 +191,8 @@ VAL_FIGURES = ("gen_acc", "nu", "und_acc")  # a split's figures that val_lines r
 
 def val_lines(by_recipe: dict[str, list[dict]]) -> list[str]:
     """Where recipes are chosen: each recipe's start and shipped model on the gate's `val` texts,
-    mean over seeds with its interval. Recipes that report `test` only:
-    for them `val` is the one split a choice may look at."""
+    mean over seeds with its interval. Only recipes that report `test`: for them `val` is the
+    one split a choice may look at."""
     lines = []
     for name, runs in by_recipe.items():
         if LoopConfig.from_dict(runs[0]["config"]).reported_on != "test":
