@@ -48,7 +48,8 @@ def test_recipes_reported_on_test_are_shown_on_val_where_they_are_chosen():
     doc = (ROOT / "docs" / "results.md").read_text()
     section = doc.split("## Where recipes are chosen: the gate's `val` texts")[1].split("\n## ")[0]
     rows = dict(re.findall(r"^\| `recipes/([^`]+)\.yaml` \| \d+ \| ([^|]+) \|", section, flags=re.MULTILINE))
-    on_test = [n for n, runs in recipe_runs(ROOT / "results").items() if seeded_config(runs).reported_on == "test"]
+    found = recipe_runs(ROOT / "results").items()
+    on_test = [n for n, runs in found if LoopConfig.from_dict(runs[0]["config"]).reported_on == "test"]
     assert sorted(rows) == sorted(on_test) and "default" in rows
     shipped_val = []
     for path in runs_in(ROOT / "results" / "default"):
@@ -56,10 +57,6 @@ def test_recipes_reported_on_test_are_shown_on_val_where_they_are_chosen():
         shipped_val.append([r for r in rounds if r["round"] == 0 or r["promoted"]][-1]["val"]["gen_acc"])
     start = json.loads(runs_in(ROOT / "results" / "default")[0].read_text())["rounds"][0]["val"]["gen_acc"]
     assert rows["default"].startswith(f"{100 * start:.1f} -> {100 * sum(shipped_val) / len(shipped_val):.1f} [")
-
-
-def seeded_config(runs: list[dict]) -> LoopConfig:
-    return LoopConfig.from_dict(runs[0]["config"])
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
