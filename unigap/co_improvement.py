@@ -69,11 +69,21 @@ def pooled(reports: list[dict]) -> dict:
     }
 
 
-def co_improvement(store, result: dict, cache: str | Path) -> dict:
+def round_checkpoint(result: dict, round_: int) -> tuple[str, int]:
+    """The model round `round_` trained, whether or not its gate promoted it."""
+    rows = {r["round"]: r for r in result["rounds"]}
+    if round_ < 1 or round_ not in rows:
+        raise ValueError(f"the run has no round {round_} (rounds 1-{max(rows)})")
+    return rows[round_]["checkpoint"], round_
+
+
+def co_improvement(store, result: dict, cache: str | Path, round_: int | None = None) -> dict:
     """`judges_compared` for a finished loop run (`result`: its `unigap loop --json`): the starting
-    model's judge against the served model's on the starting model's held-out images, both at the
-    run's judge mode and threshold, on the images the run's evaluator could tell. Raises ValueError
-    when the run has no external evaluator or its store lacks the round-0 evaluation."""
+    model's judge against the served model's (with `round_`, that round's model, promoted or not:
+    the judge training made, whatever the gate did) on the starting model's held-out images, both
+    at the run's judge mode and threshold, on the images the run's evaluator could tell. Raises
+    ValueError when the run has no external evaluator, no such round, or its store lacks the round-0
+    evaluation."""
     from unigap.evaluate import make_judge
     from unigap.loop import baseline_record, evaluation_prompts, heldout_arrays
     from unigap.model.adapter import UnifiedModel
@@ -88,7 +98,7 @@ def co_improvement(store, result: dict, cache: str | Path) -> dict:
         raise ValueError("the store holds no round-0 evaluation of this run: is it the store the run wrote to?")
     specs = evaluation_prompts(cfg.eval_prompts, "heldout", cfg.eval_per_category)
     a, prompts = heldout_arrays(store, rec.get_json(store, zero["eval"]), specs)
-    final, final_round = final_checkpoint(result)
+    final, final_round = final_checkpoint(result) if round_ is None else round_checkpoint(result, round_)
 
     def decisions(ref: str) -> np.ndarray:
         judge = make_judge(UnifiedModel.load(rec.fetch_checkpoint(store, ref, cache)), cfg.judge_mode, cfg.threshold)
@@ -102,4 +112,12 @@ def co_improvement(store, result: dict, cache: str | Path) -> dict:
 
     k = a["known"]
     out = judges_compared(decisions(start)[k], decisions(final)[k], a["correct"][k], np.asarray(prompts)[k])
-    return {"start": start, "final": final, "final_round": final_round, "threshold": cfg.threshold, **out}
+    promoted = next(r["promoted"] for r in result["rounds"] if r["round"] == final_round)
+    return {
+        "start": start,
+        "final": final,
+        "final_round": final_round,
+        "final_promoted": promoted,
+        "threshold": cfg.threshold,
+        **out,
+    }

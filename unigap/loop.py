@@ -445,6 +445,7 @@ class Loop:
             "und_acc": h["und_acc"],
             "und_acc_own": h["und_acc_own"],
             "win_rate": (m.get("win_rate") or {}).get("win_rate"),
+            "n_disagree": (m.get("win_rate") or {}).get("n_disagree", 0),
             "promoted": m["promoted"],
             "n_sft": m["n_sft"],
             "n_pairs": m["n_pairs"],

@@ -353,8 +353,10 @@ NEW_LAYER_OUTPUTS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
 
 
 def check_growth(depth: int, layers: int) -> None:
-    if layers <= depth or layers % depth:
-        raise ValueError(f"layers must be a multiple of the model's {depth} larger than it, not {layers}")
+    """`layers` a multiple of `depth`; `depth` itself grows nothing, so the same steps on the same
+    model are the control for growing."""
+    if layers < depth or layers % depth:
+        raise ValueError(f"layers must be a multiple of the model's {depth}, not {layers}")
 
 
 def grow_depth(um: UnifiedModel, layers: int) -> UnifiedModel:

@@ -26,6 +26,7 @@ from unigap.methods import markdown, mean_ci, method_table, pct_ci, shipped
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_FILE = re.compile(r"s(\d+)\.json")
+SEED_IN_NAME = re.compile(r"(?:^|-)s(\d+)\.json$")
 FIRST_ROW = "default"  # what `unigap loop` runs leads the tables; the rest follow by name
 # A loop JSON names its sampler's noise; one without the field was sampled before the name was recorded,
 # from a CPU generator per candidate drawing all its noise up front.
@@ -42,29 +43,35 @@ def _unseeded(config: dict) -> dict:
     }
 
 
+def load_runs(files: list[Path]) -> list[dict]:
+    """The loop JSONs `files`, each checked to be one, to say its seed in its name (`s<seed>` or
+    `<anything>-s<seed>`) and to share the first's settings (the seed aside) and sampler."""
+    runs = []
+    for f in files:
+        try:
+            run = json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{f}: not JSON ({e})") from None
+        if not isinstance(run, dict) or not {"config", "rounds"} <= run.keys():
+            raise ValueError(f"{f}: not a `unigap loop --json` result (it needs config and rounds)")
+        seed = int(SEED_IN_NAME.search(f.name)[1])
+        if run["config"].get("seed") != seed:
+            raise ValueError(f"{f}: its config's seed is {run['config'].get('seed')}, its name says {f.name}")
+        if runs and _unseeded(run["config"]) != _unseeded(runs[0]["config"]):
+            raise ValueError(f"{f}: its settings differ from {files[0].name}'s (one recipe per folder)")
+        if runs and run.get("sampler") != runs[0].get("sampler"):
+            raise ValueError(f"{f}: sampled by other noise than {files[0].name} (one sampler per folder)")
+        runs.append(run)
+    return runs
+
+
 def recipe_runs(results: Path) -> dict[str, list[dict]]:
     """Each recipe's loop JSONs, `{name: [run, ...]}`, by seed, `default` first, then by name."""
     found = {}
     for folder in sorted(p for p in results.iterdir() if p.is_dir()):
         files = sorted((f for f in folder.iterdir() if RUN_FILE.fullmatch(f.name)), key=lambda f: int(f.name[1:-5]))
-        if not files:
-            continue
-        runs = []
-        for f in files:
-            try:
-                run = json.loads(f.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{f}: not JSON ({e})") from None
-            if not isinstance(run, dict) or not {"config", "rounds"} <= run.keys():
-                raise ValueError(f"{f}: not a `unigap loop --json` result (it needs config and rounds)")
-            if run["config"].get("seed") != int(f.name[1:-5]):
-                raise ValueError(f"{f}: its config's seed is {run['config'].get('seed')}, its name says {f.name}")
-            if runs and _unseeded(run["config"]) != _unseeded(runs[0]["config"]):
-                raise ValueError(f"{f}: its settings differ from {files[0].name}'s (one recipe per folder)")
-            if runs and run.get("sampler") != runs[0].get("sampler"):
-                raise ValueError(f"{f}: sampled by other noise than {files[0].name} (one sampler per folder)")
-            runs.append(run)
-        found[folder.name] = runs
+        if files:
+            found[folder.name] = load_runs(files)
     return dict(sorted(found.items(), key=lambda kv: (kv[0] != FIRST_ROW, kv[0])))
 
 
@@ -116,6 +123,80 @@ def co_improvement_lines(results: Path, by_recipe: dict[str, list[dict]]) -> lis
         "| recipe | seeds | images | win rate % per seed (disagreements) | pooled win rate % | disagreements "
         "| judge agrees with the evaluator % (start -> shipped) |",
         "|---|---|---|---|---|---|---|",
+        *lines,
+        "",
+    ]
+
+
+DEPTH_RUN = re.compile(r"L(\d+)-s(\d+)\.json")
+
+
+def _json(f: Path, what: str) -> dict:
+    if not f.is_file():
+        raise ValueError(f"{f}: missing ({what})")
+    return json.loads(f.read_text())
+
+
+def _cosines(dynamics: dict) -> str:
+    """The matched pairs' mean cosine with its t-interval over the pairs (the cosine matrix's diagonal)."""
+    c = mean_ci([row[i] for i, row in enumerate(dynamics["cosine_matrix"])])
+    return f"{c['mean']:.4f} [{c['ci'][0]:.4f}, {c['ci'][1]:.4f}]"
+
+
+def depth_lines(folder: Path) -> list[str]:
+    """Co-improvement over model depth, from `folder` (results/by-depth): for each depth L, the
+    default recipe's first round from the model grown to L layers (`L<L>-s<seed>.json`), that
+    round's judge against the start's (`co-L<L>-s<seed>.json`) and the start's gradient cosines
+    between the branches (`dynamics-L<L>.json`)."""
+    if not folder.is_dir():
+        return []
+    depths = sorted({int(m[1]) for f in folder.iterdir() if (m := DEPTH_RUN.fullmatch(f.name))})
+    lines = []
+    for depth in depths:
+        files = sorted(folder.glob(f"L{depth}-s*.json"), key=lambda f: int(DEPTH_RUN.fullmatch(f.name)[2]))
+        runs = load_runs(files)
+        reports = []
+        for f, run in zip(files, runs):
+            co = _json(folder / f"co-{f.name}", "its `unigap co-improvement --round 1`")
+            if co.get("run") != run["run"] or co.get("final_round") != 1:
+                raise ValueError(f"{folder / ('co-' + f.name)}: measures no first round of {f.name}")
+            reports.append(co)
+        dyn = _json(folder / f"dynamics-L{depth}.json", "its `unigap dynamics`")["before"]
+        both = pooled(reports)
+        gen = [mean_ci([r["rounds"][k]["gen_acc"] for r in runs], bounds=(0.0, 1.0)) for k in (0, 1)]
+        old, new = (sum(c[k] for c in reports) / len(reports) for k in ("agreement_old", "agreement_new"))
+        lo, hi = both["win_rate_ci"]
+        rate = "-" if both["win_rate"] is None else f"{100 * both['win_rate']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+        lines.append(
+            f"| {depth} | {dyn['n_shared_parameters'] / 1e6:.2f} M | {len(runs)} "
+            f"| {pct_ci(gen[0], interval=False)} -> {pct_ci(gen[1])} | {sum(r['rounds'][1]['promoted'] for r in runs)} "
+            f"| {rate} | {both['n_disagree']} | {100 * old:.1f} -> {100 * new:.1f} "
+            f"| {_cosines(dyn)} | {dyn['cos_gen_und_mismatched']:.4f} |"
+        )
+    if not lines:
+        return []
+    return [
+        "## Co-improvement over model depth",
+        "",
+        (
+            "Does a larger model co-improve where the shipped one does not? Each depth is the shipped model's "
+            "language model grown to L layers and trained 800 more joint steps (`unigap grow --out runs/grownL "
+            "--layers L --steps 800`; at 2 layers the same steps without growing, the control), then one round of "
+            "the default recipe from it (`unigap loop --recipe recipes/default.yaml --model runs/grownL --rounds 1 "
+            "--seed S --store runs/by-depth-LL-sS --json results/by-depth/LL-sS.json`). The win rate is that "
+            "round's judge against its start's on the start's `test` images, promoted or not (`unigap "
+            "co-improvement results/by-depth/LL-sS.json --store runs/by-depth-LL-sS --round 1 --json "
+            "results/by-depth/co-LL-sS.json`), pooled over seeds with a 95% bootstrap interval over (seed, prompt) "
+            "groups. The cosines are between per-sample gradients of the generation loss and the caption loss over "
+            "the shared language model, for the same prompt and image (matched, with a t-interval over the 32 "
+            "pairs) and for different ones (mismatched), on the start's own samples (`unigap dynamics --model "
+            "runs/grownL --n-train 32 --json results/by-depth/dynamics-LL.json`)."
+        ),
+        "",
+        "| layers | shared parameters | seeds | Gen % (test) start -> round 1 | promoted | win rate % "
+        "| disagreements | judge agrees with the evaluator % (start -> round 1) | cos(gen, und) matched "
+        "| mismatched |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *lines,
         "",
     ]
@@ -270,6 +351,7 @@ def render(results: Path = ROOT / "results", recipes: Path = ROOT / "recipes") -
         *(line for split in order for line in tables(by_split[split], split)),
         *val_lines(by_split.get("test", {})),
         *co_improvement_lines(results, by_recipe),
+        *depth_lines(results / "by-depth"),
     ]
     if unmeasured:
         out += ["## Not yet measured", "", *(f"- `recipes/{name}.yaml`" for name in unmeasured), ""]

@@ -246,6 +246,14 @@ def test_restart_trains_the_start_on_every_rounds_candidates(tiny_model, tmp_pat
     if c["n_disagree"]:  # the new judge's gain in agreement is what it wins over what it loses
         gain = (2 * c["win_rate"] - 1) * c["n_disagree"] / c["n_images"]
         assert c["agreement_new"] - c["agreement_old"] == pytest.approx(gain)
+    # --round 1: round 1's model, promoted or not, against the start: what the round's own win rate measured
+    proc = unigap("co-improvement", str(out), "--store", str(store), "--round", "1", "--json", str(co))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    c = json.loads(co.read_text())
+    assert (c["final"], c["final_promoted"]) == (result[1]["checkpoint"], result[1]["promoted"])
+    assert (c["win_rate"], c["n_disagree"]) == (result[1]["win_rate"], result[1]["n_disagree"])
+    proc = unigap("co-improvement", str(out), "--store", str(store), "--round", "3")
+    assert proc.returncode == 2 and "no round 3 (rounds 1-2)" in proc.stderr
 
 
 def test_gate_fresh_val_measures_the_incumbent_again(tiny_model, tmp_path):

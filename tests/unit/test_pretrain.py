@@ -47,7 +47,10 @@ def test_growing_depth_keeps_what_the_model_computes(tmp_path):
     images = um.decode(tokens)
     assert torch.allclose(um.answer_logprobs(images, q, rows), deep.answer_logprobs(images, q, rows), atol=1e-5)
     with pytest.raises(ValueError, match="multiple"):
-        grow_depth(um, 1)
+        grow_depth(um, 0)
+    same = grow_depth(um, 1)  # its own depth: the control for growing, the same model
+    assert same.model.config.text_config.num_hidden_layers == 1
+    assert torch.allclose(um.image_logprobs(rows, tokens), same.image_logprobs(rows, tokens))
 
     um.save(tmp_path / "start")
     grow(tmp_path / "start", tmp_path / "grown", 2, 2, cfg=CFG)

@@ -53,7 +53,11 @@ def pretrain_cmd(
 def grow(
     out: Path = typer.Option(..., help="Folder for the grown model."),
     model: Path = typer.Option(DEFAULT_MODEL, help="The trained model to grow."),
-    layers: int = typer.Option(4, help="Depth of the grown language model (a multiple of the model's)."),
+    layers: int = typer.Option(
+        4,
+        help="Depth of the grown language model: a multiple of the model's (its own depth adds no layer, "
+        "only the steps: the control for growing).",
+    ),
     steps: int = typer.Option(800, help="Joint understanding + generation steps after growing."),
     lr: float = typer.Option(5e-4, help="Peak learning rate of those steps."),
     seed: int = typer.Option(11, help="Seed of the data and order."),

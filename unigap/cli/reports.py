@@ -225,6 +225,12 @@ def co_improvement_cmd(
     run: Path = typer.Argument(..., help="A JSON file written by `unigap loop --json`."),
     store_url: str = typer.Option(..., "--store", help="The run's store: a folder or an s3:// URL."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the figures and each disagreement here."),
+    round_: int | None = typer.Option(
+        None,
+        "--round",
+        help="Compare this round's model, promoted or not, instead of the served one: the judge "
+        "training made, whatever the gate did.",
+    ),
 ):
     """Did self-improvement make the model a better judge, as the paper measures it? The served
     (self-improved) model's judge against the starting model's, both on the starting model's held-out
@@ -241,7 +247,7 @@ def co_improvement_cmd(
         fail(f"{run}: not a `unigap loop --json` result ({e.__class__.__name__}: {e})")
     store, cache = open_store_or_fail(store_url)
     try:
-        out = co_improvement(store, result, cache)
+        out = co_improvement(store, result, cache, round_)
     except (ValueError, StoreError) as e:
         fail(f"{run}: {e}")
     print_co_improvement(out)
@@ -251,20 +257,20 @@ def co_improvement_cmd(
 
 def print_co_improvement(out: dict) -> None:
     """`unigap.co_improvement.co_improvement`'s figures as a table."""
-    table = Table(title="Co-improvement: the served model's judge vs the starting model's, on the start's images")
+    table = Table(title="Co-improvement: the trained model's judge vs the starting model's, on the start's images")
     for col in (
-        "final round",
+        "round",
         "images",
         "disagreements",
         "win rate %",
         "95% CI",
         "agreement start %",
-        "agreement final %",
+        "agreement trained %",
     ):
         table.add_column(col, justify="right")
     lo, hi = out["win_rate_ci"]
     table.add_row(
-        str(out["final_round"]),
+        f"{out['final_round']}{'' if out.get('final_promoted', True) else ' (not promoted)'}",
         str(out["n_images"]),
         str(out["n_disagree"]),
         pct(out["win_rate"]),
