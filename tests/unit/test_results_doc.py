@@ -180,3 +180,31 @@ def test_the_command_writes_the_doc_and_says_bad_input_in_one_line(tmp_path, cap
     with pytest.raises(SystemExit) as e:
         main(["--results", str(tmp_path / "nowhere")])
     assert e.value.code == 2
+
+
+DEPTH = ROOT / "results" / "by-depth"
+
+
+def test_the_depth_runs_are_the_default_recipes_first_round():
+    """results/by-depth: each depth's runs are recipes/default.yaml cut to one round, each with the
+    co-improvement of that round (what the doc's depth table pools)."""
+    recipe = {**yaml.safe_load((ROOT / "recipes" / "default.yaml").read_text()), "rounds": 1}
+    runs = sorted(DEPTH.glob("L*-s*.json"))
+    assert {p.name.split("-")[0] for p in runs} == {"L2", "L4", "L6"}
+    for path in runs:
+        config = json.loads(path.read_text())["config"]
+        assert asdict(LoopConfig.from_dict(config)) == asdict(seeded(recipe, config["seed"])), path
+        assert json.loads((DEPTH / f"co-{path.name}").read_text())["final_round"] == 1
+    section = (ROOT / "docs" / "results.md").read_text().split("## Co-improvement over model depth")[1]
+    assert [int(n) for n in re.findall(r"^\| (\d+) \|", section, flags=re.MULTILINE)] == [2, 4, 6]
+
+
+def test_a_depth_run_without_its_co_improvement_or_cosines_is_refused(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(DEPTH, results / "by-depth")
+    (results / "by-depth" / "dynamics-L4.json").unlink()
+    with pytest.raises(ValueError, match=r"dynamics-L4\.json: missing \(its `unigap dynamics`\)"):
+        render(results, tmp_path)
+    (results / "by-depth" / "co-L2-s1.json").unlink()
+    with pytest.raises(ValueError, match=r"co-L2-s1\.json: missing"):
+        render(results, tmp_path)
