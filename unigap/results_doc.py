@@ -1,8 +1,9 @@
 """docs/results.md, generated from results/: `python -m unigap.results_doc` (what `make results` runs).
 
 Supports: a results folder holding one sub-folder per recipe, `results/<recipe>/s<seed>.json`, each
-the JSON `unigap loop --recipe recipes/<recipe>.yaml --seed <seed> --json ...` wrote; other files and
-folders under results/ (controls, audits, rescoring) are not loop runs and are left out. Every row
+the JSON `unigap loop --recipe recipes/<recipe>.yaml --seed <seed> --json ...` wrote, and
+results/by-depth/ (`depth_lines`); other files and folders under results/ (controls, audits,
+rescoring) are not loop runs and are left out. Every row
 names its recipe file; a recipe file with no results folder is listed as not yet measured.
 
 Assumes (and checks, raising ValueError with the file): the runs of a folder share one config, the
@@ -78,6 +79,16 @@ def recipe_runs(results: Path) -> dict[str, list[dict]]:
 CO_FILE = re.compile(r"co-improvement-s(\d+)\.json")
 
 
+def _pooled_cells(reports: list[dict]) -> str:
+    """Seeds' co-improvement reports as table cells: the pooled win rate with its interval, the
+    disagreements, and the judges' mean agreement with the evaluator (start -> trained)."""
+    both = pooled(reports)
+    old, new = (sum(c[k] for c in reports) / len(reports) for k in ("agreement_old", "agreement_new"))
+    lo, hi = both["win_rate_ci"]
+    rate = "-" if both["win_rate"] is None else f"{100 * both['win_rate']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return f"{rate} | {both['n_disagree']} | {100 * old:.1f} -> {100 * new:.1f}"
+
+
 def co_improvement_lines(results: Path, by_recipe: dict[str, list[dict]]) -> list[str]:
     """The co-improvement table: each recipe folder's `co-improvement-s<seed>.json` files (`unigap
     co-improvement results/<recipe>/s<seed>.json --store ... --json ...`), per seed and pooled."""
@@ -97,14 +108,9 @@ def co_improvement_lines(results: Path, by_recipe: dict[str, list[dict]]) -> lis
         per_seed = ", ".join(
             f"{100 * c['win_rate']:.1f} ({c['n_disagree']})" for _, c in reports if c["win_rate"] is not None
         )
-        both = pooled([c for _, c in reports])
-        old = sum(c["agreement_old"] for _, c in reports) / len(reports)
-        new = sum(c["agreement_new"] for _, c in reports) / len(reports)
-        lo, hi = both["win_rate_ci"]
-        rate = "-" if both["win_rate"] is None else f"{100 * both['win_rate']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
         lines.append(
             f"| `recipes/{name}.yaml` | {', '.join(str(s) for s, _ in reports)} | {reports[0][1]['n_images']} "
-            f"| {per_seed or '-'} | {rate} | {both['n_disagree']} | {100 * old:.1f} -> {100 * new:.1f} |"
+            f"| {per_seed or '-'} | {_pooled_cells([c for _, c in reports])} |"
         )
     if not lines:
         return []
@@ -132,6 +138,7 @@ DEPTH_RUN = re.compile(r"L(\d+)-s(\d+)\.json")
 
 
 def _json(f: Path, what: str) -> dict:
+    """A JSON file the depth table needs (`what` says which command writes it)."""
     if not f.is_file():
         raise ValueError(f"{f}: missing ({what})")
     return json.loads(f.read_text())
@@ -162,16 +169,11 @@ def depth_lines(folder: Path) -> list[str]:
                 raise ValueError(f"{folder / ('co-' + f.name)}: measures no first round of {f.name}")
             reports.append(co)
         dyn = _json(folder / f"dynamics-L{depth}.json", "its `unigap dynamics`")["before"]
-        both = pooled(reports)
         gen = [mean_ci([r["rounds"][k]["gen_acc"] for r in runs], bounds=(0.0, 1.0)) for k in (0, 1)]
-        old, new = (sum(c[k] for c in reports) / len(reports) for k in ("agreement_old", "agreement_new"))
-        lo, hi = both["win_rate_ci"]
-        rate = "-" if both["win_rate"] is None else f"{100 * both['win_rate']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
         lines.append(
             f"| {depth} | {dyn['n_shared_parameters'] / 1e6:.2f} M | {len(runs)} "
             f"| {pct_ci(gen[0], interval=False)} -> {pct_ci(gen[1])} | {sum(r['rounds'][1]['promoted'] for r in runs)} "
-            f"| {rate} | {both['n_disagree']} | {100 * old:.1f} -> {100 * new:.1f} "
-            f"| {_cosines(dyn)} | {dyn['cos_gen_und_mismatched']:.4f} |"
+            f"| {_pooled_cells(reports)} | {_cosines(dyn)} | {dyn['cos_gen_und_mismatched']:.4f} |"
         )
     if not lines:
         return []
@@ -180,17 +182,17 @@ def depth_lines(folder: Path) -> list[str]:
         "",
         (
             "Does a larger model co-improve where the shipped one does not? Each depth is the shipped model's "
-            "language model grown to L layers and trained 800 more joint steps (`unigap grow --out runs/grownL "
-            "--layers L --steps 800`; at 2 layers the same steps without growing, the control), then one round of "
-            "the default recipe from it (`unigap loop --recipe recipes/default.yaml --model runs/grownL --rounds 1 "
-            "--seed S --store runs/by-depth-LL-sS --json results/by-depth/LL-sS.json`). The win rate is that "
+            "language model grown to L layers and trained 800 more joint steps (`unigap grow --out runs/grown<L> "
+            "--layers <L> --steps 800`; at 2 layers the same steps without growing, the control), then one round of "
+            "the default recipe from it (`unigap loop --recipe recipes/default.yaml --model runs/grown<L> --rounds 1 "
+            "--seed <S> --store runs/by-depth-L<L>-s<S> --json results/by-depth/L<L>-s<S>.json`). The win rate is that "
             "round's judge against its start's on the start's `test` images, promoted or not (`unigap "
-            "co-improvement results/by-depth/LL-sS.json --store runs/by-depth-LL-sS --round 1 --json "
-            "results/by-depth/co-LL-sS.json`), pooled over seeds with a 95% bootstrap interval over (seed, prompt) "
+            "co-improvement results/by-depth/L<L>-s<S>.json --store runs/by-depth-L<L>-s<S> --round 1 --json "
+            "results/by-depth/co-L<L>-s<S>.json`), pooled over seeds with a 95% bootstrap interval over (seed, prompt) "
             "groups. The cosines are between per-sample gradients of the generation loss and the caption loss over "
             "the shared language model, for the same prompt and image (matched, with a t-interval over the 32 "
             "pairs) and for different ones (mismatched), on the start's own samples (`unigap dynamics --model "
-            "runs/grownL --n-train 32 --json results/by-depth/dynamics-LL.json`)."
+            "runs/grown<L> --n-train 32 --json results/by-depth/dynamics-L<L>.json`)."
         ),
         "",
         "| layers | shared parameters | seeds | Gen % (test) start -> round 1 | promoted | win rate % "

@@ -191,10 +191,13 @@ def test_the_depth_runs_are_the_default_recipes_first_round():
     recipe = {**yaml.safe_load((ROOT / "recipes" / "default.yaml").read_text()), "rounds": 1}
     runs = sorted(DEPTH.glob("L*-s*.json"))
     assert {p.name.split("-")[0] for p in runs} == {"L2", "L4", "L6"}
+    starts = {}
     for path in runs:
-        config = json.loads(path.read_text())["config"]
-        assert asdict(LoopConfig.from_dict(config)) == asdict(seeded(recipe, config["seed"])), path
+        run = json.loads(path.read_text())
+        assert asdict(LoopConfig.from_dict(run["config"])) == asdict(seeded(recipe, run["config"]["seed"])), path
         assert json.loads((DEPTH / f"co-{path.name}").read_text())["final_round"] == 1
+        starts.setdefault(path.name.split("-")[0], set()).add(run["rounds"][0]["checkpoint"])
+    assert all(len(s) == 1 for s in starts.values()) and len(set.union(*starts.values())) == 3, "one model a depth"
     section = (ROOT / "docs" / "results.md").read_text().split("## Co-improvement over model depth")[1]
     assert [int(n) for n in re.findall(r"^\| (\d+) \|", section, flags=re.MULTILINE)] == [2, 4, 6]
 
