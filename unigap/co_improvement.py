@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from unigap.config import LoopConfig
-from unigap.score import bootstrap_ci
+from unigap.score import bootstrap_ci, win_rate
 
 
 def final_checkpoint(result: dict) -> tuple[str, int]:
@@ -38,9 +38,8 @@ def judges_compared(accepted_old, accepted_new, correct, prompt_of) -> dict:
     disagree = old != new
     wins = (new == truth)[disagree]
     return {
-        "win_rate": float(wins.mean()) if disagree.any() else None,
+        **win_rate(old, new, truth),  # the loop's per-round figure, so the two cannot drift apart
         "win_rate_ci": list(bootstrap_ci(wins, prompts[disagree])),
-        "n_disagree": int(disagree.sum()),
         "n_disagree_prompts": int(len(set(prompts[disagree]))),
         "n_images": int(len(old)),
         "agreement_old": float((old == truth).mean()),
@@ -69,12 +68,15 @@ def pooled(reports: list[dict]) -> dict:
     }
 
 
-def round_checkpoint(result: dict, round_: int) -> tuple[str, int]:
-    """The model round `round_` trained, whether or not its gate promoted it."""
+def compared_round(result: dict, round_: int | None = None) -> dict:
+    """The run's row whose model meets the start: the served one (`final_checkpoint`), or round
+    `round_`'s, whether or not its gate promoted it."""
     rows = {r["round"]: r for r in result["rounds"]}
-    if round_ < 1 or round_ not in rows:
+    if round_ is None:
+        round_ = final_checkpoint(result)[1]
+    elif round_ < 1 or round_ not in rows:
         raise ValueError(f"the run has no round {round_} (rounds 1-{max(rows)})")
-    return rows[round_]["checkpoint"], round_
+    return rows[round_]
 
 
 def co_improvement(store, result: dict, cache: str | Path, round_: int | None = None) -> dict:
@@ -98,7 +100,7 @@ def co_improvement(store, result: dict, cache: str | Path, round_: int | None = 
         raise ValueError("the store holds no round-0 evaluation of this run: is it the store the run wrote to?")
     specs = evaluation_prompts(cfg.eval_prompts, "heldout", cfg.eval_per_category)
     a, prompts = heldout_arrays(store, rec.get_json(store, zero["eval"]), specs)
-    final, final_round = final_checkpoint(result) if round_ is None else round_checkpoint(result, round_)
+    compared = compared_round(result, round_)
 
     def decisions(ref: str) -> np.ndarray:
         judge = make_judge(UnifiedModel.load(rec.fetch_checkpoint(store, ref, cache)), cfg.judge_mode, cfg.threshold)
@@ -111,13 +113,14 @@ def co_improvement(store, result: dict, cache: str | Path, round_: int | None = 
         )
 
     k = a["known"]
-    out = judges_compared(decisions(start)[k], decisions(final)[k], a["correct"][k], np.asarray(prompts)[k])
-    promoted = next(r["promoted"] for r in result["rounds"] if r["round"] == final_round)
+    out = judges_compared(
+        decisions(start)[k], decisions(compared["checkpoint"])[k], a["correct"][k], np.asarray(prompts)[k]
+    )
     return {
         "start": start,
-        "final": final,
-        "final_round": final_round,
-        "final_promoted": promoted,
+        "final": compared["checkpoint"],
+        "final_round": compared["round"],
+        "final_promoted": compared["promoted"],
         "threshold": cfg.threshold,
         **out,
     }
