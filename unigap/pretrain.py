@@ -49,6 +49,9 @@ class PretrainConfig:
     paired_yes_no: bool = False
     yes_no_weight: float = 1.0  # paired: weight of the decision's mean NLL beside the captions' mean
     easy_negatives: float = 0.25  # paired: share of "no" questions asking an unrelated prompt
+    # paired: the kinds of hard negative asked (empty: every kind, the binding kinds BINDING_WEIGHT
+    # times as often). Naming the kinds a judge fails (shape, swap) focuses further training on them.
+    negative_kinds: tuple[str, ...] = ()
     vq_steps: int = 1000
     vq_lr: float = 2e-3
     und_steps: int = 400
@@ -68,6 +71,13 @@ class PretrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
         if not 0 <= self.yes_no <= self.batch:
             raise ValueError(f"--yes-no must be between 0 and the batch's {self.batch} renders, not {self.yes_no}")
+        if self.negative_kinds and not self.paired_yes_no:
+            raise ValueError("--negative-kinds chooses the paired questions' negatives: give --paired-yes-no too")
+        unknown = sorted(set(self.negative_kinds) - set(world.NEGATIVE_KINDS))
+        if unknown:
+            raise ValueError(
+                f"--negative-kinds: unknown kind {', '.join(unknown)}; choose from {', '.join(world.NEGATIVE_KINDS)}"
+            )
 
 
 def vocabulary() -> list[str]:
@@ -125,16 +135,17 @@ class Data:
         options = self.negatives[spec]
         return options[self.rng.integers(len(options))]
 
-    def negative_by_kind(self, spec, easy: float):
+    def negative_by_kind(self, spec, easy: float, kinds: tuple[str, ...] = ()):
         """A prompt the render of `spec` does not show (paired_yes_no): with probability `easy` one
         sharing no object with it (an easy contrast, which starts the comparison off), else a hard
-        negative of a kind drawn with BINDING_WEIGHT on the binding kinds."""
-        if self.rng.random() < easy:
+        negative of a kind drawn with BINDING_WEIGHT on the binding kinds; with `kinds`, of one of
+        those kinds (an unrelated prompt where `spec` has none of them)."""
+        by_kind = {k: v for k, v in self.by_kind[spec].items() if not kinds or k in kinds}
+        if not by_kind or self.rng.random() < easy:
             while True:
                 other = self.unrelated[self.rng.integers(len(self.unrelated))]
                 if not set(other.objects) & set(spec.objects):
                     return other
-        by_kind = self.by_kind[spec]
         weights = np.array([BINDING_WEIGHT if kind in BINDING else 1.0 for kind in by_kind])
         options = list(by_kind.values())[self.rng.choice(len(by_kind), p=weights / weights.sum())]
         return options[self.rng.integers(len(options))]
@@ -228,7 +239,7 @@ def _paired_loss(um: UnifiedModel, data: Data, cfg: PretrainConfig, specs, image
         if i < k:
             turns += [
                 (question(specs[i].text), answer(True)),
-                (question(data.negative_by_kind(specs[i], cfg.easy_negatives).text), answer(False)),
+                (question(data.negative_by_kind(specs[i], cfg.easy_negatives, cfg.negative_kinds).text), answer(False)),
             ]
         counts.append(3 if i < k else 1)
     logp, amask = um.dialogue_token_logprobs(images, turns, counts)
@@ -408,6 +419,7 @@ def grow(
         "steps": steps,
         "lr": lr,
         "seed": seed,
+        "config": asdict(cfg),
         "seconds": round(time.time() - t0),
         "log": log,
     }

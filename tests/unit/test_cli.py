@@ -46,6 +46,11 @@ def test_help_explains_itself():
         (["pretrain", "--yes-no", "40"], ["--yes-no", "32 renders"]),
         (["grow", "--out", "/tmp/unused-grown", "--layers", "3"], ["--layers", "multiple of the model's 2"]),
         (["grow", "--out", "/tmp/unused-grown", "--paired-yes-no", "--yes-no", "40"], ["--yes-no", "32 renders"]),
+        (
+            ["grow", "--out", "/tmp/unused-grown", "--paired-yes-no", "--negative-kinds", "hue"],
+            ["--negative-kinds", "hue"],
+        ),
+        (["pretrain", "--negative-kinds", "shape"], ["--negative-kinds", "--paired-yes-no"]),
         (["loop", "--more-rounds", "-1"], ["--more-rounds"]),
         (["loop", "--via-services", "localhost"], ["--via-services", "host:port,host:port"]),
         (["loop", "--via-services", "a:1,b:2", "--executor", "slurm"], ["executor", "slurm"]),

@@ -88,3 +88,28 @@ def test_the_yes_no_questions_of_an_understanding_batch(tiny_random, monkeypatch
     assert name == "dialogue_token_logprobs" and len(images) == 10 and counts == [3] * 4 + [1] * 6
     assert [q for q, _ in turns].count(CAPTION_QUESTION) == 10 and len(turns) == 18
     assert [a for q, a in turns if q != CAPTION_QUESTION] == ["The score is 1", "The score is 0"] * 4
+
+
+def test_paired_negatives_of_the_kinds_asked():
+    """negative_kinds keeps the paired "no" questions to those kinds of edit; a prompt with none of
+    them is contrasted with an unrelated prompt; a kind the world lacks, or the setting without
+    paired questions, is refused by name."""
+    from unigap import world
+    from unigap.pretrain import Data
+
+    data = Data(0, 32, ("train",))
+    swap_or_shape = {
+        s: {n.canonical() for k, n in world.negatives(s) if k in ("shape", "swap")}
+        for specs in data.by_cat.values()
+        for s in specs
+    }
+    for spec, allowed in list(swap_or_shape.items())[:200]:
+        other = data.negative_by_kind(spec, easy=0.0, kinds=("shape", "swap"))
+        assert other.canonical() in allowed
+    (single,) = [s for s in world.split("train") if s.category == "single_object"][:1]
+    other = data.negative_by_kind(single, easy=0.0, kinds=("swap",))
+    assert not set(other.objects) & set(single.objects)
+    with pytest.raises(ValueError, match="unknown kind hue"):
+        PretrainConfig(paired_yes_no=True, negative_kinds=("shape", "hue"))
+    with pytest.raises(ValueError, match="--paired-yes-no"):
+        PretrainConfig(negative_kinds=("shape",))

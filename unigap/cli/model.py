@@ -19,6 +19,18 @@ PAIRED_OPTION = typer.Option(
     "shipped model's).",
 )
 
+NEGATIVE_KINDS_OPTION = typer.Option(
+    None,
+    metavar="KIND,...",
+    help="With --paired-yes-no: ask only these kinds of hard negative (colour, shape, position, count, "
+    "relation, swap), to train a judge further on the kinds it fails (default: every kind).",
+)
+
+
+def kinds(value: str | None) -> tuple[str, ...] | None:
+    """--negative-kinds as a tuple (None where not given)."""
+    return None if value is None else tuple(k.strip() for k in value.split(",") if k.strip())
+
 
 def pretrain_config(**given):
     """The PretrainConfig of the options given (None: the recipe's default); exit 2 naming a bad one."""
@@ -39,12 +51,14 @@ def pretrain_cmd(
     joint_steps: int | None = typer.Option(None, help="Joint understanding + generation steps."),
     yes_no: int | None = YES_NO_OPTION,
     paired_yes_no: bool = PAIRED_OPTION,
+    negative_kinds: str | None = NEGATIVE_KINDS_OPTION,
 ):
     """Train the tiny unified model from scratch on the shapes world: the shipped model's recipe
     (about 43 minutes on 2 cores), or with --paired-yes-no the one for the paper's yes/no judge."""
     from unigap.pretrain import pretrain as run
 
     given = {"vq_steps": vq_steps, "und_steps": und_steps, "joint_steps": joint_steps}
+    given |= {"negative_kinds": kinds(negative_kinds)}
     run(out, pretrain_config(seed=seed, paired_yes_no=paired_yes_no, yes_no=yes_no, **given))
     console.print(f"model written to {out}")
 
@@ -63,6 +77,7 @@ def grow(
     seed: int = typer.Option(11, help="Seed of the data and order."),
     yes_no: int | None = YES_NO_OPTION,
     paired_yes_no: bool = PAIRED_OPTION,
+    negative_kinds: str | None = NEGATIVE_KINDS_OPTION,
 ):
     """Deepen a trained model's language model (each layer followed by copies of itself whose
     outputs start at zero, so nothing it could do is lost) and continue joint training: a
@@ -80,7 +95,7 @@ def grow(
         check_growth(JanusConfig.from_pretrained(model).text_config.num_hidden_layers, layers)
     except ValueError as e:
         fail(f"--layers: {e}")
-    cfg = pretrain_config(paired_yes_no=paired_yes_no, yes_no=yes_no)
+    cfg = pretrain_config(paired_yes_no=paired_yes_no, yes_no=yes_no, negative_kinds=kinds(negative_kinds))
     run(model, out, layers, steps, lr, seed, cfg)
     console.print(f"model written to {out}")
 

@@ -173,6 +173,10 @@ def _count_spec(obj: Obj, n: int) -> Spec:
     return Spec("single_object", (obj,)) if n == 1 else Spec("counting", (obj,), count=n)
 
 
+# The kinds of one-attribute edit `negatives` labels its results with.
+NEGATIVE_KINDS = ("colour", "shape", "position", "count", "relation", "swap")
+
+
 def _variants(spec: Spec) -> list[tuple[str, Spec]]:
     """All one-attribute edits of `spec`, duplicates and equivalents included."""
     out: list[tuple[str, Spec]] = []
