@@ -52,6 +52,10 @@ class PretrainConfig:
     # paired: the kinds of hard negative asked (empty: every kind, the binding kinds BINDING_WEIGHT
     # times as often). Naming the kinds a judge fails (shape, swap) focuses further training on them.
     negative_kinds: tuple[str, ...] = ()
+    # paired: draw each hard negative's kind in proportion to the decision's running error on it
+    # (KIND_ERROR_DECAY below), so the kinds the judge tells apart give way to those it fails
+    # without leaving any out: a focused stage alone forgets the kinds it does not ask.
+    adaptive_kinds: bool = False
     vq_steps: int = 1000
     vq_lr: float = 2e-3
     und_steps: int = 400
@@ -71,8 +75,10 @@ class PretrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
         if not 0 <= self.yes_no <= self.batch:
             raise ValueError(f"--yes-no must be between 0 and the batch's {self.batch} renders, not {self.yes_no}")
-        if self.negative_kinds and not self.paired_yes_no:
-            raise ValueError("--negative-kinds chooses the paired questions' negatives: give --paired-yes-no too")
+        for name in ("negative_kinds", "adaptive_kinds"):
+            if getattr(self, name) and not self.paired_yes_no:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} chooses the paired questions' negatives: give --paired-yes-no too")
         unknown = sorted(set(self.negative_kinds) - set(world.NEGATIVE_KINDS))
         if unknown:
             raise ValueError(
@@ -91,6 +97,10 @@ def vocabulary() -> list[str]:
 # what: a bag of features cannot tell them apart, so the yes/no judge learns them last and asks them more.
 BINDING = ("position", "relation", "swap")
 BINDING_WEIGHT = 3.0
+# adaptive_kinds: each step a kind's error moves this far towards the mean NLL of its "no" answers
+# that step (about ten steps of memory); the floor keeps a learnt kind asked now and then.
+KIND_ERROR_DECAY = 0.9
+KIND_ERROR_FLOOR = 0.02
 
 
 class Data:
@@ -115,6 +125,8 @@ class Data:
             for kind, n in edits:
                 self.by_kind.setdefault(s, {}).setdefault(kind, []).append(n)
         self.unrelated = list(specs)  # easy negatives: prompts that share no object with the image's
+        # adaptive_kinds: the decision's running NLL on each kind's "no" questions, ln 2 (chance) at first
+        self.kind_error = dict.fromkeys(world.NEGATIVE_KINDS, math.log(2))
 
     def specs(self, n: int) -> list:
         cats = self.rng.choice(len(world.CATEGORIES), n)
@@ -135,20 +147,30 @@ class Data:
         options = self.negatives[spec]
         return options[self.rng.integers(len(options))]
 
-    def negative_by_kind(self, spec, easy: float, kinds: tuple[str, ...] = ()):
-        """A prompt the render of `spec` does not show (paired_yes_no): with probability `easy` one
-        sharing no object with it (an easy contrast, which starts the comparison off), else a hard
-        negative of a kind drawn with BINDING_WEIGHT on the binding kinds; with `kinds`, of one of
-        those kinds (an unrelated prompt where `spec` has none of them)."""
+    def negative_by_kind(self, spec, easy: float, kinds: tuple[str, ...] = (), adaptive: bool = False):
+        """(kind, prompt): a prompt the render of `spec` does not show (paired_yes_no). With
+        probability `easy` one sharing no object with it (kind "unrelated": an easy contrast, which
+        starts the comparison off), else a hard negative of a kind drawn with BINDING_WEIGHT on the
+        binding kinds, or with `adaptive` in proportion to `kind_error`; with `kinds`, of one of those
+        kinds only (an unrelated prompt where `spec` has none of them)."""
         by_kind = {k: v for k, v in self.by_kind[spec].items() if not kinds or k in kinds}
         if not by_kind or self.rng.random() < easy:
             while True:
                 other = self.unrelated[self.rng.integers(len(self.unrelated))]
                 if not set(other.objects) & set(spec.objects):
-                    return other
-        weights = np.array([BINDING_WEIGHT if kind in BINDING else 1.0 for kind in by_kind])
-        options = list(by_kind.values())[self.rng.choice(len(by_kind), p=weights / weights.sum())]
-        return options[self.rng.integers(len(options))]
+                    return "unrelated", other
+        if adaptive:
+            weights = np.array([self.kind_error[kind] + KIND_ERROR_FLOOR for kind in by_kind])
+        else:
+            weights = np.array([BINDING_WEIGHT if kind in BINDING else 1.0 for kind in by_kind])
+        kind = list(by_kind)[self.rng.choice(len(by_kind), p=weights / weights.sum())]
+        return kind, by_kind[kind][self.rng.integers(len(by_kind[kind]))]
+
+    def observe_kind_errors(self, kinds: list[str], nll: np.ndarray) -> None:
+        """Move each hard kind's running error towards the mean NLL of its "no" answers this step."""
+        for kind in set(kinds) & set(self.kind_error):
+            mean = float(nll[[k == kind for k in kinds]].mean())
+            self.kind_error[kind] = KIND_ERROR_DECAY * self.kind_error[kind] + (1 - KIND_ERROR_DECAY) * mean
 
 
 # ---------------------------------------------------------------------- VQ
@@ -233,14 +255,13 @@ def _paired_loss(um: UnifiedModel, data: Data, cfg: PretrainConfig, specs, image
     in one packed row with its caption: the same image with both answers, so the decision must
     come from comparing image and prompt, and a question costs its words only."""
     k = min(cfg.yes_no, len(specs))
-    turns, counts = [], []
+    turns, counts, kinds = [], [], []
     for i, caption in enumerate(captions):
         turns.append((CAPTION_QUESTION, caption))
         if i < k:
-            turns += [
-                (question(specs[i].text), answer(True)),
-                (question(data.negative_by_kind(specs[i], cfg.easy_negatives, cfg.negative_kinds).text), answer(False)),
-            ]
+            kind, negative = data.negative_by_kind(specs[i], cfg.easy_negatives, cfg.negative_kinds, cfg.adaptive_kinds)
+            turns += [(question(specs[i].text), answer(True)), (question(negative.text), answer(False))]
+            kinds.append(kind)
         counts.append(3 if i < k else 1)
     logp, amask = um.dialogue_token_logprobs(images, turns, counts)
     # Three means, so none dilutes another: the captions; the answer format of the yes/no turns ("The
@@ -252,7 +273,9 @@ def _paired_loss(um: UnifiedModel, data: Data, cfg: PretrainConfig, specs, image
     caption, form = amask & ~asked[:, None], amask & asked[:, None] & ~decision
     loss = -(logp * caption).sum() / caption.sum()
     if asked.any():
-        loss = loss - (logp * form).sum() / form.sum() - cfg.yes_no_weight * logp[decision].mean()
+        decided = logp[decision]  # in turn order: each image's own prompt ("1"), then its negative ("0")
+        loss = loss - (logp * form).sum() / form.sum() - cfg.yes_no_weight * decided.mean()
+        data.observe_kind_errors(kinds, -decided[1::2].detach().cpu().numpy())
     return loss
 
 
@@ -285,7 +308,11 @@ def train_stage(um, data, cfg, steps: int, losses: dict, name: str, log: list, l
         opt.step()
         if step % 100 == 99 or step == steps - 1:
             row = {k: round(v.item(), 4) for k, v in values.items()}
-            log.append({"stage": name, "step": step + 1, **row})
+            # the decision's running NLL per kind of negative: which kinds the yes/no judge fails
+            errors = (
+                {"kind_error": {k: round(v, 3) for k, v in data.und.kind_error.items()}} if cfg.paired_yes_no else {}
+            )
+            log.append({"stage": name, "step": step + 1, **row, **errors})
             bar.set_postfix(row)
     um.model.eval()
 

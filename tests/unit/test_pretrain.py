@@ -1,11 +1,16 @@
 """The pretraining command end to end at toy size: it trains, saves, and resumes to the same model."""
 
+import json
+import math
 import shutil
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from unigap import world
 from unigap.model.adapter import UnifiedModel
 from unigap.model.build import TinySize
 from unigap.pretrain import PretrainConfig, pretrain
@@ -53,10 +58,12 @@ def test_growing_depth_keeps_what_the_model_computes(tmp_path):
     assert torch.allclose(um.image_logprobs(rows, tokens), same.image_logprobs(rows, tokens))
 
     um.save(tmp_path / "start")
-    grow(tmp_path / "start", tmp_path / "grown", 2, 2, cfg=CFG)
+    paired = replace(CFG, paired_yes_no=True, adaptive_kinds=True)
+    grow(tmp_path / "start", tmp_path / "grown", 2, 2, cfg=paired)
     grown = UnifiedModel.load(tmp_path / "grown")
     assert grown.model.config.text_config.num_hidden_layers == 2
-    assert (tmp_path / "grown" / "grow.json").is_file()
+    record = json.loads((tmp_path / "grown" / "grow.json").read_text())
+    assert record["config"]["adaptive_kinds"] and set(record["log"][-1]["kind_error"]) == set(world.NEGATIVE_KINDS)
 
 
 @pytest.mark.parametrize("paired", [False, True])
@@ -64,7 +71,6 @@ def test_the_yes_no_questions_of_an_understanding_batch(tiny_random, monkeypatch
     """The shipped recipe asks yes_no renders one question each, in rows of their own; paired_yes_no
     asks each of them its own prompt ("1") and a negative ("0"), packed behind the image with its
     caption, and sees `novel` prompts too."""
-    from unigap import world
     from unigap.model.judge import CAPTION_QUESTION
     from unigap.pretrain import _streams, understanding_loss
 
@@ -88,13 +94,14 @@ def test_the_yes_no_questions_of_an_understanding_batch(tiny_random, monkeypatch
     assert name == "dialogue_token_logprobs" and len(images) == 10 and counts == [3] * 4 + [1] * 6
     assert [q for q, _ in turns].count(CAPTION_QUESTION) == 10 and len(turns) == 18
     assert [a for q, a in turns if q != CAPTION_QUESTION] == ["The score is 1", "The score is 0"] * 4
+    # the kinds asked took the NLL of their "no" answers into their running error (adaptive_kinds)
+    assert any(error != math.log(2) for error in data.und.kind_error.values())
 
 
 def test_paired_negatives_of_the_kinds_asked():
     """negative_kinds keeps the paired "no" questions to those kinds of edit; a prompt with none of
     them is contrasted with an unrelated prompt; a kind the world lacks, or the setting without
     paired questions, is refused by name."""
-    from unigap import world
     from unigap.pretrain import Data
 
     data = Data(0, 32, ("train",))
@@ -104,12 +111,34 @@ def test_paired_negatives_of_the_kinds_asked():
         for s in specs
     }
     for spec, allowed in list(swap_or_shape.items())[:200]:
-        other = data.negative_by_kind(spec, easy=0.0, kinds=("shape", "swap"))
-        assert other.canonical() in allowed
+        kind, other = data.negative_by_kind(spec, easy=0.0, kinds=("shape", "swap"))
+        assert kind in ("shape", "swap") and other.canonical() in allowed
     (single,) = [s for s in world.split("train") if s.category == "single_object"][:1]
-    other = data.negative_by_kind(single, easy=0.0, kinds=("swap",))
-    assert not set(other.objects) & set(single.objects)
+    kind, other = data.negative_by_kind(single, easy=0.0, kinds=("swap",))
+    assert kind == "unrelated" and not set(other.objects) & set(single.objects)
     with pytest.raises(ValueError, match="unknown kind hue"):
         PretrainConfig(paired_yes_no=True, negative_kinds=("shape", "hue"))
-    with pytest.raises(ValueError, match="--paired-yes-no"):
+    with pytest.raises(ValueError, match="--negative-kinds .* --paired-yes-no"):
         PretrainConfig(negative_kinds=("shape",))
+    with pytest.raises(ValueError, match="--adaptive-kinds .* --paired-yes-no"):
+        PretrainConfig(adaptive_kinds=True)
+
+
+def test_adaptive_kinds_ask_what_the_judge_fails():
+    """adaptive_kinds draws a kind in proportion to its running error, which follows the NLL of
+    that kind's "no" answers: a kind told apart is asked rarely, never not at all."""
+    from collections import Counter
+
+    from unigap.pretrain import KIND_ERROR_FLOOR, Data
+
+    data = Data(0, 32, ("train",))
+    two = next(s for s in world.split("train") if s.category == "two_objects")
+    assert set(data.by_kind[two]) == {"colour", "shape", "relation", "swap"}
+    for _ in range(100):  # colour, shape and relation learnt; swap at chance
+        data.observe_kind_errors(["colour", "shape", "relation", "swap"], np.array([0.0, 0.0, 0.0, 0.69]))
+    assert data.kind_error["colour"] < 1e-4 and abs(data.kind_error["swap"] - 0.69) < 1e-3
+    drawn = Counter(data.negative_by_kind(two, easy=0.0, adaptive=True)[0] for _ in range(2000))
+    share = 0.69 / (0.69 + 4 * KIND_ERROR_FLOOR)  # swap's weight against the three floors and its own
+    assert abs(drawn["swap"] / 2000 - share) < 0.03 and drawn["colour"] > 0
+    fixed = Counter(data.negative_by_kind(two, easy=0.0)[0] for _ in range(2000))
+    assert abs(fixed["swap"] / 2000 - 3 / 8) < 0.04  # without it: the binding kinds three times as often

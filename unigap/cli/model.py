@@ -26,6 +26,12 @@ NEGATIVE_KINDS_OPTION = typer.Option(
     "relation, swap), to train a judge further on the kinds it fails (default: every kind).",
 )
 
+ADAPTIVE_KINDS_OPTION = typer.Option(
+    False,
+    help="With --paired-yes-no: draw each hard negative's kind in proportion to the judge's running error "
+    "on that kind, so training follows the kinds it fails without forgetting the others.",
+)
+
 
 def kinds(value: str | None) -> tuple[str, ...] | None:
     """--negative-kinds as a tuple (None where not given)."""
@@ -52,13 +58,14 @@ def pretrain_cmd(
     yes_no: int | None = YES_NO_OPTION,
     paired_yes_no: bool = PAIRED_OPTION,
     negative_kinds: str | None = NEGATIVE_KINDS_OPTION,
+    adaptive_kinds: bool = ADAPTIVE_KINDS_OPTION,
 ):
     """Train the tiny unified model from scratch on the shapes world: the shipped model's recipe
     (about 43 minutes on 2 cores), or with --paired-yes-no the one for the paper's yes/no judge."""
     from unigap.pretrain import pretrain as run
 
     given = {"vq_steps": vq_steps, "und_steps": und_steps, "joint_steps": joint_steps}
-    given |= {"negative_kinds": kinds(negative_kinds)}
+    given |= {"negative_kinds": kinds(negative_kinds), "adaptive_kinds": adaptive_kinds}
     run(out, pretrain_config(seed=seed, paired_yes_no=paired_yes_no, yes_no=yes_no, **given))
     console.print(f"model written to {out}")
 
@@ -78,6 +85,7 @@ def grow(
     yes_no: int | None = YES_NO_OPTION,
     paired_yes_no: bool = PAIRED_OPTION,
     negative_kinds: str | None = NEGATIVE_KINDS_OPTION,
+    adaptive_kinds: bool = ADAPTIVE_KINDS_OPTION,
 ):
     """Deepen a trained model's language model (each layer followed by copies of itself whose
     outputs start at zero, so nothing it could do is lost) and continue joint training: a
@@ -95,7 +103,9 @@ def grow(
         check_growth(JanusConfig.from_pretrained(model).text_config.num_hidden_layers, layers)
     except ValueError as e:
         fail(f"--layers: {e}")
-    cfg = pretrain_config(paired_yes_no=paired_yes_no, yes_no=yes_no, negative_kinds=kinds(negative_kinds))
+    cfg = pretrain_config(
+        paired_yes_no=paired_yes_no, yes_no=yes_no, negative_kinds=kinds(negative_kinds), adaptive_kinds=adaptive_kinds
+    )
     run(model, out, layers, steps, lr, seed, cfg)
     console.print(f"model written to {out}")
 
