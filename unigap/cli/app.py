@@ -28,6 +28,11 @@ def fail(message: str) -> None:
     raise BadInput(message)
 
 
+def comma_list(value: str) -> list[str]:
+    """The names of a comma-separated option ("shape, swap" -> ["shape", "swap"]), blanks dropped."""
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
 def check_model(path: Path) -> None:
     if not (path / "config.json").is_file():
         fail(f"no model at {path}: expected a folder written by save_pretrained (config.json)")

@@ -14,7 +14,17 @@ from rich.table import Table
 
 from unigap import world
 from unigap.cli import runs
-from unigap.cli.app import app, check_device, check_model, console, fail, load_model, pct, write_json
+from unigap.cli.app import (
+    app,
+    check_device,
+    check_model,
+    comma_list,
+    console,
+    fail,
+    load_model,
+    pct,
+    write_json,
+)
 from unigap.cli.options import with_settings
 from unigap.config import CONTROL_ARMS, LoopConfig
 from unigap.paths import DEFAULT_MODEL
@@ -141,7 +151,7 @@ def controls_cmd(
     from unigap.controls import run_controls
     from unigap.loop import pool_texts
 
-    chosen = [a.strip() for a in arms.split(",") if a.strip()]
+    chosen = comma_list(arms)
     unknown = [a for a in chosen if a not in CONTROL_ARMS]
     if not chosen or unknown:
         fail(f"--arms must name some of {', '.join(CONTROL_ARMS)}; unknown: {', '.join(unknown) or '(none given)'}")

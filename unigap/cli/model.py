@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from unigap.cli.app import app, check_model, console, fail, load_model, write_json
+from unigap.cli.app import app, check_model, comma_list, console, fail, load_model, write_json
 from unigap.config import YES_NO
 from unigap.paths import DEFAULT_MODEL
 
@@ -33,15 +33,13 @@ ADAPTIVE_KINDS_OPTION = typer.Option(
 )
 
 
-def kinds(value: str | None) -> tuple[str, ...] | None:
-    """--negative-kinds as a tuple (None where not given)."""
-    return None if value is None else tuple(k.strip() for k in value.split(",") if k.strip())
-
-
 def pretrain_config(**given):
-    """The PretrainConfig of the options given (None: the recipe's default); exit 2 naming a bad one."""
+    """The PretrainConfig of the options given (None: the recipe's default; --negative-kinds as the
+    command line gives it, comma-separated); exit 2 naming a bad one."""
     from unigap.pretrain import PretrainConfig
 
+    if given.get("negative_kinds") is not None:
+        given["negative_kinds"] = tuple(comma_list(given["negative_kinds"]))
     try:
         return PretrainConfig(**{k: v for k, v in given.items() if v is not None})
     except ValueError as e:
@@ -65,7 +63,7 @@ def pretrain_cmd(
     from unigap.pretrain import pretrain as run
 
     given = {"vq_steps": vq_steps, "und_steps": und_steps, "joint_steps": joint_steps}
-    given |= {"negative_kinds": kinds(negative_kinds), "adaptive_kinds": adaptive_kinds}
+    given |= {"negative_kinds": negative_kinds, "adaptive_kinds": adaptive_kinds}
     run(out, pretrain_config(seed=seed, paired_yes_no=paired_yes_no, yes_no=yes_no, **given))
     console.print(f"model written to {out}")
 
@@ -104,7 +102,10 @@ def grow(
     except ValueError as e:
         fail(f"--layers: {e}")
     cfg = pretrain_config(
-        paired_yes_no=paired_yes_no, yes_no=yes_no, negative_kinds=kinds(negative_kinds), adaptive_kinds=adaptive_kinds
+        paired_yes_no=paired_yes_no,
+        yes_no=yes_no,
+        negative_kinds=negative_kinds,
+        adaptive_kinds=adaptive_kinds,
     )
     run(model, out, layers, steps, lr, seed, cfg)
     console.print(f"model written to {out}")
