@@ -98,7 +98,12 @@ def understanding_by_negative(judge: Judge, specs: list, seed: int = 0) -> dict[
     relation, swap): for each prompt and each kind it has, a render of the prompt (answer yes) and
     a render of one negative of that kind (answer no), asked about the prompt. A judge that checks
     a bag of features (which colours, which shapes) passes colour and shape edits and fails the
-    kinds that keep them (position, relation, swap); the overall figure counts every kind alike."""
+    kinds that keep them (position, relation, swap); the overall figure counts every kind alike.
+
+    Beside the kinds, not in the overall figure, `order`: each two-object prompt with its relation
+    reversed (`world.reversed_order`), on renders of its own. Relation and swap each hold that edit
+    among others, so a judge that reads only the axis the objects lie on still passes two relation
+    edits in three; `order` shows it at chance."""
     rng = np.random.default_rng(seed + 104729)
     asked, shown, kinds = [], [], []
     for spec in specs:
@@ -119,6 +124,14 @@ def understanding_by_negative(judge: Judge, specs: list, seed: int = 0) -> dict[
         for k in dict.fromkeys(kinds)
     }
     out["every kind alike"] = {"acc": float(np.mean([v["acc"] for v in out.values()])), "n_pairs": len(asked) // 2}
+    relational = [s for s in specs if world.reversed_order(s)]
+    if relational:  # its own stream: the kinds' pairs stay what they were without it
+        shown = relational + [world.reversed_order(s) for s in relational]
+        seeds = np.random.default_rng(seed + 15485863).integers(0, 2**31, len(shown))
+        images = world.render_batch(shown, [int(x) for x in seeds], judge.image_size)
+        truth = np.repeat([True, False], len(relational))
+        right = judge.score(images, [s.text for s in relational] * 2).decision == truth
+        out["order"] = {"acc": float(right.mean()), "n_pairs": len(relational)}
     return out
 
 

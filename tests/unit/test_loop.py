@@ -331,8 +331,9 @@ def test_understanding_by_negative_tells_a_binding_judge_from_a_bag_of_features(
 
     specs = [s for s in world.split("val") if s.category == "two_objects"][:6]
     exact = understanding_by_negative(judge_by(lambda im, spec: bool(world.evaluate_batch(im[None], [spec])[0])), specs)
-    assert {k for k in exact} == {"colour", "shape", "relation", "swap", "every kind alike"}
+    assert {k for k in exact} == {"colour", "shape", "relation", "swap", "every kind alike", "order"}
     assert all(v["acc"] == 1.0 for v in exact.values()) and exact["every kind alike"]["n_pairs"] == 6 * 4
+    assert exact["order"]["n_pairs"] == 6
 
     def colours_in(image):  # palette colours covering a few pixels: a bag of features, no places, no shapes
         px = image.reshape(-1, 1, 3).astype(int)
@@ -343,7 +344,17 @@ def test_understanding_by_negative_tells_a_binding_judge_from_a_bag_of_features(
         judge_by(lambda im, spec: colours_in(im) == {o.colour for o in spec.objects}), specs
     )
     assert bag["colour"]["acc"] == 1.0
-    assert bag["shape"]["acc"] == bag["swap"]["acc"] == bag["relation"]["acc"] == 0.5
+    assert bag["shape"]["acc"] == bag["swap"]["acc"] == bag["relation"]["acc"] == bag["order"]["acc"] == 0.5
+
+    def axis_of(image):  # where the two colours' pixels lie apart most: an axis, not an order
+        ys, xs = np.nonzero((np.abs(image.astype(int) - 255).sum(-1) > 60))
+        return "left of" if np.ptp(xs) > np.ptp(ys) else "above"
+
+    def same_axis(relation):
+        return "left of" if relation in ("left of", "right of") else "above"
+
+    axis = understanding_by_negative(judge_by(lambda im, spec: axis_of(im) == same_axis(spec.relation)), specs)
+    assert axis["relation"]["acc"] > 0.75 and axis["order"]["acc"] == 0.5  # the axis passes two edits in three
 
 
 def test_named_pools_are_their_splits_texts(tmp_path):

@@ -119,7 +119,7 @@ def test_score_cli_json(tmp_path):
     assert plot.stat().st_size > 1000
     assert "overall" in proc.stdout
     kinds = report["und_by_negative"]  # rendered understanding per kind of hard negative
-    assert {"colour", "shape", "position", "count", "relation", "swap", "every kind alike"} == set(kinds)
+    assert {"colour", "shape", "position", "count", "relation", "swap", "every kind alike", "order"} == set(kinds)
     assert "by kind of negative" in proc.stdout
 
 

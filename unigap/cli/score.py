@@ -101,8 +101,11 @@ def print_report(report: dict) -> None:
         for col in ("negative", "pairs", "judge right %"):
             kinds.add_column(col, justify="left" if col == "negative" else "right")
         for kind, r in report["und_by_negative"].items():
-            kinds.add_row(kind, str(r["n_pairs"]), pct(r["acc"]), style="bold" if kind == "every kind alike" else None)
+            label = "order reversed (beside)" if kind == "order" else kind
+            kinds.add_row(label, str(r["n_pairs"]), pct(r["acc"]), style="bold" if kind == "every kind alike" else None)
         console.print(kinds)
+        if "order" in report["und_by_negative"]:
+            console.print("order reversed: the relation edit that keeps the axis, apart from the kinds' figure")
 
 
 def report_gap(

@@ -16,6 +16,7 @@ from .grammar import (
     all_specs,
     negatives,
     parse,
+    reversed_order,
 )
 from .render import FLAWS, render, render_batch, render_flawed
 from .splits import NOVEL_OBJECTS, SPLIT_NAMES, split
@@ -46,5 +47,6 @@ __all__ = [
     "render",
     "render_batch",
     "render_flawed",
+    "reversed_order",
     "split",
 ]

@@ -177,6 +177,14 @@ def _count_spec(obj: Obj, n: int) -> Spec:
 NEGATIVE_KINDS = ("colour", "shape", "position", "count", "relation", "swap")
 
 
+def reversed_order(spec: Spec) -> Spec | None:
+    """"A left of B" as "A right of B" (which shows B left of A): the same objects on the same axis
+    in the other order, or None for a prompt without a relation. One of `negatives`' relation edits
+    and, worded the other way, its object swap; a judge that reads only which axis the objects lie
+    on passes the other relation edits and fails this one."""
+    return replace(spec, relation=_INVERSE[spec.relation]) if spec.relation else None
+
+
 def _variants(spec: Spec) -> list[tuple[str, Spec]]:
     """All one-attribute edits of `spec`, duplicates and equivalents included."""
     out: list[tuple[str, Spec]] = []
