@@ -347,7 +347,7 @@ def test_understanding_by_negative_tells_a_binding_judge_from_a_bag_of_features(
     assert bag["shape"]["acc"] == bag["swap"]["acc"] == bag["relation"]["acc"] == bag["order"]["acc"] == 0.5
 
     def axis_of(image):  # where the two colours' pixels lie apart most: an axis, not an order
-        ys, xs = np.nonzero((np.abs(image.astype(int) - 255).sum(-1) > 60))
+        ys, xs = np.nonzero(np.abs(image.astype(int) - 255).sum(-1) > 60)
         return "left of" if np.ptp(xs) > np.ptp(ys) else "above"
 
     def same_axis(relation):

@@ -178,10 +178,10 @@ NEGATIVE_KINDS = ("colour", "shape", "position", "count", "relation", "swap")
 
 
 def reversed_order(spec: Spec) -> Spec | None:
-    """"A left of B" as "A right of B" (which shows B left of A): the same objects on the same axis
-    in the other order, or None for a prompt without a relation. One of `negatives`' relation edits
-    and, worded the other way, its object swap; a judge that reads only which axis the objects lie
-    on passes the other relation edits and fails this one."""
+    """The relation reversed, "A left of B" as "A right of B" (which shows B left of A): the same
+    objects on the same axis in the other order, or None for a prompt without a relation. One of
+    `negatives`' relation edits and, worded the other way, its object swap; a judge that reads only
+    which axis the objects lie on passes the other relation edits and fails this one."""
     return replace(spec, relation=_INVERSE[spec.relation]) if spec.relation else None
 
 
