@@ -17,7 +17,7 @@ import json
 import math
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -50,7 +50,8 @@ class PretrainConfig:
     yes_no_weight: float = 1.0  # paired: weight of the decision's mean NLL beside the captions' mean
     easy_negatives: float = 0.25  # paired: share of "no" questions asking an unrelated prompt
     # paired: the kinds of hard negative asked (empty: every kind, the binding kinds BINDING_WEIGHT
-    # times as often). Naming the kinds a judge fails (shape, swap) focuses further training on them.
+    # times as often). Naming the kinds a judge fails (shape, swap) focuses further training on them;
+    # "order" (the relation reversed, ASKABLE_KINDS) is asked only when named.
     negative_kinds: tuple[str, ...] = ()
     # paired: draw each hard negative's kind in proportion to the decision's running error on it
     # (KIND_ERROR_DECAY below), so the kinds the judge tells apart give way to those it fails
@@ -79,10 +80,10 @@ class PretrainConfig:
             if getattr(self, name) and not self.paired_yes_no:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} chooses the paired questions' negatives: give --paired-yes-no too")
-        unknown = sorted(set(self.negative_kinds) - set(world.NEGATIVE_KINDS))
+        unknown = sorted(set(self.negative_kinds) - set(ASKABLE_KINDS))
         if unknown:
             raise ValueError(
-                f"--negative-kinds: unknown kind {', '.join(unknown)}; choose from {', '.join(world.NEGATIVE_KINDS)}"
+                f"--negative-kinds: unknown kind {', '.join(unknown)}; choose from {', '.join(ASKABLE_KINDS)}"
             )
 
 
@@ -93,6 +94,10 @@ def vocabulary() -> list[str]:
     return sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]+", t)})
 
 
+# The grammar's kinds of hard negative, and "order": a relation prompt reversed, in both wordings
+# ("A right of B", "B left of A"). Order is an edit that relation and swap already hold among
+# others; asked on its own it isolates the edit a judge reading only the axis fails.
+ASKABLE_KINDS = (*world.NEGATIVE_KINDS, "order")
 # Negatives that keep the image's colours and shapes and change where they are or what goes with
 # what: a bag of features cannot tell them apart, so the yes/no judge learns them last and asks them more.
 BINDING = ("position", "relation", "swap")
@@ -124,9 +129,11 @@ class Data:
             self.negatives[s] = [n for _, n in edits]
             for kind, n in edits:
                 self.by_kind.setdefault(s, {}).setdefault(kind, []).append(n)
+            if s.relation:
+                self.by_kind[s]["order"] = [world.reversed_order(s), replace(s, objects=s.objects[::-1])]
         self.unrelated = list(specs)  # easy negatives: prompts that share no object with the image's
         # adaptive_kinds: the decision's running NLL on each kind's "no" questions, ln 2 (chance) at first
-        self.kind_error = dict.fromkeys(world.NEGATIVE_KINDS, math.log(2))
+        self.kind_error = dict.fromkeys(world.NEGATIVE_KINDS, math.log(2))  # and "order" once asked
 
     def specs(self, n: int) -> list:
         cats = self.rng.choice(len(world.CATEGORIES), n)
@@ -153,14 +160,14 @@ class Data:
         starts the comparison off), else a hard negative of a kind drawn with BINDING_WEIGHT on the
         binding kinds, or with `adaptive` in proportion to `kind_error`; with `kinds`, of one of those
         kinds only (an unrelated prompt where `spec` has none of them)."""
-        by_kind = {k: v for k, v in self.by_kind[spec].items() if not kinds or k in kinds}
+        by_kind = {k: v for k, v in self.by_kind[spec].items() if k in (kinds or world.NEGATIVE_KINDS)}
         if not by_kind or self.rng.random() < easy:
             while True:
                 other = self.unrelated[self.rng.integers(len(self.unrelated))]
                 if not set(other.objects) & set(spec.objects):
                     return "unrelated", other
         if adaptive:
-            weights = np.array([self.kind_error[kind] + KIND_ERROR_FLOOR for kind in by_kind])
+            weights = np.array([self.kind_error.get(kind, math.log(2)) + KIND_ERROR_FLOOR for kind in by_kind])
         else:
             weights = np.array([BINDING_WEIGHT if kind in BINDING else 1.0 for kind in by_kind])
         kind = list(by_kind)[self.rng.choice(len(by_kind), p=weights / weights.sum())]
@@ -168,9 +175,10 @@ class Data:
 
     def observe_kind_errors(self, kinds: list[str], nll: np.ndarray) -> None:
         """Move each hard kind's running error towards the mean NLL of its "no" answers this step."""
-        for kind in set(kinds) & set(self.kind_error):
+        for kind in set(kinds) & set(ASKABLE_KINDS):
             mean = float(nll[[k == kind for k in kinds]].mean())
-            self.kind_error[kind] = KIND_ERROR_DECAY * self.kind_error[kind] + (1 - KIND_ERROR_DECAY) * mean
+            error = self.kind_error.get(kind, math.log(2))
+            self.kind_error[kind] = KIND_ERROR_DECAY * error + (1 - KIND_ERROR_DECAY) * mean
 
 
 # ---------------------------------------------------------------------- VQ

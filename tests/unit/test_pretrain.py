@@ -124,6 +124,22 @@ def test_paired_negatives_of_the_kinds_asked():
         PretrainConfig(adaptive_kinds=True)
 
 
+def test_order_is_asked_only_when_named():
+    """ "order" asks a relation prompt reversed, in either wording (both mean the image's objects
+    the other way round on the same axis); the default draws never ask it as a kind of its own."""
+    from unigap.pretrain import Data
+
+    data = Data(0, 32, ("train",))
+    two = [s for s in world.split("train") if s.category == "two_objects"][:50]
+    for spec in two:
+        kind, other = data.negative_by_kind(spec, easy=0.0, kinds=("order",))
+        assert kind == "order" and other.canonical() == world.reversed_order(spec).canonical()
+        assert data.negative_by_kind(spec, easy=0.0)[0] in world.NEGATIVE_KINDS
+    data.observe_kind_errors(["order", "unrelated"], np.array([0.1, 0.2]))
+    assert "order" in data.kind_error and "unrelated" not in data.kind_error
+    assert PretrainConfig(paired_yes_no=True, negative_kinds=("order",)).negative_kinds == ("order",)
+
+
 def test_adaptive_kinds_ask_what_the_judge_fails():
     """adaptive_kinds draws a kind in proportion to its running error, which follows the NLL of
     that kind's "no" answers: a kind told apart is asked rarely, never not at all."""
@@ -133,7 +149,7 @@ def test_adaptive_kinds_ask_what_the_judge_fails():
 
     data = Data(0, 32, ("train",))
     two = next(s for s in world.split("train") if s.category == "two_objects")
-    assert set(data.by_kind[two]) == {"colour", "shape", "relation", "swap"}
+    assert set(data.by_kind[two]) == {"colour", "shape", "relation", "swap", "order"}  # order only when named
     for _ in range(100):  # colour, shape and relation learnt; swap at chance
         data.observe_kind_errors(["colour", "shape", "relation", "swap"], np.array([0.0, 0.0, 0.0, 0.69]))
     assert data.kind_error["colour"] < 1e-4 and abs(data.kind_error["swap"] - 0.69) < 1e-3

@@ -23,7 +23,8 @@ NEGATIVE_KINDS_OPTION = typer.Option(
     None,
     metavar="KIND,...",
     help="With --paired-yes-no: ask only these kinds of hard negative (colour, shape, position, count, "
-    "relation, swap), to train a judge further on the kinds it fails (default: every kind).",
+    "relation, swap, or order: the relation reversed), to train a judge further on the kinds it fails "
+    "(default: every kind but order, which relation and swap hold among their edits).",
 )
 
 ADAPTIVE_KINDS_OPTION = typer.Option(
