@@ -135,6 +135,19 @@ def understanding_by_negative(judge: Judge, specs: list, seed: int = 0) -> dict[
     return out
 
 
+def judge_by_failure(images, specs: list, accepted) -> dict[str, dict]:
+    """The judge on the model's own images grouped by what the exact evaluator finds wrong with
+    each (`world.FAILURES`; "right" for the images it accepts): how many, and the share the judge
+    accepts. A kind of error the judge accepts is one the loop cannot teach the generator to avoid."""
+    kinds = np.array([world.failure(image, spec) or "right" for image, spec in zip(images, specs)])
+    accepted = np.asarray(accepted, bool)
+    return {
+        k: {"images": int((kinds == k).sum()), "judge_accepts": float(accepted[kinds == k].mean())}
+        for k in ("right", *world.FAILURES)
+        if (kinds == k).any()
+    }
+
+
 def group_by(specs, key) -> dict[str, np.ndarray]:
     names = [key(s) for s in specs]
     return {v: np.array([n == v for n in names]) for v in dict.fromkeys(names)}
@@ -187,6 +200,8 @@ def score_report(
     report = gap_report(specs, res["specs"], res["judged"].accepted, res["correct"], und_acc_rendered, res["known"])
     if rendered is not None:
         report["und_by_negative"] = understanding_by_negative(judge, specs, s.seed)
+    if rendered is not None and evaluator is SHAPES:
+        report["judge_by_failure"] = judge_by_failure(res["judged"].images, res["specs"], res["judged"].accepted)
     report["settings"] = {
         **s.__dict__,
         "judge_mode": judge.mode,

@@ -121,6 +121,11 @@ def test_score_cli_json(tmp_path):
     kinds = report["und_by_negative"]  # rendered understanding per kind of hard negative
     assert {"colour", "shape", "position", "count", "relation", "swap", "every kind alike", "order"} == set(kinds)
     assert "by kind of negative" in proc.stdout
+    by_failure = report["judge_by_failure"]  # the judge on its own images, by what is wrong with them
+    assert set(by_failure) <= {"right", *world.FAILURES}
+    assert sum(r["images"] for r in by_failure.values()) == report["overall"]["n_images"]
+    right = by_failure.get("right", {"images": 0})["images"]
+    assert right / report["overall"]["n_images"] == report["overall"]["gen_acc"]
 
 
 def test_generate_and_judge_cli(tmp_path):

@@ -13,6 +13,7 @@ from scipy import ndimage
 from unigap.world import (
     CATEGORIES,
     NOVEL_OBJECTS,
+    PALETTE,
     SPLIT_NAMES,
     Obj,
     Spec,
@@ -21,11 +22,13 @@ from unigap.world import (
     evaluate,
     evaluate_batch,
     explain,
+    failure,
     negatives,
     parse,
     render,
     render_batch,
     render_flawed,
+    reversed_order,
     split,
 )
 from unigap.world import splits as splits_module
@@ -267,3 +270,24 @@ def test_detect_and_explain():
     blank = np.full((32, 32, 3), 255, np.uint8)
     assert not evaluate(blank, parse("a red circle"))
     assert detect(blank) == []
+
+
+def test_failure_names_what_is_wrong():
+    """Each render of an edited prompt fails the prompt for the reason the edit says: the relation
+    reversed is `order`, the other relations `relation`; a flawed render (malformed shape)."""
+    s = parse("a red circle above a blue square")
+    img = render(s, 0)
+    assert failure(img, s) is None
+    assert failure(render(reversed_order(s), 0), s) == "order"
+    assert failure(render(parse("a red circle left of a blue square"), 0), s) == "relation"
+    assert failure(render(parse("a red circle above a green square"), 0), s) == "objects"
+    assert failure(render(parse("a red circle"), 0), s) == "number of objects"
+    assert failure(render(parse("a red circle on the left"), 0), parse("a red circle on the right")) == "position"
+    assert failure(blank_with_blob(), parse("a red circle")) == "unreadable shape"
+
+
+def blank_with_blob() -> np.ndarray:
+    """A red bar three times as long as it is tall: no shape of the world."""
+    img = np.full((32, 32, 3), 255, np.uint8)
+    img[14:18, 4:16] = PALETTE["red"]
+    return img

@@ -106,6 +106,13 @@ def print_report(report: dict) -> None:
         console.print(kinds)
         if "order" in report["und_by_negative"]:
             console.print("order reversed: the relation edit that keeps the axis, apart from the kinds' figure")
+    if report.get("judge_by_failure"):
+        wrong = Table(title="The judge on its own images, by what the evaluator finds wrong")
+        for col in ("image", "images", "judge accepts %"):
+            wrong.add_column(col, justify="left" if col == "image" else "right")
+        for kind, r in report["judge_by_failure"].items():
+            wrong.add_row(kind, str(r["images"]), pct(r["judge_accepts"]))
+        console.print(wrong)
 
 
 def report_gap(

@@ -1,6 +1,6 @@
 """Synthetic shapes world: prompt grammar, fixed splits, renderer and exact evaluator."""
 
-from .evaluator import Detection, detect, evaluate, evaluate_batch, explain
+from .evaluator import FAILURES, Detection, detect, evaluate, evaluate_batch, explain, failure
 from .grammar import (
     CATEGORIES,
     COLOURS,
@@ -23,6 +23,7 @@ from .splits import NOVEL_OBJECTS, SPLIT_NAMES, split
 
 __all__ = [
     "CATEGORIES",
+    "FAILURES",
     "FLAWS",
     "COLOURS",
     "COUNT_WORDS",
@@ -42,6 +43,7 @@ __all__ = [
     "evaluate",
     "evaluate_batch",
     "explain",
+    "failure",
     "negatives",
     "parse",
     "render",

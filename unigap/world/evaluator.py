@@ -161,32 +161,53 @@ def _describe(dets: Sequence[Detection]) -> str:
     return ", ".join(f"{d.colour} {d.shape} at ({d.cx:.1f}, {d.cy:.1f})" for d in dets) or "nothing"
 
 
-def _failure(dets: list[Detection], spec: Spec, w: int, h: int) -> str | None:
-    """Why the detections do not show `spec`, or None when they do."""
+# What is wrong with an image, coarsest first (`failure`): the number of objects; a shape the
+# evaluator cannot read; which objects (colour or shape); a single object's place; two objects in
+# the right places but the other way round along the asked axis (`order`); any other arrangement.
+FAILURES = ("number of objects", "unreadable shape", "objects", "position", "order", "relation")
+
+
+def _failure(dets: list[Detection], spec: Spec, w: int, h: int) -> tuple[str, str] | None:
+    """(kind from FAILURES, one-line reason) the detections do not show `spec`, or None when they do."""
     want = list(spec.objects) * spec.count
     if len(dets) != len(want):
-        return f"expected {len(want)} object(s), found {len(dets)}: {_describe(dets)}"
+        return "number of objects", f"expected {len(want)} object(s), found {len(dets)}: {_describe(dets)}"
     if Counter(d.obj for d in dets) != Counter(want):
-        return f"expected {', '.join(o.text for o in want)}; found {_describe(dets)}"
+        kind = "unreadable shape" if any(d.shape == "unknown" for d in dets) else "objects"
+        return kind, f"expected {', '.join(o.text for o in want)}; found {_describe(dets)}"
     if spec.category == "position" and not _off_centre(dets[0], spec.position, w, h):
-        return f"expected {spec.position}; found {_describe(dets)}"
+        return "position", f"expected {spec.position}; found {_describe(dets)}"
     if spec.category == "two_objects":
         a, b = (next(d for d in dets if d.obj == o) for o in spec.objects)
         if not _related(a, b, spec.relation, w):
-            return f"expected {spec.objects[0].text} {spec.relation} {spec.objects[1].text}; found {_describe(dets)}"
+            kind = "order" if _related(b, a, spec.relation, w) else "relation"
+            return (
+                kind,
+                f"expected {spec.objects[0].text} {spec.relation} {spec.objects[1].text}; found {_describe(dets)}",
+            )
     return None
+
+
+def _judged(image: np.ndarray | Image.Image, spec: Spec) -> tuple[str, str] | None:
+    arr = _as_array(image)
+    return _failure(detect(arr), spec, arr.shape[1], arr.shape[0])
 
 
 def evaluate(image: np.ndarray | Image.Image, spec: Spec) -> bool:
     """True iff the image shows exactly the spec's objects, arranged as it says."""
-    arr = _as_array(image)
-    return _failure(detect(arr), spec, arr.shape[1], arr.shape[0]) is None
+    return _judged(image, spec) is None
 
 
 def explain(image: np.ndarray | Image.Image, spec: Spec) -> str:
     """'ok', or a one-line reason the image fails the spec (for reports)."""
-    arr = _as_array(image)
-    return _failure(detect(arr), spec, arr.shape[1], arr.shape[0]) or "ok"
+    why = _judged(image, spec)
+    return why[1] if why else "ok"
+
+
+def failure(image: np.ndarray | Image.Image, spec: Spec) -> str | None:
+    """None when the image shows the spec, else what is wrong: one of FAILURES."""
+    why = _judged(image, spec)
+    return why[0] if why else None
 
 
 def evaluate_batch(images: np.ndarray | Sequence, specs: Sequence[Spec]) -> np.ndarray:
