@@ -137,7 +137,7 @@ def understanding_by_negative(judge: Judge, specs: list, seed: int = 0) -> dict[
 
 def judge_by_failure(images, specs: list, accepted) -> dict[str, dict]:
     """The judge on the model's own images grouped by what the exact evaluator finds wrong with
-    each (`world.FAILURES`; "right" for the images it accepts): how many, and the share the judge
+    each (`world.FAILURES`; "right" where it finds none): how many, and the share the judge
     accepts. A kind of error the judge accepts is one the loop cannot teach the generator to avoid."""
     kinds = np.array([world.failure(image, spec) or "right" for image, spec in zip(images, specs)])
     accepted = np.asarray(accepted, bool)
