@@ -125,8 +125,8 @@ def test_paired_negatives_of_the_kinds_asked():
 
 
 def test_order_is_asked_only_when_named():
-    """ "order" asks a relation prompt reversed, in either wording (both mean the image's objects
-    the other way round on the same axis); the default draws never ask it as a kind of its own."""
+    """The kind "order" asks a relation prompt reversed, in either wording (both mean the image's
+    objects the other way round on the same axis); the default draws never ask it as a kind of its own."""
     from unigap.pretrain import Data
 
     data = Data(0, 32, ("train",))

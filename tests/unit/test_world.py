@@ -273,8 +273,8 @@ def test_detect_and_explain():
 
 
 def test_failure_names_what_is_wrong():
-    """Each render of an edited prompt fails the prompt for the reason the edit says: the relation
-    reversed is `order`, the other relations `relation`; a flawed render (malformed shape)."""
+    """Each render of an edited prompt fails the prompt for the reason the edit says (the relation
+    reversed is `order`, the other relations `relation`); a blob of no shape is `unreadable shape`."""
     s = parse("a red circle above a blue square")
     img = render(s, 0)
     assert failure(img, s) is None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 app = typer.Typer(
     help="Measure and close the generation-understanding gap of unified multimodal models.",
@@ -110,6 +111,14 @@ def check_judge_fits(mode: str, specs: list) -> None:
 
 def pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
+
+
+def figures_table(title: str, columns) -> Table:
+    """A table whose first column names each row (left-aligned) and whose others hold figures."""
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    return table
 
 
 def write_json(path: Path, obj) -> None:

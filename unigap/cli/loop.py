@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from unigap import world
 from unigap.cli import runs
@@ -21,6 +20,7 @@ from unigap.cli.app import (
     comma_list,
     console,
     fail,
+    figures_table,
     load_model,
     pct,
     write_json,
@@ -170,17 +170,10 @@ def controls_cmd(
         except ValueError:
             fail(f"unigap controls runs in the shapes world: {text!r} is not one of its prompts")
     result = run_controls(load_model(model), chosen, prompts, cfg, log=console.print)
-    out = Table(
-        title="Ladder of controls: held-out generation accuracy (external evaluator) and NU (own judge) per round"
+    out = figures_table(
+        "Ladder of controls: held-out generation accuracy (external evaluator) and NU (own judge) per round",
+        ("arm", "trained on, per round", "gen % per round", "NU % per round", "judge's false accepts % per round"),
     )
-    for col in (
-        "arm",
-        "trained on, per round",
-        "gen % per round",
-        "NU % per round",
-        "judge's false accepts % per round",
-    ):
-        out.add_column(col, justify="left" if col == "arm" else "right")
     for arm, rows in result["arms"].items():
         out.add_row(
             arm,

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from unigap.cli.app import app, console, fail, pct, write_json
+from unigap.cli.app import app, console, fail, figures_table, pct, write_json
 from unigap.cli.runs import open_store_or_fail
 from unigap.config import LoopConfig
 
@@ -42,9 +42,10 @@ def table_cmd(
         rows = method_table(results)
     except ValueError as e:
         fail(str(e))
-    out = Table(title="Loop recipes on held-out prompts: start -> shipped model, mean over seeds [95% interval]")
-    for col in ("recipe", "seeds", "gen %", "gen gain", "NU %", "NU rel. drop", "und drop", "win rate %", "target"):
-        out.add_column(col, justify="right" if col != "recipe" else "left")
+    out = figures_table(
+        "Loop recipes on held-out prompts: start -> shipped model, mean over seeds [95% interval]",
+        ("recipe", "seeds", "gen %", "gen gain", "NU %", "NU rel. drop", "und drop", "win rate %", "target"),
+    )
     for r in rows:
 
         def m(f: str, signed: bool = False, r=r) -> str:

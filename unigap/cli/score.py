@@ -14,6 +14,7 @@ from unigap.cli.app import (
     check_mode,
     console,
     fail,
+    figures_table,
     load_evaluator,
     load_model,
     load_prompts,
@@ -97,9 +98,7 @@ def print_report(report: dict) -> None:
     if report["overall"].get("und_acc_rendered") is None:
         console.print("und rendered is absent (-): it needs the shapes world's renders")
     if report.get("und_by_negative"):
-        kinds = Table(title="Understanding by kind of negative (renders)")
-        for col in ("negative", "pairs", "judge right %"):
-            kinds.add_column(col, justify="left" if col == "negative" else "right")
+        kinds = figures_table("Understanding by kind of negative (renders)", ("negative", "pairs", "judge right %"))
         for kind, r in report["und_by_negative"].items():
             label = "order reversed (beside)" if kind == "order" else kind
             kinds.add_row(label, str(r["n_pairs"]), pct(r["acc"]), style="bold" if kind == "every kind alike" else None)
@@ -107,9 +106,9 @@ def print_report(report: dict) -> None:
         if "order" in report["und_by_negative"]:
             console.print("order reversed: the relation edit that keeps the axis, apart from the kinds' figure")
     if report.get("judge_by_failure"):
-        wrong = Table(title="The judge on its own images, by what the evaluator finds wrong")
-        for col in ("image", "images", "judge accepts %"):
-            wrong.add_column(col, justify="left" if col == "image" else "right")
+        wrong = figures_table(
+            "The judge on its own images, by what the evaluator finds wrong", ("image", "images", "judge accepts %")
+        )
         for kind, r in report["judge_by_failure"].items():
             wrong.add_row(kind, str(r["images"]), pct(r["judge_accepts"]))
         console.print(wrong)
